@@ -1,0 +1,256 @@
+"""`plml`: the few verbs a person types.
+
+    plml run [--quick]       materialize the whole asset graph locally, then print a summary
+    plml status [--json]     the registered model: champion, challenger, metrics
+    plml promote VERSION     point 'champion' at VERSION
+    plml rollback            move 'champion' back to the previous champion
+    plml doctor              check that the Dagster instance, MLflow store and Optuna storage work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from plml_assets.resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
+from plml_assets.resources.optuna_storage import OptunaStorage
+from plml_assets.resources.paths import default_dagster_home, plml_home
+
+
+def _registry() -> MlflowRegistry:
+    return MlflowRegistry(
+        tracking_uri=os.environ.get("PLML_MLFLOW_TRACKING_URI"),
+        model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"),
+    )
+
+
+def _ensure_dagster_home() -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or default_dagster_home()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+# ---------------------------------------------------------------------------------------------
+def status_payload(registry: MlflowRegistry) -> dict[str, object]:
+    versions = registry.versions()
+    champion = registry.alias_version(CHAMPION)
+    challenger = registry.alias_version(CHALLENGER)
+
+    def metrics(info) -> dict[str, float]:
+        if info is None:
+            return {}
+        return {k.removeprefix("plml.metric."): float(v) for k, v in info.tags.items() if k.startswith("plml.metric.")}
+
+    return {
+        "model_name": registry.model_name,
+        "tracking_uri": registry.resolved_tracking_uri(),
+        "champion": None if champion is None else {
+            "version": champion.version,
+            "model_uri": registry.model_uri(CHAMPION),
+            "run_id": champion.run_id,
+            "metrics": metrics(champion),
+            "gate": champion.tags.get("plml.gate_detail"),
+            "data_fingerprint": champion.tags.get("plml.data_fingerprint"),
+            "code_version": champion.tags.get("plml.code_version"),
+        },
+        "challenger": None if challenger is None else {
+            "version": challenger.version,
+            "metrics": metrics(challenger),
+            "gate": challenger.tags.get("plml.gate_detail"),
+        },
+        "aliases": registry.aliases(),
+        "champion_history": registry.champion_history(),
+        "versions": [v.version for v in versions],
+    }
+
+
+def _print_status(payload: dict[str, object]) -> None:
+    print(f"model {payload['model_name']}  ({payload['tracking_uri']})")
+    champ = payload["champion"]
+    if champ is None:
+        print("  champion: none")
+    else:
+        m = champ["metrics"]
+        print(f"  champion: v{champ['version']}  {champ['model_uri']}")
+        print(
+            "    CV (walk-forward): rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}".format(
+                m.get("cv_walk_forward_rank_ic", float("nan")), m.get("cv_walk_forward_ic", float("nan")),
+                m.get("cv_walk_forward_directional_accuracy", float("nan")),
+            )
+        )
+        print(
+            "    holdout:           rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}  RMSE {:.4f}".format(
+                m.get("holdout_rank_ic", float("nan")), m.get("holdout_ic", float("nan")),
+                m.get("holdout_directional_accuracy", float("nan")), m.get("holdout_rmse", float("nan")),
+            )
+        )
+        if champ.get("gate"):
+            print(f"    gate: {champ['gate']}")
+    chal = payload["challenger"]
+    if chal is not None and (champ is None or chal["version"] != champ["version"]):
+        print(f"  challenger: v{chal['version']}  gate: {chal.get('gate') or 'not evaluated'}")
+    print(f"  aliases: {payload['aliases']}  versions: {payload['versions']}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    payload = status_payload(_registry())
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        _print_status(payload)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    registry = _registry()
+    try:
+        before = registry.alias_version(CHAMPION)
+        info = registry.promote(args.version, reason=f"manual promotion by `plml promote {args.version}`")
+    except Exception as exc:  # MlflowException for an unknown version
+        print(f"plml promote: cannot promote version {args.version} of {registry.model_name}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{registry.model_name}: champion v{before.version if before else 'none'} -> v{info.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    registry = _registry()
+    try:
+        old, new = registry.rollback()
+    except LookupError as exc:
+        print(f"plml rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"{registry.model_name}: champion rolled back v{old} -> v{new}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def _doctor_dagster() -> tuple[bool, str, str]:
+    from dagster import DagsterInstance
+
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return False, "(DAGSTER_HOME unset)", "DAGSTER_HOME is not set: export it (plml run uses $PLML_HOME/dagster)"
+    try:
+        instance = DagsterInstance.get()
+        url = f"{home} (run storage: {type(instance.run_storage).__name__})"
+        instance.get_runs(limit=1)
+        instance.run_storage.set_cursor_values({"plml_doctor_last_check": str(time.time())})
+        instance.run_storage.get_cursor_values({"plml_doctor_last_check"})
+        return True, url, "reachable and writable"
+    except Exception as exc:
+        return False, home, f"{type(exc).__name__}: {exc}"
+
+
+def _doctor_mlflow() -> tuple[bool, str, str]:
+    registry = _registry()
+    url = registry.resolved_tracking_uri()
+    try:
+        exp_id = registry.experiment_id()
+        registry.client().set_experiment_tag(exp_id, "plml.doctor_last_check", str(time.time()))
+        return True, url, f"reachable and writable (experiment {registry.experiment_name!r} id {exp_id})"
+    except Exception as exc:
+        return False, url, f"{type(exc).__name__}: {exc}"
+
+
+def _doctor_optuna() -> tuple[bool, str, str]:
+    storage = OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE"))
+    url = storage.resolved_url()
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        rdb = storage.storage()
+        study = optuna.create_study(study_name=f"plml_doctor_{os.getpid()}", storage=rdb, load_if_exists=True)
+        study.enqueue_trial({})
+        optuna.delete_study(study_name=study.study_name, storage=rdb)
+        return True, url, "reachable and writable"
+    except Exception as exc:
+        return False, url, f"{type(exc).__name__}: {exc}"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    results = {"dagster": _doctor_dagster(), "mlflow": _doctor_mlflow(), "optuna": _doctor_optuna()}
+    failed = [name for name, (ok, _, _) in results.items() if not ok]
+    if args.json:
+        print(json.dumps({k: {"ok": ok, "url": url, "detail": d} for k, (ok, url, d) in results.items()}, indent=2))
+    else:
+        for name, (ok, url, detail) in results.items():
+            print(f"{'ok  ' if ok else 'FAIL'} {name:8s} {url}\n       {detail}")
+    if failed:
+        print(f"plml doctor: not working: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    """Materialize every asset in-process against the persistent local instance, then summarize."""
+    if args.quick:
+        os.environ["PLML_PROFILE"] = "quick"
+    home = _ensure_dagster_home()
+    plml_home().mkdir(parents=True, exist_ok=True)
+    from dagster import DagsterInstance
+
+    from plml_assets.definitions import defs
+
+    start = time.perf_counter()
+    job = defs.resolve_implicit_global_asset_job_def()
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        checks = [e.event_specific_data for e in result.all_events
+                  if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    elapsed = time.perf_counter() - start
+    gate = [c for c in checks if c.check_name == "promotion_gate"]
+    gate_only = bool(gate) and failed_steps and all("promotion_gate" in s for s in failed_steps)
+    print()
+    print(f"plml run: {'succeeded' if result.success else 'finished with failures'} in {elapsed:.0f} s (run {result.run_id})")
+    for check in checks:
+        if not check.passed:
+            print(f"  check {check.asset_key.to_user_string()}:{check.check_name} failed: {check.description}")
+    if gate and gate[0].passed:
+        print(f"  promotion gate: {gate[0].description}")
+    if failed_steps and not gate_only:
+        print(f"  failed steps: {', '.join(failed_steps)}", file=sys.stderr)
+    print()
+    _print_status(status_payload(_registry()))
+    print()
+    print("Where to look:")
+    print(f"  DAGSTER_HOME={home} dagster dev            # asset graph, metadata, runs (workspace.yaml)")
+    print(f"  mlflow ui --backend-store-uri {_registry().resolved_tracking_uri()}")
+    if result.success or gate_only:
+        if gate_only:
+            print("\nThe challenger did not pass the promotion gate: the champion was kept (see the gate above).")
+        return 0
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plml", description="plml: prediction model learning on Dagster + MLflow")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="materialize the whole asset graph locally and print a summary")
+    p.add_argument("--quick", action="store_true", help="quick profile: smaller CV and boosting budgets, same steps")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="champion, challenger and their metrics")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("promote", help="point 'champion' at VERSION")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="move 'champion' back to the previous champion")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("doctor", help="check the Dagster instance, MLflow store and Optuna storage")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_doctor)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The one entry point: Definitions assembled from the asset groups and the resource map."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from plml_assets.defs.data import assets as data_assets
+from plml_assets.defs.data import checks as data_checks
+from plml_assets.defs.registry import assets as registry_assets
+from plml_assets.defs.selection import assets as selection_assets
+from plml_assets.defs.training import assets as training_assets
+from plml_assets.defs.validation import assets as validation_assets
+from plml_assets.resources.io import ParquetIOManager
+from plml_assets.resources.mlflow_registry import MlflowRegistry
+from plml_assets.resources.optuna_storage import OptunaStorage
+from plml_assets.resources.prices import PriceSource
+from plml_assets.resources.settings import ExperimentSettings
+
+
+def _env_int(name: str, default: int) -> int | dg.EnvVar:
+    import os
+
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def build_resources() -> dict[str, object]:
+    """Local defaults that need no server; env vars point each one at a server instead."""
+    import os
+
+    return {
+        "io_manager": ParquetIOManager(base_dir=os.environ.get("PLML_ASSET_DIR")),
+        "price_source": PriceSource(source=os.environ.get("PLML_PRICES", "embedded")),
+        "settings": ExperimentSettings(
+            horizon=_env_int("PLML_HORIZON", 5),
+            holdout_days=_env_int("PLML_HOLDOUT_DAYS", 250),
+            profile=os.environ.get("PLML_PROFILE", "full"),
+        ),
+        "mlflow_registry": MlflowRegistry(
+            tracking_uri=os.environ.get("PLML_MLFLOW_TRACKING_URI"),
+            model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"),
+        ),
+        "optuna_storage": OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE")),
+    }
+
+
+ASSETS = dg.load_assets_from_modules(
+    [data_assets, selection_assets, validation_assets, training_assets, registry_assets]
+)
+CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
+
+defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=build_resources())

@@ -1,0 +1,65 @@
+"""Blocking data-quality checks on market_prices: a bad panel stops the graph before training."""
+
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from plml_assets.lib import prices as price_lib
+from plml_assets.resources.settings import ExperimentSettings
+
+CHECK_NAMES = ("schema", "duplicates", "prices", "missing", "ranges", "history")
+
+
+class PriceQualityConfig(dg.Config):
+    max_bad_price_fraction: float = Field(default=0.0, ge=0, lt=1, description="tolerated share of rows with non-positive/infinite prices")
+    max_missing_fraction: float = Field(default=0.05, ge=0, lt=1, description="tolerated share of a symbol's trading days missing")
+    max_bad_range_fraction: float = Field(default=0.001, ge=0, lt=1, description="tolerated share of rows whose high/low do not bracket open/close")
+    min_dates: int = Field(default=300, ge=2, description="fewest dates in the panel")
+    min_symbols: int = Field(default=3, ge=1, description="fewest symbols (cross-sectional features and IC need >= 3)")
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(name=f"prices_{name}", asset="market_prices", blocking=True, description=doc)
+        for name, doc in zip(
+            CHECK_NAMES,
+            (
+                "required columns present with numeric dtypes",
+                "no duplicated (date, symbol)",
+                "no non-positive or infinite prices beyond the tolerance",
+                "no symbol missing too many trading days",
+                "high/low bracket open/close",
+                "enough dates and symbols for the horizon and the CV",
+            ),
+        )
+    ],
+    can_subset=False,
+)
+def market_prices_quality(
+    context: dg.AssetCheckExecutionContext, config: PriceQualityConfig, market_prices: pd.DataFrame, settings: ExperimentSettings
+) -> Iterator[dg.AssetCheckResult]:
+    thresholds = price_lib.QualityThresholds(**config.model_dump())
+    outcomes = {o.name: o for o in price_lib.run_quality_checks(market_prices, thresholds, settings.horizon)}
+    for name in CHECK_NAMES:
+        outcome = outcomes.get(name)
+        if outcome is None:  # schema failed: the other checks cannot run on this panel
+            yield dg.AssetCheckResult(
+                check_name=f"prices_{name}", passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                description=f"not evaluated: the schema check failed ({outcomes['schema'].message})",
+            )
+            continue
+        if not outcome.passed:
+            context.log.error(f"market_prices {name} check failed: {outcome.message}")
+        yield dg.AssetCheckResult(
+            check_name=f"prices_{name}",
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=outcome.message,
+            metadata={
+                **{k: v for k, v in outcome.stats.items()},
+                "offenders": dg.MetadataValue.md(outcome.offenders_markdown()),
+            },
+        )

@@ -1,0 +1,195 @@
+"""MLflow registry: the challenger is registered, gated, and only then becomes the champion."""
+
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from plml_assets.defs.shared import split_for
+from plml_assets.lib.baselines import momentum_score
+from plml_assets.lib.metrics import evaluate_predictions
+from plml_assets.resources.mlflow_registry import CHALLENGER, MlflowRegistry
+from plml_assets.resources.settings import ExperimentSettings
+
+PARITY_TOLERANCE = 1e-6
+
+
+def score_holdout(model_uri: str, prices: pd.DataFrame, labels: pd.DataFrame, settings: ExperimentSettings, registry: MlflowRegistry) -> tuple[dict[str, float], pd.Series]:
+    """Load a registered pyfunc as the prediction engine would and score the holdout window."""
+    y_all, split = split_for(labels, settings)
+    with registry.tracking():
+        model = mlflow.pyfunc.load_model(model_uri)
+    scored = model.predict(prices.reset_index(), params={"all_dates": True}).set_index(["date", "symbol"])["score"]
+    scored = scored[scored.index.get_level_values("date").isin(split.holdout_dates)]
+    y = y_all.reindex(scored.index)
+    metrics = evaluate_predictions(y.to_numpy(), scored.to_numpy(), scored.index.get_level_values("date"))
+    return metrics, scored
+
+
+@dg.asset(
+    group_name="registry",
+    kinds={"mlflow"},
+    description="The trained model as a new MLflow registry version with alias 'challenger'.",
+)
+def registered_model(
+    context: dg.AssetExecutionContext,
+    xgboost_model: dict,
+    market_prices: pd.DataFrame,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+    mlflow_registry: MlflowRegistry,
+) -> dg.Output[dict]:
+    client = mlflow_registry.client()
+    name = mlflow_registry.model_name
+    run_id = xgboost_model["run_id"]
+    existing = [v for v in mlflow_registry.versions() if v.run_id == run_id]
+    if existing:  # a re-run after a killed run: reuse the version instead of registering twice
+        version = existing[-1].version
+        context.log.info(f"registered_model: run {run_id} is already version {version} of {name}")
+    else:
+        tags = {
+            **xgboost_model["tags"],
+            "plml.features": ",".join(xgboost_model["features"])[:4900],
+            **{f"plml.metric.{k}": f"{v:.6g}" for k, v in xgboost_model["metrics"].items()},
+        }
+        with mlflow_registry.tracking():
+            mv = mlflow.register_model(xgboost_model["model_uri"], name, tags=tags)
+        version = mv.version
+        client.update_model_version(name, version, description=(
+            f"XGBoost on {len(xgboost_model['features'])} features, horizon {settings.horizon}d; "
+            f"holdout {xgboost_model['holdout']['holdout_start']}..{xgboost_model['holdout']['holdout_end']} "
+            f"rank IC {xgboost_model['metrics']['holdout_rank_ic']:.4f}"
+        ))
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    # Serving parity: the registered pyfunc, rebuilding features from raw prices, must reproduce
+    # the holdout metrics measured at training time. A mismatch is training/serving skew.
+    served, _ = score_holdout(mlflow_registry.model_uri(version), market_prices, labels, settings, mlflow_registry)
+    trained = xgboost_model["metrics"]["holdout_rank_ic"]
+    skew = abs(served["rank_ic"] - trained)
+    if not np.isfinite(served["rank_ic"]) or skew > PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"training/serving skew: registered {name} v{version} scores holdout rank IC {served['rank_ic']:.6f} "
+            f"through the pyfunc but {trained:.6f} at training time"
+        )
+    context.log.info(f"registered_model: {name} v{version} is '{CHALLENGER}', holdout rank IC {served['rank_ic']:.4f} (serving parity ok)")
+    return dg.Output(
+        {
+            "name": name,
+            "version": version,
+            "run_id": run_id,
+            "model_uri": mlflow_registry.model_uri(version),
+            "holdout": xgboost_model["holdout"],
+            "holdout_metrics": {k: float(v) for k, v in served.items()},
+        },
+        metadata={
+            "model": name,
+            "version": int(version),
+            "alias": CHALLENGER,
+            "model_uri": mlflow_registry.model_uri(version),
+            "mlflow_run_id": run_id,
+            "holdout_rank_ic": float(served["rank_ic"]),
+            "serving_parity_abs_diff": float(skew),
+        },
+    )
+
+
+class PromotionGateConfig(dg.Config):
+    metric: str = Field(default="rank_ic", description="holdout metric compared: 'rank_ic', 'ic' or 'directional_accuracy' (higher is better)")
+    min_improvement: float = Field(default=0.0, ge=0, le=1, description="the challenger must beat the reference by more than this")
+    baseline_window: int = Field(default=20, ge=1, le=250, description="momentum window of the baseline used when there is no champion")
+
+
+@dg.asset_check(
+    asset=registered_model,
+    blocking=True,
+    additional_ins={"market_prices": dg.AssetIn("market_prices"), "labels": dg.AssetIn("labels")},
+    description="Promotion gate: the challenger must beat the champion (or, with none, the momentum baseline) on the same holdout window.",
+)
+def promotion_gate(
+    context: dg.AssetCheckExecutionContext,
+    config: PromotionGateConfig,
+    registered_model: dict,
+    market_prices: pd.DataFrame,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+    mlflow_registry: MlflowRegistry,
+) -> dg.AssetCheckResult:
+    if config.metric not in ("rank_ic", "ic", "directional_accuracy"):
+        raise ValueError(f"promotion_gate metric must be 'rank_ic', 'ic' or 'directional_accuracy', got {config.metric!r}")
+    challenger_value = float(registered_model["holdout_metrics"][config.metric])
+    champion = mlflow_registry.alias_version("champion")
+    note = ""
+    if champion is not None and champion.version != registered_model["version"]:
+        reference_kind = f"champion v{champion.version}"
+        ref_metrics, _ = score_holdout(mlflow_registry.model_uri(champion.version), market_prices, labels, settings, mlflow_registry)
+        trained_until = champion.tags.get("plml.train_end", "")
+        if trained_until and trained_until >= registered_model["holdout"]["holdout_start"]:
+            note = f" (the champion trained until {trained_until}, inside this holdout: its score is optimistic)"
+    else:
+        reference_kind = f"baseline momentum_{config.baseline_window}d"
+        y_all, split = split_for(labels, settings)
+        score = momentum_score(market_prices, config.baseline_window)
+        mask = score.index.get_level_values("date").isin(split.holdout_dates)
+        y = y_all.reindex(score.index)[mask]
+        ref_metrics = evaluate_predictions(y.to_numpy(), score[mask].to_numpy(), score[mask].index.get_level_values("date"))
+    reference_value = float(ref_metrics[config.metric])
+    margin = challenger_value - reference_value
+    passed = bool(np.isfinite(challenger_value) and (not np.isfinite(reference_value) or margin > config.min_improvement))
+    verdict = "promote" if passed else "keep"
+    description = (
+        f"{verdict}: challenger v{registered_model['version']} holdout {config.metric} {challenger_value:.4f} vs "
+        f"{reference_kind} {reference_value:.4f} (margin {margin:+.4f}, required > {config.min_improvement}){note}"
+    )
+    (context.log.info if passed else context.log.warning)(f"promotion_gate: {description}")
+    client = mlflow_registry.client()
+    version = registered_model["version"]
+    client.set_model_version_tag(mlflow_registry.model_name, version, "plml.gate", verdict)
+    client.set_model_version_tag(mlflow_registry.model_name, version, "plml.gate_reference", reference_kind)
+    client.set_model_version_tag(mlflow_registry.model_name, version, "plml.gate_detail", description[:4000])
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={
+            "metric": config.metric,
+            "challenger": challenger_value,
+            "reference": reference_kind,
+            "reference_value": reference_value,
+            "margin": margin,
+            "reference_metrics": dg.MetadataValue.json({k: float(v) for k, v in ref_metrics.items()}),
+        },
+    )
+
+
+@dg.asset(
+    group_name="registry",
+    kinds={"mlflow"},
+    deps=[registered_model],
+    description="Moves the 'champion' alias to the challenger; runs only when the promotion gate passed.",
+)
+def champion_model(context: dg.AssetExecutionContext, mlflow_registry: MlflowRegistry) -> dg.MaterializeResult:
+    challenger = mlflow_registry.alias_version(CHALLENGER)
+    if challenger is None:
+        raise LookupError(f"model {mlflow_registry.model_name!r} has no '{CHALLENGER}' alias to promote")
+    if challenger.tags.get("plml.gate") != "promote":
+        raise RuntimeError(
+            f"{mlflow_registry.model_name} v{challenger.version} did not pass the promotion gate "
+            f"({challenger.tags.get('plml.gate_detail', 'no gate result')}); not promoting"
+        )
+    previous = mlflow_registry.alias_version("champion")
+    info = mlflow_registry.promote(challenger.version, reason=challenger.tags.get("plml.gate_detail", "promotion gate passed"))
+    context.log.info(
+        f"champion_model: {info.name} champion -> v{info.version} (was {'v' + previous.version if previous else 'none'})"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model": info.name,
+            "champion_version": int(info.version),
+            "previous_champion": previous.version if previous else "none",
+            "model_uri": mlflow_registry.model_uri("champion"),
+            "reason": info.tags.get("plml.promotion_reason", ""),
+            "holdout_rank_ic": float(info.tags.get("plml.metric.holdout_rank_ic", "nan")),
+        }
+    )

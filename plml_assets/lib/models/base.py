@@ -1,0 +1,45 @@
+"""The one small interface every model family implements (after Qlib's ``qlib/model/base.py``).
+
+``__init__`` stores hyper-parameters only; fitted state ends in ``_`` (scikit-learn's convention).
+A ``Dataset`` is ``(X, y)``: features on the panel index and the label aligned to it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+Dataset = tuple[pd.DataFrame, pd.Series]
+
+
+class Model(ABC):
+    family: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
+        """Fit on ``train``; use ``valid`` for early stopping when given."""
+
+    @abstractmethod
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """One score per row of ``X``."""
+
+    @abstractmethod
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model under the folder ``path``; return the file written."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a model written by :meth:`save`."""
+
+    @abstractmethod
+    def get_params(self) -> dict[str, object]:
+        """Hyper-parameters as given to ``__init__``."""
+
+    @property
+    def is_fitted(self) -> bool:
+        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))

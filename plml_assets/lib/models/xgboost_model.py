@@ -1,0 +1,165 @@
+"""XGBoost behind the model interface: hist trees, early stopping on the validation slice."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from plml_assets.lib.models.base import Dataset, Model
+
+
+class XGBoostModel(Model):
+    family = "xgboost"
+
+    def __init__(
+        self,
+        n_estimators: int = 400,
+        learning_rate: float = 0.05,
+        max_depth: int = 5,
+        min_child_weight: float = 50.0,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 5.0,
+        early_stopping_rounds: int = 40,
+        nthread: int = 1,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.min_child_weight = min_child_weight
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.early_stopping_rounds = early_stopping_rounds
+        self.nthread = nthread
+        self.seed = seed
+        self.device = device
+        self._validate()
+
+    def _validate(self) -> None:
+        checks = {
+            "n_estimators": self.n_estimators >= 1,
+            "learning_rate": 0 < self.learning_rate <= 1,
+            "max_depth": 1 <= self.max_depth <= 16,
+            "min_child_weight": self.min_child_weight >= 0,
+            "subsample": 0 < self.subsample <= 1,
+            "colsample_bytree": 0 < self.colsample_bytree <= 1,
+            "reg_lambda": self.reg_lambda >= 0,
+            "early_stopping_rounds": self.early_stopping_rounds >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                "invalid XGBoost hyper-parameter(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            )
+
+    def get_params(self) -> dict[str, object]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "n_estimators", "learning_rate", "max_depth", "min_child_weight", "subsample",
+                "colsample_bytree", "reg_lambda", "early_stopping_rounds", "nthread", "seed", "device",
+            )
+        }
+
+    def _booster_params(self) -> dict[str, object]:
+        return {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "eta": self.learning_rate,
+            "max_depth": self.max_depth,
+            "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "lambda": self.reg_lambda,
+            "nthread": self.nthread,
+            "seed": self.seed,
+            "device": self.device,
+            "eval_metric": "rmse",
+        }
+
+    @staticmethod
+    def matrix(X: pd.DataFrame, y: pd.Series | np.ndarray | None = None) -> xgb.DMatrix:
+        """Build a DMatrix once; callers may ``slice`` it per fold instead of rebuilding."""
+        label = None if y is None else np.asarray(y, dtype="float32")
+        return xgb.DMatrix(X.to_numpy(dtype="float32"), label=label, feature_names=list(X.columns), nthread=1)
+
+    def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
+        X, y = train
+        dtrain = self.matrix(X, y)
+        dvalid = self.matrix(*valid) if valid is not None else None
+        return self.fit_matrix(dtrain, dvalid)
+
+    def fit_matrix(self, dtrain: xgb.DMatrix, dvalid: xgb.DMatrix | None = None) -> Self:
+        start = time.perf_counter()
+        evals = [(dtrain, "train")] + ([(dvalid, "valid")] if dvalid is not None else [])
+        history: dict[str, dict[str, list[float]]] = {}
+        booster = xgb.train(
+            self._booster_params(),
+            dtrain,
+            num_boost_round=self.n_estimators,
+            evals=evals,
+            evals_result=history,
+            early_stopping_rounds=self.early_stopping_rounds if (dvalid is not None and self.early_stopping_rounds) else None,
+            verbose_eval=False,
+        )
+        self.booster_ = booster
+        self.feature_names_ = list(dtrain.feature_names or [])
+        self.best_iteration_ = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+        self.n_rounds_ = booster.num_boosted_rounds()
+        self.history_ = history
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("XGBoostModel is not fitted: call fit() first")
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        self._check_fitted()
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"XGBoostModel.predict: input lacks feature column(s) {missing[:10]}")
+        return self.predict_matrix(self.matrix(X[self.feature_names_]))
+
+    def predict_matrix(self, dmat: xgb.DMatrix) -> np.ndarray:
+        self._check_fitted()
+        return self.booster_.predict(dmat, iteration_range=(0, self.best_iteration_ + 1)).astype("float64")
+
+    def feature_importance(self, kind: str = "total_gain") -> dict[str, float]:
+        self._check_fitted()
+        scores = self.booster_.get_score(importance_type=kind)
+        return {f: float(scores.get(f, 0.0)) for f in self.feature_names_}
+
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(folder / "model.ubj")
+        meta = {"params": self.get_params(), "feature_names": self.feature_names_, "best_iteration": self.best_iteration_}
+        (folder / "model_meta.json").write_text(json.dumps(meta, indent=2))
+        return folder / "model.ubj"
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        folder = Path(path)
+        meta = json.loads((folder / "model_meta.json").read_text())
+        params = dict(meta["params"])
+        params["device"] = "cpu"  # a model trained on a GPU must still load on a CPU-only prediction host
+        model = cls(**params)
+        booster = xgb.Booster()
+        booster.load_model(folder / "model.ubj")
+        booster.set_param({"device": "cpu", "nthread": model.nthread})
+        model.booster_ = booster
+        model.feature_names_ = list(meta["feature_names"])
+        model.best_iteration_ = int(meta["best_iteration"])
+        model.n_rounds_ = booster.num_boosted_rounds()
+        return model

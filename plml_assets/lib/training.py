@@ -1,0 +1,190 @@
+"""Leak-free training plumbing shared by the CV, training and registry assets.
+
+The date axis is the panel's sorted unique dates. The label of date index ``i`` spans dates
+``(i, i + horizon]``; a training date is kept before a test/holdout block starting at ``j`` only
+if ``i + horizon < j``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from plml_assets.lib.metrics import evaluate_predictions, overfitting_gap
+from plml_assets.lib.models.xgboost_model import XGBoostModel
+
+Log = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """Dates for the final holdout and the purged training window before it."""
+
+    train_dates: pd.DatetimeIndex
+    holdout_dates: pd.DatetimeIndex
+    purged_dates: pd.DatetimeIndex
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "train_start": str(self.train_dates.min().date()),
+            "train_end": str(self.train_dates.max().date()),
+            "purged_dates": len(self.purged_dates),
+            "holdout_start": str(self.holdout_dates.min().date()),
+            "holdout_end": str(self.holdout_dates.max().date()),
+            "holdout_dates": len(self.holdout_dates),
+        }
+
+
+def excess_returns(y: pd.Series) -> pd.Series:
+    """The learning target: forward return minus the universe's mean forward return that date.
+
+    Cross-sectional features cannot predict the market-wide move, which dominates raw returns and
+    makes squared-error early stopping stop after a round or two; the excess return keeps RMSE and
+    directional accuracy meaningful ("beats the universe") and leaves per-date IC unchanged.
+    """
+    return (y - y.groupby(level="date").transform("mean")).rename(f"{y.name}_excess")
+
+
+def holdout_split(labels: pd.Series, holdout_days: int, horizon: int) -> HoldoutSplit:
+    """The last ``holdout_days`` dates with a known label form the holdout; training ends
+    ``horizon`` dates before it so that no training label reaches into the holdout."""
+    all_dates = pd.DatetimeIndex(np.sort(labels.index.get_level_values("date").unique()))
+    labeled = pd.DatetimeIndex(np.sort(labels.dropna().index.get_level_values("date").unique()))
+    if len(labeled) < holdout_days + horizon + 50:
+        raise ValueError(
+            f"only {len(labeled)} dates have a known {horizon}-day label; the holdout of {holdout_days} dates "
+            f"plus a purge of {horizon} leaves fewer than 50 training dates: lower holdout_days or use more history"
+        )
+    holdout = labeled[-holdout_days:]
+    start = all_dates.get_loc(holdout[0])
+    train = labeled[labeled < all_dates[max(start - horizon, 0)]]
+    purged = labeled[(labeled >= all_dates[max(start - horizon, 0)]) & (labeled < holdout[0])]
+    return HoldoutSplit(train, holdout, purged)
+
+
+def design_matrix(
+    features: pd.DataFrame, labels: pd.Series, columns: Iterable[str], dates: pd.DatetimeIndex | None = None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Rows with a known label (optionally restricted to ``dates``), the chosen feature columns."""
+    columns = list(columns)
+    missing = [c for c in columns if c not in features.columns]
+    if missing:
+        raise ValueError(f"feature column(s) {missing[:10]} not in the features asset")
+    y = labels.reindex(features.index)
+    mask = y.notna().to_numpy()
+    if dates is not None:
+        mask &= features.index.get_level_values("date").isin(dates)
+    return features.loc[mask, columns], y[mask].astype("float64")
+
+
+def folds_from_assignments(X: pd.DataFrame, assignments: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Row positions of each fold from a (fold, date, role) table such as the cv_splits asset."""
+    dates = X.index.get_level_values("date")
+    folds = []
+    for _, block in assignments.groupby("fold", sort=True):
+        train = np.flatnonzero(dates.isin(block.loc[block["role"] == "train", "date"]))
+        test = np.flatnonzero(dates.isin(block.loc[block["role"] == "test", "date"]))
+        folds.append((train, test))
+    return folds
+
+
+def fold_assignments(splitter, dates: pd.DatetimeIndex, scheme: str) -> pd.DataFrame:
+    """Long table (scheme, fold, date, role) of a splitter's date-level folds."""
+    parts = []
+    for k, (train_dates, test_dates) in enumerate(splitter.split_dates(dates), start=1):
+        parts.append(pd.DataFrame({"scheme": scheme, "fold": k, "date": pd.DatetimeIndex(train_dates), "role": "train"}))
+        parts.append(pd.DataFrame({"scheme": scheme, "fold": k, "date": pd.DatetimeIndex(test_dates), "role": "test"}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def winsorize_bounds(y: pd.Series, quantile: float = 0.01) -> tuple[float, float]:
+    lo, hi = np.nanquantile(y.to_numpy(), [quantile, 1 - quantile])
+    return float(lo), float(hi)
+
+
+def early_stopping_split(dates: np.ndarray, horizon: int, fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training block's row dates into fit / early-stopping rows, the latter being the last
+    ``fraction`` of its dates, with ``horizon`` dates purged in between. Returns boolean masks."""
+    unique = np.unique(dates)
+    n_stop = max(int(round(len(unique) * fraction)), 1)
+    if len(unique) - n_stop - horizon < 10:
+        raise ValueError(f"training block of {len(unique)} dates is too short for early stopping with horizon {horizon}")
+    stop_start = unique[-n_stop]
+    fit_end = unique[-n_stop - horizon]  # exclusive: purge `horizon` dates before the stopping slice
+    return dates < fit_end, dates >= stop_start
+
+
+def _dates_of(X: pd.DataFrame) -> np.ndarray:
+    return X.index.get_level_values("date").to_numpy()
+
+
+def fit_xgboost(
+    params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int, clip: tuple[float, float] | None = None
+) -> XGBoostModel:
+    """Fit with early stopping on the purged tail of the given training rows."""
+    fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
+    target = y.clip(*clip) if clip else y
+    model = XGBoostModel(**params)
+    return model.fit((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]))
+
+
+def cross_validate(
+    params: dict[str, object],
+    X: pd.DataFrame,
+    y: pd.Series,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    horizon: int,
+    gap_bound: float,
+    log: Log = _noop,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Fit one model per fold (early stopping inside the fold's own training dates), evaluate on
+    the fold's test dates. Returns (per-fold metrics, out-of-fold predictions)."""
+    dates = _dates_of(X)
+    dmat_all = XGBoostModel.matrix(X, y)  # built once, sliced per fold
+    rows: list[dict[str, object]] = []
+    oof = pd.Series(np.nan, index=X.index, name="prediction")
+    for k, (train_idx, test_idx) in enumerate(folds, start=1):
+        start = time.perf_counter()
+        fit_mask, stop_mask = early_stopping_split(dates[train_idx], horizon)
+        fit_idx, stop_idx = train_idx[fit_mask], train_idx[stop_mask]
+        lo, hi = winsorize_bounds(y.iloc[fit_idx])
+        dfit, dstop = dmat_all.slice(fit_idx), dmat_all.slice(stop_idx)
+        dfit.set_label(np.clip(y.to_numpy()[fit_idx], lo, hi).astype("float32"))
+        dstop.set_label(np.clip(y.to_numpy()[stop_idx], lo, hi).astype("float32"))
+        model = XGBoostModel(**params).fit_matrix(dfit, dstop)
+        pred_train = model.predict_matrix(dfit)
+        pred_test = model.predict_matrix(dmat_all.slice(test_idx))
+        oof.iloc[test_idx] = pred_test
+        train_m = evaluate_predictions(y.iloc[fit_idx].to_numpy(), pred_train, dates[fit_idx])
+        test_m = evaluate_predictions(y.iloc[test_idx].to_numpy(), pred_test, dates[test_idx])
+        gap = overfitting_gap(train_m, test_m, metric="rank_ic", bound=gap_bound)
+        row = {
+            "fold": k,
+            "train_start": pd.Timestamp(dates[train_idx].min()).date().isoformat(),
+            "train_end": pd.Timestamp(dates[train_idx].max()).date().isoformat(),
+            "test_start": pd.Timestamp(dates[test_idx].min()).date().isoformat(),
+            "test_end": pd.Timestamp(dates[test_idx].max()).date().isoformat(),
+            "train_rows": len(fit_idx),
+            "test_rows": len(test_idx),
+            "best_iteration": model.best_iteration_,
+            **{f"train_{m}": float(train_m[m]) for m in ("ic", "rank_ic", "rmse", "directional_accuracy")},
+            **{f"valid_{m}": float(test_m[m]) for m in ("ic", "rank_ic", "rmse", "directional_accuracy")},
+            "rank_ic_gap": float(gap["gap"]),
+            "overfit_flag": bool(gap["flag"]),
+            "fit_seconds": round(time.perf_counter() - start, 3),
+        }
+        rows.append(row)
+        log(
+            f"fold {k}/{len(folds)}: train {row['train_start']}..{row['train_end']} ({row['train_rows']:,} rows), "
+            f"test {row['test_start']}..{row['test_end']}: rank IC {row['valid_rank_ic']:.4f} "
+            f"(train {row['train_rank_ic']:.4f}), {row['best_iteration'] + 1} rounds, {row['fit_seconds']:.1f} s"
+        )
+    return pd.DataFrame(rows), oof

@@ -1,0 +1,65 @@
+"""Assets travel as Parquet (DataFrames, Series) or JSON (small dicts), under PLML_HOME/assets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from plml_assets.resources.paths import default_asset_dir
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    base_dir: str | None = Field(default=None, description="folder for asset files (default PLML_HOME/assets)")
+
+    def _root(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else default_asset_dir()
+
+    def _path(self, context: dg.InputContext | dg.OutputContext, suffix: str) -> Path:
+        key = context.asset_key.path if context.has_asset_key else [context.name]
+        return self._root().joinpath(*key).with_suffix(suffix)
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        if obj is None:
+            return
+        if isinstance(obj, pd.Series):
+            obj = obj.to_frame()
+        if isinstance(obj, pd.DataFrame):
+            path = self._path(context, ".parquet")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".parquet.tmp")
+            obj.to_parquet(tmp)
+            tmp.replace(path)  # atomic: a killed run never leaves a half-written file behind
+            json_path = path.with_suffix(".json")
+            json_path.unlink(missing_ok=True)
+        elif isinstance(obj, dict):
+            path = self._path(context, ".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(obj, indent=2, default=str))
+            tmp.replace(path)
+            path.with_suffix(".parquet").unlink(missing_ok=True)
+        else:
+            raise TypeError(
+                f"ParquetIOManager stores DataFrames, Series and dicts; asset {context.asset_key.to_user_string()} "
+                f"returned {type(obj).__name__}"
+            )
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def load_input(self, context: dg.InputContext) -> object:
+        parquet = self._path(context, ".parquet")
+        if parquet.exists():
+            frame = pd.read_parquet(parquet)
+            if frame.shape[1] == 1 and context.dagster_type.typing_type is pd.Series:
+                return frame.iloc[:, 0]
+            return frame
+        json_path = self._path(context, ".json")
+        if json_path.exists():
+            return json.loads(json_path.read_text())
+        raise FileNotFoundError(
+            f"no stored value for asset {context.asset_key.to_user_string()} under {self._root()}: "
+            "materialize it first"
+        )

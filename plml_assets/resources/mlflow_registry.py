@@ -1,0 +1,159 @@
+"""MLflow tracking and registry as a typed resource.
+
+dagster-mlflow's ``mlflow_tracking`` is a legacy resource without aliases or typed config, so this
+wraps ``MlflowClient``. MLflow's fluent API (``mlflow.start_run``, ``log_model``) reads a process-wide
+tracking URI; :meth:`MlflowRegistry.tracking` sets it only for the duration of a block and restores
+the previous value, so assets never change global state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from pydantic import Field
+
+from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "plml.champion_history"
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+    aliases: list[str]
+    tags: dict[str, str]
+    source: str
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default sqlite:///$PLML_HOME/mlflow.db (env PLML_MLFLOW_TRACKING_URI)"
+    )
+    registry_uri: str | None = Field(default=None, description="registry URI; default: the tracking URI")
+    artifact_root: str | None = Field(
+        default=None, description="artefact root for new experiments; default $PLML_HOME/mlartifacts"
+    )
+    experiment_name: str = Field(default="plml", description="MLflow experiment for training runs")
+    model_name: str = Field(default="plml_model", description="registered model name (models:/<name>@champion)")
+
+    # ---- locations -------------------------------------------------------------------------
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("PLML_MLFLOW_TRACKING_URI") or default_mlflow_tracking_uri()
+
+    def resolved_registry_uri(self) -> str:
+        return self.registry_uri or self.resolved_tracking_uri()
+
+    def client(self) -> MlflowClient:
+        uri = self.resolved_tracking_uri()
+        if uri.startswith("sqlite:///"):
+            plml_home().mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=uri, registry_uri=self.resolved_registry_uri())
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        exp = client.get_experiment_by_name(self.experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        root = self.artifact_root or (default_mlflow_artifact_root() if self.resolved_tracking_uri().startswith("sqlite") else None)
+        try:
+            return client.create_experiment(self.experiment_name, artifact_location=root)
+        except MlflowException:  # created concurrently by another process
+            return client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[MlflowClient]:
+        """Point MLflow's fluent API at this store for the duration of the block."""
+        with _LOCK:
+            previous_tracking = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+            previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
+            client = self.client()
+            mlflow.set_tracking_uri(self.resolved_tracking_uri())
+            mlflow.set_registry_uri(self.resolved_registry_uri())
+            try:
+                yield client
+            finally:
+                mlflow.set_tracking_uri(previous_tracking or "")
+                mlflow.set_registry_uri(previous_registry or "")
+
+    # ---- registry --------------------------------------------------------------------------
+    def version_info(self, version: str | int) -> VersionInfo:
+        mv = self.client().get_model_version(self.model_name, str(version))
+        return VersionInfo(self.model_name, mv.version, mv.run_id, list(mv.aliases), dict(mv.tags), mv.source)
+
+    def alias_version(self, alias: str) -> VersionInfo | None:
+        try:
+            mv = self.client().get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+        return VersionInfo(self.model_name, mv.version, mv.run_id, list(mv.aliases), dict(mv.tags), mv.source)
+
+    def model_uri(self, alias_or_version: str) -> str:
+        sep = "/" if str(alias_or_version).isdigit() else "@"
+        return f"models:/{self.model_name}{sep}{alias_or_version}"
+
+    def versions(self) -> list[VersionInfo]:
+        client = self.client()
+        try:
+            found = client.search_model_versions(f"name='{self.model_name}'")
+        except MlflowException:
+            return []
+        out = [VersionInfo(self.model_name, mv.version, mv.run_id, list(mv.aliases), dict(mv.tags), mv.source) for mv in found]
+        return sorted(out, key=lambda v: int(v.version))
+
+    def aliases(self) -> dict[str, str]:
+        try:
+            return dict(self.client().get_registered_model(self.model_name).aliases)
+        except MlflowException:
+            return {}
+
+    def champion_history(self) -> list[str]:
+        try:
+            rm = self.client().get_registered_model(self.model_name)
+        except MlflowException:
+            return []
+        raw = rm.tags.get(HISTORY_TAG, "")
+        return [v for v in raw.split(",") if v]
+
+    def promote(self, version: str | int, reason: str) -> VersionInfo:
+        """Point ``champion`` at ``version`` and remember it, so rollback can go back."""
+        client = self.client()
+        info = self.version_info(version)  # raises if the version does not exist
+        client.set_registered_model_alias(self.model_name, CHAMPION, info.version)
+        history = self.champion_history()
+        if not history or history[-1] != info.version:
+            history.append(info.version)
+        client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history[-50:]))
+        client.set_model_version_tag(self.model_name, info.version, "plml.promotion_reason", reason[:4000])
+        return self.version_info(info.version)
+
+    def rollback(self) -> tuple[str, str]:
+        """Move ``champion`` back to the version that held it before. Returns (from, to)."""
+        client = self.client()
+        current = self.alias_version(CHAMPION)
+        if current is None:
+            raise LookupError(f"model {self.model_name!r} has no champion to roll back")
+        history = self.champion_history()
+        while history and history[-1] == current.version:
+            history.pop()
+        if not history:
+            raise LookupError(
+                f"model {self.model_name!r}: champion v{current.version} has no earlier champion to roll back to"
+            )
+        previous = history[-1]
+        client.set_registered_model_alias(self.model_name, CHAMPION, previous)
+        client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history))
+        client.set_model_version_tag(self.model_name, current.version, "plml.rolled_back", "true")
+        return current.version, previous

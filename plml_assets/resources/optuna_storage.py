@@ -1,0 +1,28 @@
+"""Optuna storage: a SQLite file under PLML_HOME by default, PostgreSQL (or any RDB URL) by env."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from plml_assets.resources.paths import default_optuna_storage_url, plml_home
+
+
+class OptunaStorage(dg.ConfigurableResource):
+    url: str | None = Field(
+        default=None,
+        description="Optuna RDB storage URL; default sqlite:///$PLML_HOME/optuna.db (env PLML_OPTUNA_STORAGE)",
+    )
+
+    def resolved_url(self) -> str:
+        return self.url or os.environ.get("PLML_OPTUNA_STORAGE") or default_optuna_storage_url()
+
+    def storage(self):
+        import optuna
+
+        url = self.resolved_url()
+        if url.startswith("sqlite:///"):
+            plml_home().mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url=url, heartbeat_interval=60, grace_period=180)

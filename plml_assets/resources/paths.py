@@ -1,0 +1,31 @@
+"""Where local state lives. ``PLML_HOME`` (default ``.plml`` under the working directory) holds the
+SQLite MLflow store and its artefacts, the Optuna storage and the assets' Parquet files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def plml_home() -> Path:
+    return Path(os.environ.get("PLML_HOME") or ".plml").expanduser().resolve()
+
+
+def default_mlflow_tracking_uri() -> str:
+    return f"sqlite:///{plml_home() / 'mlflow.db'}"
+
+
+def default_mlflow_artifact_root() -> str:
+    return (plml_home() / "mlartifacts").as_uri()
+
+
+def default_optuna_storage_url() -> str:
+    return f"sqlite:///{plml_home() / 'optuna.db'}"
+
+
+def default_asset_dir() -> Path:
+    return plml_home() / "assets"
+
+
+def default_dagster_home() -> Path:
+    return plml_home() / "dagster"
