@@ -210,7 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     gate = [c for c in checks if c.check_name == "promotion_gate"]
     gate_only = bool(gate) and failed_steps and all("promotion_gate" in s for s in failed_steps)
     print()
-    print(f"plml run: {'succeeded' if result.success else 'finished with failures'} in {elapsed:.0f} s (run {result.run_id})")
+    outcome = "succeeded" if result.success else ("succeeded; the promotion gate kept the champion" if gate_only else "FAILED")
+    print(f"plml run: {outcome} in {elapsed:.0f} s (run {result.run_id})")
     for check in checks:
         if not check.passed:
             print(f"  check {check.asset_key.to_user_string()}:{check.check_name} failed: {check.description}")

@@ -38,6 +38,11 @@ class VersionInfo:
     source: str
 
 
+def _info(name: str, mv) -> VersionInfo:
+    # MLflow 3 returns versions as int from some stores and str from others: normalize to str.
+    return VersionInfo(name, str(mv.version), mv.run_id, list(mv.aliases or []), dict(mv.tags or {}), mv.source)
+
+
 class MlflowRegistry(dg.ConfigurableResource):
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default sqlite:///$PLML_HOME/mlflow.db (env PLML_MLFLOW_TRACKING_URI)"
@@ -91,14 +96,14 @@ class MlflowRegistry(dg.ConfigurableResource):
     # ---- registry --------------------------------------------------------------------------
     def version_info(self, version: str | int) -> VersionInfo:
         mv = self.client().get_model_version(self.model_name, str(version))
-        return VersionInfo(self.model_name, mv.version, mv.run_id, list(mv.aliases), dict(mv.tags), mv.source)
+        return _info(self.model_name, mv)
 
     def alias_version(self, alias: str) -> VersionInfo | None:
         try:
             mv = self.client().get_model_version_by_alias(self.model_name, alias)
         except MlflowException:
             return None
-        return VersionInfo(self.model_name, mv.version, mv.run_id, list(mv.aliases), dict(mv.tags), mv.source)
+        return _info(self.model_name, mv)
 
     def model_uri(self, alias_or_version: str) -> str:
         sep = "/" if str(alias_or_version).isdigit() else "@"
@@ -110,12 +115,12 @@ class MlflowRegistry(dg.ConfigurableResource):
             found = client.search_model_versions(f"name='{self.model_name}'")
         except MlflowException:
             return []
-        out = [VersionInfo(self.model_name, mv.version, mv.run_id, list(mv.aliases), dict(mv.tags), mv.source) for mv in found]
+        out = [_info(self.model_name, mv) for mv in found]
         return sorted(out, key=lambda v: int(v.version))
 
     def aliases(self) -> dict[str, str]:
         try:
-            return dict(self.client().get_registered_model(self.model_name).aliases)
+            return {k: str(v) for k, v in self.client().get_registered_model(self.model_name).aliases.items()}
         except MlflowException:
             return {}
 

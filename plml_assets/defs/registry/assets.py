@@ -56,7 +56,7 @@ def registered_model(
         }
         with mlflow_registry.tracking():
             mv = mlflow.register_model(xgboost_model["model_uri"], name, tags=tags)
-        version = mv.version
+        version = str(mv.version)
         client.update_model_version(name, version, description=(
             f"XGBoost on {len(xgboost_model['features'])} features, horizon {settings.horizon}d; "
             f"holdout {xgboost_model['holdout']['holdout_start']}..{xgboost_model['holdout']['holdout_end']} "
@@ -67,8 +67,9 @@ def registered_model(
     # the holdout metrics measured at training time. A mismatch is training/serving skew.
     served, _ = score_holdout(mlflow_registry.model_uri(version), market_prices, labels, settings, mlflow_registry)
     trained = xgboost_model["metrics"]["holdout_rank_ic"]
-    skew = abs(served["rank_ic"] - trained)
-    if not np.isfinite(served["rank_ic"]) or skew > PARITY_TOLERANCE:
+    both_undefined = np.isnan(served["rank_ic"]) and np.isnan(trained)  # e.g. a constant model
+    skew = 0.0 if both_undefined else abs(served["rank_ic"] - trained)
+    if not skew <= PARITY_TOLERANCE:
         raise RuntimeError(
             f"training/serving skew: registered {name} v{version} scores holdout rank IC {served['rank_ic']:.6f} "
             f"through the pyfunc but {trained:.6f} at training time"

@@ -14,7 +14,7 @@ from mlflow.models import infer_signature
 
 import plml_assets
 from plml_assets.defs.selection.assets import selected_features
-from plml_assets.defs.shared import TRAINING_RETRY, XGBoostConfig, split_for
+from plml_assets.defs.shared import TRAINING_RETRY, fail_fast_on_bad_input, XGBoostConfig, split_for
 from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib import prices as price_lib
 from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION
@@ -58,100 +58,101 @@ def xgboost_model(
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
 ) -> dg.Output[dict]:
-    start = time.perf_counter()
-    y_all, split = split_for(labels, settings)
-    columns = selected_features(feature_selection)
-    X_train, y_train = design_matrix(features, y_all, columns, split.train_dates)
-    X_hold, y_hold = design_matrix(features, y_all, columns, split.holdout_dates)
-    params = config.params(settings)
-    clip = winsorize_bounds(y_train)
-    model = fit_xgboost(params, X_train, y_train, settings.horizon, clip)
-    context.log.info(
-        f"xgboost_model: {len(X_train):,} training rows x {len(columns)} features, "
-        f"{model.best_iteration_ + 1} rounds kept in {model.fit_seconds_:.1f} s"
-    )
-    holdout = evaluate_predictions(y_hold.to_numpy(), model.predict(X_hold), X_hold.index.get_level_values("date"))
-    train_m = evaluate_predictions(y_train.to_numpy(), model.predict(X_train), X_train.index.get_level_values("date"))
-    cv = cv_summary(xgboost_cv_results, "walk_forward") | cv_summary(xgboost_cv_results, "kfold")
-    data_fp = price_lib.fingerprint(market_prices)
-    feat_hash = feature_list_hash(columns)
-    metrics = {
-        **{f"holdout_{k}": float(holdout[k]) for k in METRIC_KEYS},
-        **{f"train_{k}": float(train_m[k]) for k in METRIC_KEYS},
-        **cv,
-        "best_iteration": float(model.best_iteration_),
-    }
-    tags = {
-        "plml.family": "xgboost",
-        "plml.data_fingerprint": data_fp,
-        "plml.feature_list_hash": feat_hash,
-        "plml.code_version": code_version(),
-        "plml.feature_set_version": FEATURE_SET_VERSION,
-        "plml.horizon": str(settings.horizon),
-        "plml.holdout_start": str(split.holdout_dates[0].date()),
-        "plml.holdout_end": str(split.holdout_dates[-1].date()),
-        "plml.train_end": str(split.train_dates[-1].date()),
-        "dagster.run_id": context.run.run_id,
-        "dagster.asset": "xgboost_model",
-    }
-    example = _input_example(market_prices)
-    scorer = PanelScorer(columns, settings.horizon, list(market_prices.columns))
-    with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / MODEL_ARTIFACT
-        model.save(model_dir)
-        scorer.model_ = model
-        example_out = scorer.score(example)
-        signature = infer_signature(example, example_out, params={"all_dates": False})
-        with mlflow.start_run(
-            experiment_id=mlflow_registry.experiment_id(), run_name=f"xgboost-{context.run.run_id[:8]}", tags=tags
-        ) as run:
-            mlflow.log_params({**params, "horizon": settings.horizon, "holdout_days": settings.holdout_days,
-                               "n_features": len(columns), "train_rows": len(X_train)})
-            mlflow.log_metrics(metrics)
-            mlflow.log_dict({"features": columns, "winsor_clip": list(clip)}, "features.json")
-            mlflow.log_dict(split.describe(), "holdout_window.json")
-            mlflow.log_text(xgboost_cv_results.to_csv(index=False), "cv_results.csv")
-            del scorer.model_  # the pyfunc is rebuilt from the artefact in load_context
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=scorer,
-                artifacts={MODEL_ARTIFACT: str(model_dir)},
-                code_paths=[str(Path(plml_assets.__file__).parent)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-            )
-            run_id = run.info.run_id
-    context.log.info(
-        f"xgboost_model: holdout rank IC {holdout['rank_ic']:.4f}, IC {holdout['ic']:.4f}, "
-        f"directional accuracy {holdout['directional_accuracy']:.3f}; MLflow run {run_id}"
-    )
-    result = {
-        "run_id": run_id,
-        "model_uri": info.model_uri,
-        "features": columns,
-        "feature_list_hash": feat_hash,
-        "data_fingerprint": data_fp,
-        "holdout": split.describe(),
-        "metrics": metrics,
-        "params": params,
-        "tags": tags,
-    }
-    return dg.Output(
-        result,
-        metadata={
-            "mlflow_run_id": run_id,
-            "model_uri": info.model_uri,
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        y_all, split = split_for(labels, settings)
+        columns = selected_features(feature_selection)
+        X_train, y_train = design_matrix(features, y_all, columns, split.train_dates)
+        X_hold, y_hold = design_matrix(features, y_all, columns, split.holdout_dates)
+        params = config.params(settings)
+        clip = winsorize_bounds(y_train)
+        model = fit_xgboost(params, X_train, y_train, settings.horizon, clip)
+        context.log.info(
+            f"xgboost_model: {len(X_train):,} training rows x {len(columns)} features, "
+            f"{model.best_iteration_ + 1} rounds kept in {model.fit_seconds_:.1f} s"
+        )
+        holdout = evaluate_predictions(y_hold.to_numpy(), model.predict(X_hold), X_hold.index.get_level_values("date"))
+        train_m = evaluate_predictions(y_train.to_numpy(), model.predict(X_train), X_train.index.get_level_values("date"))
+        cv = cv_summary(xgboost_cv_results, "walk_forward") | cv_summary(xgboost_cv_results, "kfold")
+        data_fp = price_lib.fingerprint(market_prices)
+        feat_hash = feature_list_hash(columns)
+        metrics = {
             **{f"holdout_{k}": float(holdout[k]) for k in METRIC_KEYS},
-            "cv_walk_forward_rank_ic": cv["cv_walk_forward_rank_ic"],
-            "train_rank_ic": float(train_m["rank_ic"]),
-            "rounds": model.best_iteration_ + 1,
-            "features_used": len(columns),
-            "seconds": round(time.perf_counter() - start, 1),
-            "holdout_window": dg.MetadataValue.json(split.describe()),
-            "feature_importance": dg.MetadataValue.md(
-                pd.Series(model.feature_importance()).sort_values(ascending=False).head(20)
-                .rename("total_gain").to_frame().to_markdown()
-            ),
-        },
-    )
+            **{f"train_{k}": float(train_m[k]) for k in METRIC_KEYS},
+            **cv,
+            "best_iteration": float(model.best_iteration_),
+        }
+        tags = {
+            "plml.family": "xgboost",
+            "plml.data_fingerprint": data_fp,
+            "plml.feature_list_hash": feat_hash,
+            "plml.code_version": code_version(),
+            "plml.feature_set_version": FEATURE_SET_VERSION,
+            "plml.horizon": str(settings.horizon),
+            "plml.holdout_start": str(split.holdout_dates[0].date()),
+            "plml.holdout_end": str(split.holdout_dates[-1].date()),
+            "plml.train_end": str(split.train_dates[-1].date()),
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset": "xgboost_model",
+        }
+        example = _input_example(market_prices)
+        scorer = PanelScorer(columns, settings.horizon, list(market_prices.columns))
+        with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / MODEL_ARTIFACT
+            model.save(model_dir)
+            scorer.model_ = model
+            example_out = scorer.score(example)
+            signature = infer_signature(example, example_out, params={"all_dates": False})
+            with mlflow.start_run(
+                experiment_id=mlflow_registry.experiment_id(), run_name=f"xgboost-{context.run.run_id[:8]}", tags=tags
+            ) as run:
+                mlflow.log_params({**params, "horizon": settings.horizon, "holdout_days": settings.holdout_days,
+                                   "n_features": len(columns), "train_rows": len(X_train)})
+                mlflow.log_metrics(metrics)
+                mlflow.log_dict({"features": columns, "winsor_clip": list(clip)}, "features.json")
+                mlflow.log_dict(split.describe(), "holdout_window.json")
+                mlflow.log_text(xgboost_cv_results.to_csv(index=False), "cv_results.csv")
+                del scorer.model_  # the pyfunc is rebuilt from the artefact in load_context
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=scorer,
+                    artifacts={MODEL_ARTIFACT: str(model_dir)},
+                    code_paths=[str(Path(plml_assets.__file__).parent)],
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=_pip_requirements(),
+                )
+                run_id = run.info.run_id
+        context.log.info(
+            f"xgboost_model: holdout rank IC {holdout['rank_ic']:.4f}, IC {holdout['ic']:.4f}, "
+            f"directional accuracy {holdout['directional_accuracy']:.3f}; MLflow run {run_id}"
+        )
+        result = {
+            "run_id": run_id,
+            "model_uri": info.model_uri,
+            "features": columns,
+            "feature_list_hash": feat_hash,
+            "data_fingerprint": data_fp,
+            "holdout": split.describe(),
+            "metrics": metrics,
+            "params": params,
+            "tags": tags,
+        }
+        return dg.Output(
+            result,
+            metadata={
+                "mlflow_run_id": run_id,
+                "model_uri": info.model_uri,
+                **{f"holdout_{k}": float(holdout[k]) for k in METRIC_KEYS},
+                "cv_walk_forward_rank_ic": cv["cv_walk_forward_rank_ic"],
+                "train_rank_ic": float(train_m["rank_ic"]),
+                "rounds": model.best_iteration_ + 1,
+                "features_used": len(columns),
+                "seconds": round(time.perf_counter() - start, 1),
+                "holdout_window": dg.MetadataValue.json(split.describe()),
+                "feature_importance": dg.MetadataValue.md(
+                    pd.Series(model.feature_importance()).sort_values(ascending=False).head(20)
+                    .rename("total_gain").to_frame().to_markdown()
+                ),
+            },
+        )

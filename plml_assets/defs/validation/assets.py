@@ -9,7 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.selection.assets import selected_features
-from plml_assets.defs.shared import TRAINING_RETRY, XGBoostConfig, split_for
+from plml_assets.defs.shared import TRAINING_RETRY, fail_fast_on_bad_input, XGBoostConfig, split_for
 from plml_assets.lib.metrics import summarize_folds
 from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
 from plml_assets.lib.training import cross_validate, design_matrix, fold_assignments, folds_from_assignments
@@ -54,7 +54,7 @@ def cv_splits(
 
 
 class CVResultsConfig(XGBoostConfig):
-    gap_bound: float = Field(default=0.10, ge=0, le=2, description="flag overfitting when train rank IC exceeds validation rank IC by more than this")
+    gap_bound: float = Field(default=0.10, description="flag overfitting when train rank IC exceeds validation rank IC by more than this")
 
 
 @dg.asset(
@@ -72,46 +72,49 @@ def xgboost_cv_results(
     cv_splits: pd.DataFrame,
     settings: ExperimentSettings,
 ) -> dg.Output[pd.DataFrame]:
-    start = time.perf_counter()
-    y_all, split = split_for(labels, settings)
-    X, y = design_matrix(features, y_all, selected_features(feature_selection), split.train_dates)
-    params = config.params(settings)
-    frames = []
-    for scheme in SCHEMES:
-        folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
-        context.log.info(f"{scheme}: {len(folds)} folds on {len(X):,} rows x {X.shape[1]} features")
-        per_fold, _ = cross_validate(params, X, y, folds, settings.horizon, config.gap_bound, log=context.log.info)
-        per_fold.insert(0, "scheme", scheme)
-        frames.append(per_fold)
-    results = pd.concat(frames, ignore_index=True)
-    metadata: dict[str, object] = {}
-    for scheme, block in results.groupby("scheme"):
-        agg = summarize_folds(block[[f"valid_{m}" for m in METRICS] + ["rank_ic_gap"]].to_dict("records"))
-        for m in METRICS:
-            metadata[f"{scheme}_{m}"] = float(agg[f"valid_{m}_mean"])
-        metadata[f"{scheme}_rank_ic_std"] = float(agg["valid_rank_ic_std"])
-        metadata[f"{scheme}_rank_ic_gap"] = float(agg["rank_ic_gap_mean"])
-        metadata[f"{scheme}_overfit_folds"] = int(block["overfit_flag"].sum())
-    overfit = bool(results["overfit_flag"].any())
-    if overfit:
-        context.log.warning(
-            f"overfitting flag: {int(results['overfit_flag'].sum())} fold(s) with train-validation rank IC gap > {config.gap_bound}"
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        y_all, split = split_for(labels, settings)
+        X, y = design_matrix(features, y_all, selected_features(feature_selection), split.train_dates)
+        params = config.params(settings)
+        if not 0 <= config.gap_bound <= 2:
+            raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
+        frames = []
+        for scheme in SCHEMES:
+            folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
+            context.log.info(f"{scheme}: {len(folds)} folds on {len(X):,} rows x {X.shape[1]} features")
+            per_fold, _ = cross_validate(params, X, y, folds, settings.horizon, config.gap_bound, log=context.log.info)
+            per_fold.insert(0, "scheme", scheme)
+            frames.append(per_fold)
+        results = pd.concat(frames, ignore_index=True)
+        metadata: dict[str, object] = {}
+        for scheme, block in results.groupby("scheme"):
+            agg = summarize_folds(block[[f"valid_{m}" for m in METRICS] + ["rank_ic_gap"]].to_dict("records"))
+            for m in METRICS:
+                metadata[f"{scheme}_{m}"] = float(agg[f"valid_{m}_mean"])
+            metadata[f"{scheme}_rank_ic_std"] = float(agg["valid_rank_ic_std"])
+            metadata[f"{scheme}_rank_ic_gap"] = float(agg["rank_ic_gap_mean"])
+            metadata[f"{scheme}_overfit_folds"] = int(block["overfit_flag"].sum())
+        overfit = bool(results["overfit_flag"].any())
+        if overfit:
+            context.log.warning(
+                f"overfitting flag: {int(results['overfit_flag'].sum())} fold(s) with train-validation rank IC gap > {config.gap_bound}"
+            )
+        metadata.update(
+            {
+                "overfit_flag": overfit,
+                "gap_bound": config.gap_bound,
+                "per_fold": dg.MetadataValue.md(
+                    results[["scheme", "fold", "test_start", "test_end", "valid_ic", "valid_rank_ic", "valid_rmse",
+                             "valid_directional_accuracy", "train_rank_ic", "rank_ic_gap", "best_iteration"]]
+                    .round(4).to_markdown(index=False)
+                ),
+                "features_used": int(X.shape[1]),
+                "seconds": round(time.perf_counter() - start, 1),
+                "params": dg.MetadataValue.json(params),
+            }
         )
-    metadata.update(
-        {
-            "overfit_flag": overfit,
-            "gap_bound": config.gap_bound,
-            "per_fold": dg.MetadataValue.md(
-                results[["scheme", "fold", "test_start", "test_end", "valid_ic", "valid_rank_ic", "valid_rmse",
-                         "valid_directional_accuracy", "train_rank_ic", "rank_ic_gap", "best_iteration"]]
-                .round(4).to_markdown(index=False)
-            ),
-            "features_used": int(X.shape[1]),
-            "seconds": round(time.perf_counter() - start, 1),
-            "params": dg.MetadataValue.json(params),
-        }
-    )
-    return dg.Output(results, metadata=metadata)
+        return dg.Output(results, metadata=metadata)
 
 
 def cv_summary(results: pd.DataFrame, scheme: str = "walk_forward") -> dict[str, float]:

@@ -54,6 +54,8 @@ class XGBoostModel(Model):
             "colsample_bytree": 0 < self.colsample_bytree <= 1,
             "reg_lambda": self.reg_lambda >= 0,
             "early_stopping_rounds": self.early_stopping_rounds >= 0,
+            "nthread": isinstance(self.nthread, int) and self.nthread >= 1,
+            "device": self.device == "cpu" or str(self.device).startswith("cuda"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -1,0 +1,138 @@
+"""The whole asset graph, in process, on a small real slice (8 symbols, 2006-2013), real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from plml_assets.definitions import ASSETS, CHECKS
+from plml_assets.resources.mlflow_registry import MlflowRegistry
+from plml_assets_tests.conftest import SLICE_SYMBOLS, slice_resources
+
+pytestmark = pytest.mark.slow
+
+
+def _materialize(resources, instance, run_config=None):
+    return dg.materialize(
+        [*ASSETS, *CHECKS], resources=resources, instance=instance, raise_on_error=False, run_config=run_config
+    )
+
+
+@pytest.fixture
+def first_run(plml_home, instance):
+    resources = slice_resources(plml_home)
+    result = _materialize(resources, instance)
+    return resources, result
+
+
+def _gate(result) -> dg.AssetCheckEvaluation:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate")
+
+
+def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_home):
+    resources, result = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"market_prices", "labels", "features", "feature_selection", "cv_splits", "xgboost_cv_results",
+            "xgboost_model", "registered_model"} <= materialized
+
+    # Every blocking data check ran and passed on the real slice.
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert all(checks[f"prices_{n}"].passed for n in ("schema", "duplicates", "prices", "missing", "ranges", "history"))
+
+    # CV results: both schemes, metrics per fold, an overfitting verdict.
+    cv = pd.read_parquet(plml_home / "assets" / "xgboost_cv_results.parquet")
+    assert set(cv["scheme"]) == {"walk_forward", "kfold"}
+    for col in ("valid_ic", "valid_rank_ic", "valid_rmse", "valid_directional_accuracy", "rank_ic_gap", "overfit_flag"):
+        assert cv[col].notna().all(), col
+    assert (cv["valid_rmse"] > 0).all()
+    # Walk-forward test blocks come after their training dates (dates are ISO strings).
+    wf = cv[cv["scheme"] == "walk_forward"]
+    assert (wf["train_end"] < wf["test_start"]).all()
+
+    # The MLflow run carries params, metrics, features, fingerprint, dagster run id and the model.
+    model_out = json.loads((plml_home / "assets" / "xgboost_model.json").read_text())
+    run = registry.client().get_run(model_out["run_id"])
+    assert run.data.tags["dagster.run_id"] == result.run_id
+    assert run.data.tags["plml.data_fingerprint"] == model_out["data_fingerprint"]
+    assert {"learning_rate", "max_depth", "horizon", "n_features"} <= set(run.data.params)
+    assert {"holdout_rank_ic", "holdout_ic", "holdout_rmse", "holdout_directional_accuracy",
+            "cv_walk_forward_rank_ic", "cv_kfold_rank_ic"} <= set(run.data.metrics)
+    artifacts = {a.path for a in registry.client().list_artifacts(model_out["run_id"])}
+    assert {"features.json", "holdout_window.json", "cv_results.csv"} <= artifacts
+    with registry.tracking():
+        info = mlflow.models.get_model_info(model_out["model_uri"])
+    assert info.signature is not None and "close" in info.signature.inputs.input_names()
+    assert info.saved_input_example_info is not None
+
+    # Registry: version 1 is the challenger, tagged; the gate compared it with the momentum baseline.
+    v1 = registry.version_info("1")
+    assert "challenger" in v1.aliases
+    assert v1.tags["plml.feature_list_hash"] == model_out["feature_list_hash"]
+    assert v1.tags["plml.code_version"]
+    gate = _gate(result)
+    assert "baseline momentum_20d" in gate.description
+    champion = registry.alias_version("champion")
+    if gate.passed:
+        assert champion is not None and champion.version == "1"
+        assert "champion_model" in materialized
+    else:  # the gate holds: nothing is promoted and the run says so
+        assert champion is None and "champion_model" not in materialized and not result.success
+
+
+def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run, plml_home, instance):
+    resources, first = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    if registry.alias_version("champion") is None:
+        registry.promote("1", reason="test setup: make v1 the champion")
+    second = _materialize(resources, instance)
+    gate = _gate(second)
+    # Seeded end to end: the same data and config give the same model, so the margin is exactly zero.
+    assert "champion v1" in gate.description and "margin +0.0000" in gate.description
+    assert not gate.passed
+    assert registry.alias_version("champion").version == "1"
+    assert registry.alias_version("challenger").version == "2"
+    materialized = {e.materialization.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
+    assert "champion_model" not in materialized
+    m1 = registry.client().get_run(registry.version_info("1").run_id).data.metrics
+    m2 = registry.client().get_run(registry.version_info("2").run_id).data.metrics
+    assert m1["holdout_rank_ic"] == m2["holdout_rank_ic"]
+
+
+def test_better_challenger_replaces_the_champion(plml_home, instance):
+    """A deliberately crippled first model (one shallow tree) is beaten by the default model."""
+    resources = slice_resources(plml_home)
+    weak = {"ops": {"xgboost_model": {"config": {"n_estimators": 1, "max_depth": 1, "learning_rate": 0.01}}}}
+    first = _materialize(resources, instance, run_config=weak)
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    if registry.alias_version("champion") is None:
+        registry.promote("1", reason="test setup")
+    second = _materialize(resources, instance)
+    gate = _gate(second)
+    ch = float(gate.metadata["challenger"].value)
+    ref = float(gate.metadata["reference_value"].value)
+    assert "champion v1" in gate.description
+    beats = bool(np.isfinite(ch) and (ch > ref or np.isnan(ref)))  # a constant model has no rank IC
+    assert gate.passed == beats
+    expected = "2" if beats else "1"
+    assert registry.alias_version("champion").version == expected
+    if expected == "2":
+        assert registry.champion_history()[-2:] == ["1", "2"]
+
+
+def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instance):
+    resources = slice_resources(plml_home)
+    bad = {"ops": {"xgboost_cv_results": {"config": {"learning_rate": 5.0}}}}
+    result = _materialize(resources, instance, run_config=bad)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "xgboost_cv_results"  # the first asset that reads the XGBoost config
+    assert "learning_rate=5.0" in str(failure.event_specific_data.error)
+    # Bad input is not transient: no retry was spent on it.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert MlflowRegistry(tracking_uri=f"sqlite:///{plml_home / 'mlflow.db'}", model_name="plml_test_model").versions() == []
