@@ -6,9 +6,9 @@ features with a groupby on the date. It is also the independent check of the num
 implementations must agree on every column they share.
 
     python benchmarks/features.py                 # print the table
-    python benchmarks/features.py --runs 5 --reference-runs 3 --write   # and update docs/benchmarks.md
+    python benchmarks/features.py --runs 5 --reference-runs 1 --write   # and update docs/benchmarks.md
 
-Times are wall-clock medians in this one process (a warm-up call first). Peak memory is
+Times are wall-clock medians in this one process, after one untimed call of each implementation. Peak memory is
 tracemalloc's peak of Python and NumPy allocations during one separate, untimed call (the input
 panel, already in memory, is not counted; the returned frame is).
 """
@@ -152,7 +152,6 @@ def reference_features(prices: pd.DataFrame) -> pd.DataFrame:
 # --- measurement --------------------------------------------------------------------------------
 
 def _median_seconds(func: Callable[[], object], runs: int) -> float:
-    func()  # warm-up: imports, first-touch page faults
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -185,24 +184,28 @@ def _machine() -> str:
                 if line.startswith("model name")), platform.processor() or "unknown CPU") \
         if Path("/proc/cpuinfo").exists() else platform.processor()
     return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), Python {platform.python_version()}, "
-            f"pandas {pd.__version__}, NumPy {np.__version__}")
+            f"pandas {pd.__version__}, NumPy {np.__version__}; 1-minute load average "
+            f"{os.getloadavg()[0]:.1f} at the start (other work on the machine slows both sides)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs of build_features (median)")
-    parser.add_argument("--reference-runs", type=int, default=3, help="timed runs of the per-symbol loop")
+    parser.add_argument("--reference-runs", type=int, default=1,
+                        help="timed runs of the per-symbol loop (median; it takes ~10-20 s a run)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--write", action="store_true", help=f"update '{SECTION}' in {DOCS.relative_to(REPO)}")
     args = parser.parse_args(argv)
     if not args.data.exists():
         sys.exit(f"benchmark data {args.data} is absent: put sp500_5yr.csv.gz there or pass --data PATH")
 
+    machine = _machine()
     prices = pd.read_csv(args.data, parse_dates=["date"]).set_index(["date", "symbol"]).sort_index()
     n_dates, n_symbols = prices.index.levshape
     rows = []
     for label, columns in [("OHLCV", ["open", "high", "low", "close", "volume"]), ("close only", ["close"])]:
         panel = prices[columns]
+        # These first calls, for the comparison, are also the warm-up of the timed runs below.
         fast, _ = build_features(panel)
         slow = reference_features(panel)
         shared, mismatches, worst = _compare(fast, slow)
@@ -220,33 +223,35 @@ def main(argv: list[str] | None = None) -> int:
 
     table = [
         "| panel | features | vectorized median | per-symbol loop median | speed-up | peak memory vectorized "
-        "| peak memory loop | output (float32) | columns checked | cells outside tolerance |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak memory loop | output (float32) | columns checked | cells outside tolerance | largest difference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         table.append(
             f"| {r['panel']} | {r['features']} | {r['fast_s']:.2f} s | {r['slow_s']:.2f} s "
             f"| {r['slow_s'] / r['fast_s']:.1f}x | {r['fast_mib']:.0f} MiB | {r['slow_mib']:.0f} MiB "
-            f"| {r['output_mib']:.0f} MiB | {r['checked']} | {r['mismatches']} |"
+            f"| {r['output_mib']:.0f} MiB | {r['checked']} | {r['mismatches']} | {r['worst']:.2g} x tolerance |"
         )
     body = "\n".join([
         SECTION,
         "",
         f"`build_features` (feature set {FEATURE_SET_VERSION}) on `../shared/data/sp500_5yr.csv.gz`: "
         f"{len(prices):,} rows, {n_symbols} symbols, {n_dates:,} dates.",
-        f"Machine: {_machine()}.",
+        f"Machine: {machine}.",
         "",
         *table,
         "",
         f"- Times: wall-clock median of {args.runs} runs (vectorized) and {args.reference_runs} runs (loop), "
-        "after one warm-up call each, in the same process.",
+        "after one untimed call each (the one compared below), in the same process.",
         "- Peak memory: `tracemalloc` peak of Python and NumPy allocations during one separate untimed call, "
         "the output frame included, the input panel not.",
         "- The per-symbol loop lives in `benchmarks/features.py`: plain pandas Series operations per symbol, "
         "concatenated, then a groupby on the date for the cross-sectional features. Both results are "
         f"compared cell by cell (`np.isclose`, rtol={RTOL}, atol={ATOL}, NaN positions equal) on every "
-        "column they share.",
-        "- Rerun: `python benchmarks/features.py --runs 5 --reference-runs 3 --write` from the repository root.",
+        "column they share; the largest difference is |a - b| / (atol + rtol |b|) over cells where both "
+        "are numbers (0: the float32 values are identical).",
+        f"- Rerun: `python benchmarks/features.py --runs {args.runs} --reference-runs {args.reference_runs} --write` "
+        "from the repository root (about 4 minutes here, most of it the loop under tracemalloc).",
         "",
     ])
     print(body)

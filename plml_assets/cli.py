@@ -133,18 +133,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def _doctor_dagster() -> tuple[bool, str, str]:
     from dagster import DagsterInstance
 
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        return False, "(DAGSTER_HOME unset)", "DAGSTER_HOME is not set: export it (plml run uses $PLML_HOME/dagster)"
+    note = ""
+    if not os.environ.get("DAGSTER_HOME"):
+        note = " (DAGSTER_HOME unset: the default of `plml run`)"
+    home = str(_ensure_dagster_home())
     try:
         instance = DagsterInstance.get()
         url = f"{home} (run storage: {type(instance.run_storage).__name__})"
         instance.get_runs(limit=1)
         instance.run_storage.set_cursor_values({"plml_doctor_last_check": str(time.time())})
         instance.run_storage.get_cursor_values({"plml_doctor_last_check"})
-        return True, url, "reachable and writable"
+        return True, url + note, "reachable and writable"
     except Exception as exc:
-        return False, home, f"{type(exc).__name__}: {exc}"
+        return False, home + note, f"{type(exc).__name__}: {exc}"
 
 
 def _doctor_mlflow() -> tuple[bool, str, str]:
@@ -174,8 +175,29 @@ def _doctor_optuna() -> tuple[bool, str, str]:
         return False, url, f"{type(exc).__name__}: {exc}"
 
 
+DOCTOR_TIMEOUT_S = 20.0
+
+
+def _bounded(check, name: str, url_hint: str) -> tuple[bool, str, str]:
+    """Run one check in a daemon thread so an unreachable server cannot hang the doctor
+    (MLflow's SQL store retries a refused connection for minutes)."""
+    import threading
+
+    box: list[tuple[bool, str, str]] = []
+    thread = threading.Thread(target=lambda: box.append(check()), name=f"doctor-{name}", daemon=True)
+    thread.start()
+    thread.join(DOCTOR_TIMEOUT_S)
+    if box:
+        return box[0]
+    return False, url_hint, f"no answer within {DOCTOR_TIMEOUT_S:.0f} s (server down or unreachable?)"
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
-    results = {"dagster": _doctor_dagster(), "mlflow": _doctor_mlflow(), "optuna": _doctor_optuna()}
+    results = {
+        "dagster": _bounded(_doctor_dagster, "dagster", os.environ.get("DAGSTER_HOME", str(default_dagster_home()))),
+        "mlflow": _bounded(_doctor_mlflow, "mlflow", _registry().resolved_tracking_uri()),
+        "optuna": _bounded(_doctor_optuna, "optuna", OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE")).resolved_url()),
+    }
     failed = [name for name, (ok, _, _) in results.items() if not ok]
     if args.json:
         print(json.dumps({k: {"ok": ok, "url": url, "detail": d} for k, (ok, url, d) in results.items()}, indent=2))
@@ -184,7 +206,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {name:8s} {url}\n       {detail}")
     if failed:
         print(f"plml doctor: not working: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # a timed-out check may still hold a thread in a C call: do not wait for it
     return 0
 
 

@@ -17,10 +17,16 @@ from plml_assets.resources.prices import PriceSource
 from plml_assets.resources.settings import ExperimentSettings
 
 
-def _env_int(name: str, default: int) -> int | dg.EnvVar:
+def _env_int(name: str, default: int) -> int:
     import os
 
-    return dg.EnvVar.int(name) if os.environ.get(name) else default
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
 def build_resources() -> dict[str, object]:

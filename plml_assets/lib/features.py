@@ -5,21 +5,22 @@ column and optional ``open``, ``high``, ``low``, ``volume``. Every feature at (t
 rows dated <= t: time-series features on symbol s's own history, cross-sectional features
 (``cs_rank_*``, ``cs_z_*``) on the other symbols' values at date t alone.
 
-Each column is pivoted once to a wide (date x symbol) array, so every rolling or exponential
-operation runs once for all symbols instead of once per symbol, and the results are gathered back
-to the panel rows by integer position, which keeps the output aligned row for row with the input
-(late-starting symbols included).
+Each column is pivoted once to a wide frame with one column per symbol, so every rolling or
+exponential operation runs once for all symbols instead of once per symbol; the results are
+gathered back to the panel rows by integer position, which keeps the output aligned row for row
+with the input (late-starting symbols included).
 
 Conventions shared by all features:
+- Windows count each symbol's own rows (trading days), like the labels' horizon: a date on which
+  a symbol has no row is skipped, not treated as a missing price.
 - Returns are simple returns; volatilities are standard deviations of daily log returns, not
-  annualized; ratios are expressed as fractions (``ma_gap_50 = 0.03`` means 3 % above the mean).
+  annualized; ratios are fractions (``ma_gap_50 = 0.03``: 3 % above the 50-day mean).
 - A rolling window of ``w`` days needs ``w`` valid observations (``min_periods=w``), so early rows
   are NaN rather than estimated from a shorter history. Exponential averages need as many
   observations as their span/length.
-- The dates are the union of the panel's dates (a trading calendar). A missing close (NaN, or a
-  symbol absent on a date the others trade) is carried forward for at most
-  ``PRICE_HOLE_FILL_LIMIT`` days, which uses the past only and keeps one bad tick from blanking a
-  250-day window; rows whose close is still unknown get NaN features.
+- A missing close (NaN) is carried forward for at most ``PRICE_HOLE_FILL_LIMIT`` rows, which uses
+  the past only and keeps one bad tick from blanking a 250-day window; rows whose close is still
+  unknown get NaN features. Open/high/low/volume are not filled.
 - +/-inf (zero prices or volumes) become NaN; the output is float32.
 """
 
@@ -64,7 +65,13 @@ CS_Z_OF = ("ret_5d", "ret_20d", "mom_12_1m", "vol_20d", "ma_gap_50", "drawdown_2
 FEATURE_LOOKBACK_DAYS = 320
 
 INDEX_NAMES = ("date", "symbol")
-_CROSS_SECTION_INPUTS = frozenset(CS_RANK_OF) | frozenset(CS_Z_OF)
+DOLLAR_VOLUME_FEATURE = f"log_dollar_volume_{SHORT_WINDOW}d"
+_CROSS_SECTION_INPUTS = frozenset(CS_RANK_OF) | frozenset(CS_Z_OF) | {DOLLAR_VOLUME_FEATURE}
+
+
+# A group's compute yields (name, values): a frame in the per-symbol row layout of `_Layout`, or
+# for cross-sectional features a vector already aligned with the panel's rows.
+_Computed = Iterator[tuple[str, "pd.DataFrame | np.ndarray"]]
 
 
 @dataclass(frozen=True)
@@ -74,31 +81,46 @@ class _Group:
     name: str
     required: tuple[str, ...]
     names: tuple[str, ...]
-    compute: Callable[[_Wide], Iterator[tuple[str, pd.DataFrame]]]
+    compute: Callable[[_Layout], _Computed]
 
 
-class _Wide:
-    """Wide (date x symbol) views of the panel's columns, built once and shared by the groups."""
+class _Layout:
+    """The panel's columns as wide frames, built once and shared by the groups.
+
+    Time-series layout: one column per symbol, row k holding that symbol's k-th row in date order
+    (padded with NaN after its last row). A rolling or exponential operation then runs once for all
+    symbols and counts each symbol's own trading days, as the labels do, so a symbol that starts
+    late or misses a few dates is handled like in a per-symbol loop. Cross-sectional statistics
+    use a second, date x symbol layout, in which a date holds only the symbols that trade on it.
+    """
 
     def __init__(self, prices: pd.DataFrame, columns: Iterable[str]):
-        self.date_codes, self.dates = pd.factorize(prices.index.get_level_values("date"), sort=True)
-        self.symbol_codes, self.symbols = pd.factorize(prices.index.get_level_values("symbol"), sort=True)
-        self.shape = (len(self.dates), len(self.symbols))
-        present = np.zeros(self.shape, dtype=bool)
-        present[self.date_codes, self.symbol_codes] = True
+        date_codes, dates = pd.factorize(prices.index.get_level_values("date"), sort=True)
+        symbol_codes, symbols = pd.factorize(prices.index.get_level_values("symbol"), sort=True)
+        rows_per_symbol = np.bincount(symbol_codes, minlength=len(symbols))
+        symbol_major = np.lexsort((date_codes, symbol_codes))
+        first_row = np.cumsum(rows_per_symbol) - rows_per_symbol
+        row_codes = np.empty(len(prices), dtype=np.intp)
+        row_codes[symbol_major] = np.arange(len(prices)) - np.repeat(first_row, rows_per_symbol)
+        self._by_row = (row_codes, symbol_codes)
+        self._by_date = (date_codes, symbol_codes)
+        self.shape = (int(rows_per_symbol.max()), len(symbols))
+        self._date_shape = (len(dates), len(symbols))
         self._raw = {column: self._pivot(prices[column]) for column in columns}
 
+        exists = np.arange(self.shape[0])[:, None] < rows_per_symbol[None, :]
         close = self._raw["close"].where(self._raw["close"] > 0)
-        self.close = close.ffill(limit=PRICE_HOLE_FILL_LIMIT).where(present)
-        # Rows without a usable close get no features, which also keeps the stale values that
-        # exponential averages carry over missing rows out of the cross-sectional statistics.
-        self.usable = self.close.notna().to_numpy()
+        self.close = close.ffill(limit=PRICE_HOLE_FILL_LIMIT).where(exists)
         self.log_ret = np.log(self.close / self.close.shift(1))
-        self.kept: dict[str, pd.DataFrame] = {}
+        # Rows without a usable close get no features, which also keeps the stale values that
+        # exponential averages carry over missing prices out of the cross-sectional statistics.
+        self._usable = self.close.notna().to_numpy()
+        self._usable_rows = self._usable[self._by_row]
+        self._kept: dict[str, np.ndarray] = {}
 
     def _pivot(self, column: pd.Series) -> pd.DataFrame:
-        values = np.full(self.shape, np.nan, order="F")  # pandas keeps each symbol contiguous
-        values[self.date_codes, self.symbol_codes] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = np.full(self.shape, np.nan, order="F")  # pandas then keeps each symbol contiguous
+        values[self._by_row] = column.to_numpy(dtype=np.float64, na_value=np.nan)
         return pd.DataFrame(values)
 
     def raw(self, column: str) -> pd.DataFrame:
@@ -110,15 +132,22 @@ class _Wide:
         consistent = (high >= low).to_numpy()
         return high.where(consistent), low.where(consistent)
 
-    def mask(self, name: str, wide: pd.DataFrame) -> pd.DataFrame:
-        """Blank rows without a usable close; keep the inputs of cross-sectional features."""
-        wide = wide.where(self.usable)
+    def to_panel(self, name: str, values: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Gather a feature to the panel's rows, blanking rows without a usable close."""
+        if isinstance(values, pd.DataFrame):
+            column = values.to_numpy(dtype=np.float64)[self._by_row]
+        else:
+            column = np.asarray(values, dtype=np.float64)
+        column = np.where(self._usable_rows, column, np.nan)
         if name in _CROSS_SECTION_INPUTS:
-            self.kept[name] = wide
-        return wide
+            self._kept[name] = column
+        return column
 
-    def to_panel(self, wide: pd.DataFrame) -> np.ndarray:
-        return wide.to_numpy()[self.date_codes, self.symbol_codes]
+    def across_symbols(self, name: str, statistic: Callable[[pd.DataFrame], pd.DataFrame]) -> np.ndarray:
+        """Apply a per-date statistic to an already computed feature; panel-aligned result."""
+        by_date = np.full(self._date_shape, np.nan)
+        by_date[self._by_date] = self._kept[name]
+        return statistic(pd.DataFrame(by_date)).to_numpy()[self._by_date]
 
 
 def _rolling(wide: pd.DataFrame, window: int):
@@ -166,7 +195,7 @@ def _cs_zscore(wide: pd.DataFrame) -> pd.DataFrame:
 
 # --- groups from close alone -------------------------------------------------------------------
 
-def _returns(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _returns(w: _Layout) -> _Computed:
     close = w.close
     for window in RETURN_WINDOWS:
         yield f"ret_{window}d", close / close.shift(window) - 1.0
@@ -175,7 +204,7 @@ def _returns(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
         yield name, recent / close.shift(lookback) - 1.0
 
 
-def _volatility(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _volatility(w: _Layout) -> _Computed:
     log_ret = w.log_ret
     vols = {}
     for window in VOL_WINDOWS:
@@ -192,7 +221,7 @@ def _volatility(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
     yield f"ret_1d_over_vol_{SHORT_WINDOW}d", log_ret / vols[SHORT_WINDOW]
 
 
-def _oscillators(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _oscillators(w: _Layout) -> _Computed:
     close = w.close
     change = close.diff()
     gains, losses = change.clip(lower=0.0), (-change).clip(lower=0.0)
@@ -210,7 +239,7 @@ def _oscillators(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
     yield "macd_hist", line - signal
 
 
-def _trend(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _trend(w: _Layout) -> _Computed:
     close = w.close
     band = _rolling(close, BOLLINGER_WINDOW)
     mid, spread = band.mean(), BOLLINGER_WIDTH_SDS * band.std(ddof=0)
@@ -225,7 +254,7 @@ def _trend(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
     yield f"ma_cross_{short}_{long}", means[short] / means[long] - 1.0
 
 
-def _extremes(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _extremes(w: _Layout) -> _Computed:
     close = w.close
     highs, lows = {}, {}
     for window in EXTREME_WINDOWS:
@@ -238,34 +267,33 @@ def _extremes(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
     yield f"close_pos_{RANGE_POSITION_WINDOW}d", (close - low) / (high - low)
 
 
-def _cross_section(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _cross_section(w: _Layout) -> _Computed:
     for name in CS_RANK_OF:
-        yield f"cs_rank_{name}", _cs_pct_rank(w.kept[name])
+        yield f"cs_rank_{name}", w.across_symbols(name, _cs_pct_rank)
     for name in CS_Z_OF:
-        yield f"cs_z_{name}", _cs_zscore(w.kept[name])
+        yield f"cs_z_{name}", w.across_symbols(name, _cs_zscore)
 
 
 # --- groups that need optional columns ---------------------------------------------------------
 
-def _volume(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _volume(w: _Layout) -> _Computed:
     volume = w.raw("volume").where(lambda v: v >= 0)
     log_volume = np.log1p(volume)
     recent = _rolling(log_volume, SHORT_WINDOW)
     yield f"volume_z_{SHORT_WINDOW}d", (log_volume - recent.mean()) / recent.std()
     dollar_volume = w.close * volume
-    avg_dollar_volume = _rolling(dollar_volume, SHORT_WINDOW).mean()
-    log_dollar_volume = w.mask(f"log_dollar_volume_{SHORT_WINDOW}d", np.log(avg_dollar_volume))
-    yield f"log_dollar_volume_{SHORT_WINDOW}d", log_dollar_volume
+    yield DOLLAR_VOLUME_FEATURE, np.log(_rolling(dollar_volume, SHORT_WINDOW).mean())
     for short, long in VOLUME_TREND_WINDOWS:
         trend = _rolling(volume, short).mean() / _rolling(volume, long).mean() - 1.0
         yield f"volume_trend_{short}_{long}d", trend
     # Amihud illiquidity: price impact per dollar traded, in basis points per million dollars.
     impact = (w.close / w.close.shift(1) - 1.0).abs() / dollar_volume.where(dollar_volume > 0)
     yield f"log_amihud_{SHORT_WINDOW}d", np.log(_rolling(impact, SHORT_WINDOW).mean() * 1e10)
-    yield f"cs_rank_log_dollar_volume_{SHORT_WINDOW}d", _cs_pct_rank(log_dollar_volume)
+    # Generators run lazily: the dollar volume yielded above has been gathered and kept by now.
+    yield f"cs_rank_{DOLLAR_VOLUME_FEATURE}", w.across_symbols(DOLLAR_VOLUME_FEATURE, _cs_pct_rank)
 
 
-def _range(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _range(w: _Layout) -> _Computed:
     close, (high, low) = w.close, w.high_low()
     day_range = (high - low) / close
     yield "hl_range_1d", day_range
@@ -276,13 +304,14 @@ def _range(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
     # Clipped because some feeds print a close outside the day's high-low range.
     yield "close_loc_1d", ((close - low) / (high - low)).clip(0.0, 1.0)
     prev_close = close.shift(1)
-    true_range = np.maximum(high - low, np.maximum((high - prev_close).abs(), (low - prev_close).abs()))
+    # fmax skips a missing previous close: the first day's true range is its high - low.
+    true_range = np.fmax(high - low, np.fmax((high - prev_close).abs(), (low - prev_close).abs()))
     true_range = true_range.where(high.notna() & low.notna())
     atr = _ewm_mean(true_range, alpha=1.0 / ATR_LENGTH, min_periods=ATR_LENGTH)
     yield f"atr_{ATR_LENGTH}_pct", atr / close
 
 
-def _gap(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _gap(w: _Layout) -> _Computed:
     close, open_ = w.close, w.raw("open")
     prev_close = close.shift(1)
     yield "overnight_gap_1d", open_ / prev_close - 1.0
@@ -291,7 +320,7 @@ def _gap(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
     yield f"intraday_vol_{SHORT_WINDOW}d", _rolling(np.log(close / open_), SHORT_WINDOW).std()
 
 
-def _ohlc(w: _Wide) -> Iterator[tuple[str, pd.DataFrame]]:
+def _ohlc(w: _Layout) -> _Computed:
     close, open_, (high, low) = w.close, w.raw("open"), w.high_low()
     log_hl, log_co = np.log(high / low), np.log(close / open_)
     garman_klass = 0.5 * log_hl**2 - (2.0 * np.log(2.0) - 1.0) * log_co**2
@@ -327,9 +356,9 @@ _GROUPS: tuple[_Group, ...] = (
     _Group("cross_section", ("close",),
            (*(f"cs_rank_{n}" for n in CS_RANK_OF), *(f"cs_z_{n}" for n in CS_Z_OF)), _cross_section),
     _Group("volume", ("volume",),
-           (f"volume_z_{SHORT_WINDOW}d", f"log_dollar_volume_{SHORT_WINDOW}d",
+           (f"volume_z_{SHORT_WINDOW}d", DOLLAR_VOLUME_FEATURE,
             *(f"volume_trend_{s}_{l}d" for s, l in VOLUME_TREND_WINDOWS), f"log_amihud_{SHORT_WINDOW}d",
-            f"cs_rank_log_dollar_volume_{SHORT_WINDOW}d"), _volume),
+            f"cs_rank_{DOLLAR_VOLUME_FEATURE}"), _volume),
     _Group("range", ("high", "low"),
            ("hl_range_1d", f"hl_range_{SHORT_WINDOW}d", f"parkinson_vol_{SHORT_WINDOW}d", "close_loc_1d",
             f"atr_{ATR_LENGTH}_pct"), _range),
@@ -390,21 +419,21 @@ def build_features(prices: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
         used = sorted({column for group in active for column in group.required})
         position = 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            wide = _Wide(prices, used)
+            layout = _Layout(prices, used)
             for group in active:
-                computed = _write(group, wide, out, position)
+                computed = _write(group, layout, out, position)
                 if computed != list(group.names):
                     raise AssertionError(f"group {group.name!r} computed {computed}, declared {group.names}")
                 position += len(computed)
     return pd.DataFrame(out, index=prices.index, columns=names, copy=False), skipped
 
 
-def _write(group: _Group, wide: _Wide, out: np.ndarray, start: int) -> list[str]:
+def _write(group: _Group, layout: _Layout, out: np.ndarray, start: int) -> list[str]:
     """Compute one group's features into ``out`` from column ``start``; return their names."""
     names = []
-    for offset, (name, values) in enumerate(group.compute(wide)):
+    for offset, (name, values) in enumerate(group.compute(layout)):
         column = out[:, start + offset]
-        column[:] = wide.to_panel(wide.mask(name, values))
+        column[:] = layout.to_panel(name, values)
         column[np.isinf(column)] = np.nan  # also catches values beyond float32's range
         names.append(name)
     return names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 from pydantic import Field
@@ -25,4 +26,6 @@ class OptunaStorage(dg.ConfigurableResource):
         url = self.resolved_url()
         if url.startswith("sqlite:///"):
             plml_home().mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url=url, heartbeat_interval=60, grace_period=180)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but needed to reap killed trials
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url=url, heartbeat_interval=60, grace_period=180)

@@ -23,6 +23,7 @@ SP500_5YR = Path(__file__).resolve().parents[2].parent / "shared/data/sp500_5yr.
 OHLCV_SYMBOLS = ["AAPL", "MSFT", "XOM", "JPM", "EBAY", "DHR", "O", "UA", "FTV", "APTV", "BHF", "WRK", "CHD"]
 LATE_SYMBOL, LATE_START_ROW = "BBY", 400
 HOLE_SYMBOL, HOLE_ROW, OUTAGE_ROWS = "XOM", 600, slice(900, 910)  # XOM has a row on every date
+GAP_SYMBOL, GAP_ROWS = "JPM", slice(697, 700)  # rows missing: windows count JPM's own rows
 CLOSE_ONLY_SKIPPED = {
     "volume": "column 'volume' absent",
     "range": "columns 'high','low' absent",
@@ -38,11 +39,13 @@ def _long_panel(wide: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def close_panel() -> pd.DataFrame:
-    """Twenty real adjusted closes since 2014, one symbol starting late, two holes in another."""
+    """Twenty real adjusted closes since 2014: one symbol starts late, one has NaN closes, one
+    misses three dates."""
     wide = load_sp500_dataset().loc["2014-01-01":].astype("float64")
     panel = _long_panel(wide)
     late_dates = wide.index[:LATE_START_ROW]
     panel = panel.drop(index=pd.MultiIndex.from_product([late_dates, [LATE_SYMBOL]]))
+    panel = panel.drop(index=panel.xs(GAP_SYMBOL, level="symbol", drop_level=False).index[GAP_ROWS])
     hole_rows = panel.xs(HOLE_SYMBOL, level="symbol", drop_level=False).index
     panel.loc[hole_rows[HOLE_ROW], "close"] = np.nan  # one bad tick
     panel.loc[hole_rows[OUTAGE_ROWS], "close"] = np.nan  # a ten-day outage, longer than the fill limit
@@ -120,12 +123,13 @@ def test_price_holes_are_bridged_only_up_to_the_fill_limit(close_panel, close_fe
     assert outage.iloc[PRICE_HOLE_FILL_LIMIT:].isna().all().all()
 
 
-def test_time_series_features_do_not_depend_on_other_symbols(close_panel, close_features):
+@pytest.mark.parametrize("symbol", [LATE_SYMBOL, GAP_SYMBOL, HOLE_SYMBOL])
+def test_time_series_features_do_not_depend_on_other_symbols(close_panel, close_features, symbol):
     features, _ = close_features
-    alone, _ = build_features(close_panel.xs(LATE_SYMBOL, level="symbol", drop_level=False))
+    alone, _ = build_features(close_panel.xs(symbol, level="symbol", drop_level=False))
     time_series = [c for c in features.columns if not c.startswith("cs_")]
-    in_panel = features.xs(LATE_SYMBOL, level="symbol", drop_level=False)
-    pd.testing.assert_frame_equal(alone[time_series], in_panel[time_series])
+    in_panel = features.xs(symbol, level="symbol", drop_level=False)
+    pd.testing.assert_frame_equal(alone[time_series], in_panel[time_series], check_exact=True)
 
 
 def test_cross_sectional_ranks_span_0_to_1_on_every_date(close_features):
@@ -156,10 +160,12 @@ def _hand_ewm(values: np.ndarray, alpha: float) -> float:
     return float(np.dot(weights, kept) / weights.sum())
 
 
-def test_values_match_hand_written_formulas(close_panel, close_features):
+@pytest.mark.parametrize("symbol", ["AAPL", GAP_SYMBOL])
+def test_values_match_hand_written_formulas(close_panel, close_features, symbol):
+    """Hand-written over the symbol's own rows; for GAP_SYMBOL t=700 is just after its gap."""
     features, _ = close_features
-    close = close_panel.xs("AAPL", level="symbol")["close"].to_numpy()
-    mine = features.xs("AAPL", level="symbol")
+    close = close_panel.xs(symbol, level="symbol")["close"].to_numpy()
+    mine = features.xs(symbol, level="symbol")
     log_ret = np.diff(np.log(close))
     for t in [60, 260, 700, len(close) - 1]:
         row = mine.iloc[t]
@@ -257,6 +263,14 @@ def test_no_look_ahead_on_ohlcv_panel(ohlcv_panel, cutoff_row, seed):
     features, _ = build_features(ohlcv_panel)
     perturbed, _ = build_features(_perturbed_after(ohlcv_panel, cutoff, seed))
     _assert_same_up_to(cutoff, features, perturbed)
+
+
+def test_row_order_of_the_input_does_not_matter(close_panel, close_features):
+    features, _ = close_features
+    shuffled = close_panel.sample(frac=1.0, random_state=3)
+    from_shuffled, _ = build_features(shuffled)
+    assert from_shuffled.index.equals(shuffled.index)
+    pd.testing.assert_frame_equal(from_shuffled, features.reindex(shuffled.index), check_exact=True)
 
 
 def test_is_deterministic(ohlcv_panel):

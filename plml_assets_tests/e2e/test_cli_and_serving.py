@@ -1,0 +1,227 @@
+"""End to end through the real commands: the README main command, the deployment contract in a fresh
+process, the plml verbs, and a killed `dagster asset materialize` run that is re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from plml_assets.lib.prices import load_embedded
+from plml_assets.resources.mlflow_registry import MlflowRegistry
+from plml_assets_tests.conftest import REPO, SLICE_END, SLICE_START, SLICE_SYMBOLS, postgres_url
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLML_", "MLFLOW_", "DAGSTER_"))}
+    env.update({"PLML_HOME": str(home), "PATH": f"{BIN}:{env.get('PATH', '')}", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def _plml(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "plml"), *args], env=_env(home, **extra), capture_output=True, text=True, timeout=300)
+
+
+def readme_main_command() -> str:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    assert blocks, "README has no bash block"
+    return blocks[0].strip()
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's first command, verbatim, with the quick profile and a temp PLML_HOME."""
+    home = tmp_path_factory.mktemp("readme") / "plml"
+    command = readme_main_command()
+    assert "plml run" in command and "pip install" in command
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=_env(home, PLML_PROFILE="quick"),
+        capture_output=True, text=True, timeout=1500,
+    )
+    return home, proc
+
+
+def _registry(home: Path) -> MlflowRegistry:
+    return MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+
+
+def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
+    home, proc = readme_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "plml run: succeeded" in out
+    assert re.search(r"champion: (v\d+|none)", out)
+    assert "holdout:" in out and "CV (walk-forward)" in out
+    assert "dagster dev" in out and "mlflow ui --backend-store-uri" in out
+    assert (home / "mlflow.db").exists() and (home / "dagster").is_dir()
+    status = json.loads(_plml(home, "status", "--json").stdout)
+    assert status["model_name"] == "plml_model"
+    assert status["versions"] == ["1"]
+    if status["champion"]:
+        assert status["champion"]["version"] == "1"
+        assert {"holdout_rank_ic", "cv_walk_forward_rank_ic"} <= set(status["champion"]["metrics"])
+        assert f"champion: v1" in out
+
+
+def _ensure_champion(home: Path) -> None:
+    registry = _registry(home)
+    if registry.alias_version("champion") is None:  # the gate kept none: promote by hand, as a person would
+        assert _plml(home, "promote", "1").returncode == 0
+
+
+SERVE_SCRIPT = """
+import json, sys
+import mlflow, pandas as pd
+panel = pd.read_parquet(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/plml_model@champion")
+out = model.predict(panel)
+print(json.dumps({"rows": out.assign(date=out["date"].astype(str)).to_dict("records")}))
+"""
+
+
+def test_champion_scores_raw_prices_in_a_fresh_process(readme_run, tmp_path):
+    home, proc = readme_run
+    assert proc.returncode == 0
+    _ensure_champion(home)
+    panel = load_embedded()
+    dates = panel.index.get_level_values("date").unique()[-400:]
+    recent = panel[panel.index.get_level_values("date").isin(dates)].reset_index()
+    path = tmp_path / "recent.parquet"
+    recent.to_parquet(path)
+    env = _env(home, MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}")
+    served = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(path)], env=env, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    rows = pd.DataFrame(json.loads(served.stdout.strip().splitlines()[-1])["rows"])
+    assert sorted(rows["symbol"]) == sorted(recent["symbol"].unique())  # one score per symbol
+    assert (rows["date"] == str(dates[-1].date()) + " 00:00:00").all() or (rows["date"].str[:10] == str(dates[-1].date())).all()
+    assert np.isfinite(rows["score"]).all() and rows["score"].std() > 0
+
+    # No training/serving skew: the same scores as the trained booster on the features asset
+    # (built from full history); 400 days of history reproduce them to float32 precision.
+    model_out = json.loads((home / "assets" / "xgboost_model.json").read_text())
+    feats = pd.read_parquet(home / "assets" / "features.parquet")
+    latest = feats.xs(dates[-1], level="date")[model_out["features"]]
+    registry = _registry(home)
+    from plml_assets.lib.models.xgboost_model import XGBoostModel
+    import mlflow
+
+    with registry.tracking():
+        local = mlflow.artifacts.download_artifacts("models:/plml_model@champion", dst_path=str(tmp_path / "m"))
+    booster = XGBoostModel.load(Path(local) / "artifacts" / "xgboost_model")
+    expected = pd.Series(booster.predict(latest), index=latest.index)
+    got = rows.set_index("symbol")["score"].reindex(expected.index)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_status_promote_and_rollback_move_the_champion(readme_run):
+    home, proc = readme_run
+    assert proc.returncode == 0
+    _ensure_champion(home)
+    registry = _registry(home)
+    v1 = registry.version_info("1")
+    with registry.tracking() as client:  # resolving a logged-model source reads the fluent tracking URI
+        client.create_model_version("plml_model", source=v1.source, run_id=v1.run_id)  # a second version
+
+    promoted = _plml(home, "promote", "2")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "v1 -> v2" in promoted.stdout
+    assert json.loads(_plml(home, "status", "--json").stdout)["aliases"]["champion"] == "2"
+
+    back = _plml(home, "rollback")
+    assert back.returncode == 0 and "v2 -> v1" in back.stdout
+    status = json.loads(_plml(home, "status", "--json").stdout)
+    assert status["champion"]["version"] == "1"
+    assert status["champion_history"][-1] == "1"
+
+    again = _plml(home, "rollback")
+    assert again.returncode == 2 and "no earlier champion" in again.stderr
+    missing = _plml(home, "promote", "99")
+    assert missing.returncode == 2 and "cannot promote version 99" in missing.stderr
+    assert json.loads(_plml(home, "status", "--json").stdout)["champion"]["version"] == "1"
+
+
+def test_doctor_reports_each_store_with_its_url(tmp_path):
+    home = tmp_path / "plml"
+    (tmp_path / "dh").mkdir()
+    ok = _plml(home, "doctor", DAGSTER_HOME=str(tmp_path / "dh"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    for name, url in (("dagster", str(tmp_path / "dh")), ("mlflow", f"sqlite:///{home}/mlflow.db"), ("optuna", f"sqlite:///{home}/optuna.db")):
+        assert re.search(rf"ok\s+{name}\s+{re.escape(url)}", ok.stdout), ok.stdout
+
+    bad = _plml(home, "doctor", "--json", DAGSTER_HOME=str(tmp_path / "dh"),
+                PLML_MLFLOW_TRACKING_URI="postgresql://plml@127.0.0.1:1/nowhere")
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert not report["mlflow"]["ok"] and report["mlflow"]["url"].endswith("127.0.0.1:1/nowhere")
+    assert report["dagster"]["ok"] and report["optuna"]["ok"]
+    assert "not working: mlflow" in bad.stderr
+
+    default = _plml(home, "doctor")  # DAGSTER_HOME unset: the same default as `plml run`
+    assert default.returncode == 0 and f"{home}/dagster" in default.stdout and "(DAGSTER_HOME unset" in default.stdout
+
+    not_dir = tmp_path / "a_file"
+    not_dir.write_text("")
+    broken = _plml(home, "doctor", DAGSTER_HOME=str(not_dir))
+    assert broken.returncode == 1 and "not working: dagster" in broken.stderr
+
+
+def test_doctor_with_optuna_on_real_postgresql(tmp_path):
+    url = postgres_url()
+    if url is None:
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    proc = _plml(tmp_path / "plml", "doctor", "--json", PLML_OPTUNA_STORAGE=url)
+    report = json.loads(proc.stdout)
+    assert report["optuna"] == {"ok": True, "url": url, "detail": "reachable and writable"}
+
+
+def test_killed_materialize_run_can_be_rerun(tmp_path):
+    """Kill `dagster asset materialize` mid-CV (SIGKILL to its process group), then run it again."""
+    panel = load_embedded()
+    sub = panel[panel.index.get_level_values("symbol").isin(SLICE_SYMBOLS)]
+    dates = sub.index.get_level_values("date")
+    sub = sub[(dates >= SLICE_START) & (dates <= SLICE_END)]
+    csv = tmp_path / "slice.csv.gz"
+    sub.reset_index().to_csv(csv, index=False)
+    home = tmp_path / "plml"
+    env = _env(home, PLML_PRICES=str(csv), PLML_PROFILE="quick", PLML_HOLDOUT_DAYS="120", DAGSTER_HOME=str(tmp_path / "dh"))
+    (tmp_path / "dh").mkdir()
+    cmd = [str(BIN / "dagster"), "asset", "materialize", "--select", "*", "-m", "plml_assets.definitions"]
+    victim = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    deadline = time.time() + 600
+    killed = False
+    for line in victim.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if 'Started execution of step "xgboost_cv_results"' in line:
+            time.sleep(1.0)
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed = True
+            break
+        if time.time() > deadline:
+            break
+    victim.wait(timeout=60)
+    assert killed, "".join(seen[-30:])
+    assert not (home / "assets" / "xgboost_model.json").exists()
+    assert _registry(home).versions() == []
+
+    rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    registry = _registry(home)
+    assert [v.version for v in registry.versions()] == ["1"]
+    assert registry.alias_version("challenger").version == "1"
+    # No half-written asset files were left behind by the killed run.
+    assert not list((home / "assets").glob("**/*.tmp"))
