@@ -93,7 +93,14 @@ def _print_status(payload: dict[str, object]) -> None:
             print(f"    gate: {champ['gate']}")
     chal = payload["challenger"]
     if chal is not None and (champ is None or chal["version"] != champ["version"]):
+        m = chal["metrics"]
         print(f"  challenger: v{chal['version']}  gate: {chal.get('gate') or 'not evaluated'}")
+        print(
+            "    CV (walk-forward): rank IC {:.4f}   holdout: rank IC {:.4f}  IC {:.4f}".format(
+                m.get("cv_walk_forward_rank_ic", float("nan")), m.get("holdout_rank_ic", float("nan")),
+                m.get("holdout_ic", float("nan")),
+            )
+        )
     print(f"  aliases: {payload['aliases']}  versions: {payload['versions']}")
 
 
@@ -175,7 +182,7 @@ def _doctor_optuna() -> tuple[bool, str, str]:
         return False, url, f"{type(exc).__name__}: {exc}"
 
 
-DOCTOR_TIMEOUT_S = 20.0
+DOCTOR_TIMEOUT_S = float(os.environ.get("PLML_DOCTOR_TIMEOUT", "20"))
 
 
 def _bounded(check, name: str, url_hint: str) -> tuple[bool, str, str]:

@@ -163,7 +163,7 @@ def test_doctor_reports_each_store_with_its_url(tmp_path):
         assert re.search(rf"ok\s+{name}\s+{re.escape(url)}", ok.stdout), ok.stdout
 
     bad = _plml(home, "doctor", "--json", DAGSTER_HOME=str(tmp_path / "dh"),
-                PLML_MLFLOW_TRACKING_URI="postgresql://plml@127.0.0.1:1/nowhere")
+                PLML_MLFLOW_TRACKING_URI="postgresql://plml@127.0.0.1:1/nowhere", PLML_DOCTOR_TIMEOUT="8")
     assert bad.returncode == 1
     report = json.loads(bad.stdout)
     assert not report["mlflow"]["ok"] and report["mlflow"]["url"].endswith("127.0.0.1:1/nowhere")

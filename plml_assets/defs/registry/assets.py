@@ -99,6 +99,10 @@ def registered_model(
 class PromotionGateConfig(dg.Config):
     metric: str = Field(default="rank_ic", description="holdout metric compared: 'rank_ic', 'ic' or 'directional_accuracy' (higher is better)")
     min_improvement: float = Field(default=0.0, ge=0, le=1, description="the challenger must beat the reference by more than this")
+    min_metric: float | None = Field(
+        default=None,
+        description="if set, the challenger's holdout metric must also exceed this absolute floor (e.g. 0.0)",
+    )
     baseline_window: int = Field(default=20, ge=1, le=250, description="momentum window of the baseline used when there is no champion")
 
 
@@ -138,6 +142,11 @@ def promotion_gate(
     reference_value = float(ref_metrics[config.metric])
     margin = challenger_value - reference_value
     passed = bool(np.isfinite(challenger_value) and (not np.isfinite(reference_value) or margin > config.min_improvement))
+    if config.min_metric is not None and not challenger_value > config.min_metric:
+        passed = False
+        note += f"; below the floor min_metric={config.min_metric}"
+    elif challenger_value <= 0:
+        note += "; note: the challenger's holdout score is not positive"
     verdict = "promote" if passed else "keep"
     description = (
         f"{verdict}: challenger v{registered_model['version']} holdout {config.metric} {challenger_value:.4f} vs "

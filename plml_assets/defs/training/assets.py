@@ -18,7 +18,9 @@ from plml_assets.defs.shared import TRAINING_RETRY, fail_fast_on_bad_input, XGBo
 from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib import prices as price_lib
 from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION
-from plml_assets.lib.metrics import evaluate_predictions
+from plml_assets.lib.baselines import momentum_score
+from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
+from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.provenance import code_version, feature_list_hash
 from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer
 from plml_assets.lib.training import design_matrix, fit_xgboost, winsorize_bounds
@@ -71,7 +73,20 @@ def xgboost_model(
             f"xgboost_model: {len(X_train):,} training rows x {len(columns)} features, "
             f"{model.best_iteration_ + 1} rounds kept in {model.fit_seconds_:.1f} s"
         )
-        holdout = evaluate_predictions(y_hold.to_numpy(), model.predict(X_hold), X_hold.index.get_level_values("date"))
+        hold_pred = model.predict(X_hold)
+        hold_dates = X_hold.index.get_level_values("date")
+        holdout = evaluate_predictions(y_hold.to_numpy(), hold_pred, hold_dates)
+        baseline = momentum_score(market_prices).reindex(X_hold.index).to_numpy()
+        ic_curve = cumulative_ic_plot(
+            {
+                "xgboost": per_date_ic(y_hold.to_numpy(), hold_pred, hold_dates, method="spearman"),
+                "momentum_20d": per_date_ic(y_hold.to_numpy(), baseline, hold_dates, method="spearman"),
+            },
+            f"holdout {split.holdout_dates[0].date()}..{split.holdout_dates[-1].date()}",
+        )
+        gain = pd.Series(model.feature_importance())
+        importance_png = importance_plot(gain / max(gain.sum(), 1e-12))
+        folds_png = fold_metrics_plot(xgboost_cv_results)
         train_m = evaluate_predictions(y_train.to_numpy(), model.predict(X_train), X_train.index.get_level_values("date"))
         cv = cv_summary(xgboost_cv_results, "walk_forward") | cv_summary(xgboost_cv_results, "kfold")
         data_fp = price_lib.fingerprint(market_prices)
@@ -112,6 +127,9 @@ def xgboost_model(
                 mlflow.log_dict({"features": columns, "winsor_clip": list(clip)}, "features.json")
                 mlflow.log_dict(split.describe(), "holdout_window.json")
                 mlflow.log_text(xgboost_cv_results.to_csv(index=False), "cv_results.csv")
+                for name, png in (("holdout_cumulative_rank_ic", ic_curve), ("feature_importance", importance_png), ("cv_folds", folds_png)):
+                    (Path(tmp) / f"{name}.png").write_bytes(png)
+                    mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
                 del scorer.model_  # the pyfunc is rebuilt from the artefact in load_context
                 info = mlflow.pyfunc.log_model(
                     name="model",
@@ -150,9 +168,7 @@ def xgboost_model(
                 "features_used": len(columns),
                 "seconds": round(time.perf_counter() - start, 1),
                 "holdout_window": dg.MetadataValue.json(split.describe()),
-                "feature_importance": dg.MetadataValue.md(
-                    pd.Series(model.feature_importance()).sort_values(ascending=False).head(20)
-                    .rename("total_gain").to_frame().to_markdown()
-                ),
+                "holdout_cumulative_rank_ic": dg.MetadataValue.md(markdown_image(ic_curve, "holdout cumulative rank IC")),
+                "feature_importance": dg.MetadataValue.md(markdown_image(importance_png, "feature importance")),
             },
         )

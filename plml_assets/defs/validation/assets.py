@@ -11,6 +11,7 @@ from pydantic import Field
 from plml_assets.defs.selection.assets import selected_features
 from plml_assets.defs.shared import TRAINING_RETRY, fail_fast_on_bad_input, XGBoostConfig, split_for
 from plml_assets.lib.metrics import summarize_folds
+from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
 from plml_assets.lib.training import cross_validate, design_matrix, fold_assignments, folds_from_assignments
 from plml_assets.resources.settings import ExperimentSettings
@@ -109,6 +110,7 @@ def xgboost_cv_results(
                              "valid_directional_accuracy", "train_rank_ic", "rank_ic_gap", "best_iteration"]]
                     .round(4).to_markdown(index=False)
                 ),
+                "fold_plot": dg.MetadataValue.md(markdown_image(fold_metrics_plot(results), "rank IC per fold")),
                 "features_used": int(X.shape[1]),
                 "seconds": round(time.perf_counter() - start, 1),
                 "params": dg.MetadataValue.json(params),

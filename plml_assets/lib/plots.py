@@ -1,0 +1,66 @@
+"""PNG plots (matplotlib, Agg) for asset metadata and MLflow runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """Inline a PNG in markdown metadata so the Dagster UI shows it without a file server."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def fold_metrics_plot(cv_results: pd.DataFrame, metric: str = "rank_ic") -> bytes:
+    schemes = list(dict.fromkeys(cv_results["scheme"]))
+    fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 3.2), squeeze=False, sharey=True)
+    for ax, scheme in zip(axes[0], schemes):
+        block = cv_results[cv_results["scheme"] == scheme]
+        x = np.arange(len(block))
+        ax.bar(x, block[f"valid_{metric}"], color="tab:blue", label=f"validation {metric}")
+        ax.plot(x, block[f"train_{metric}"], "o", color="tab:red", label=f"train {metric}")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, [f"{r.fold}\n{r.test_start[:7]}" for r in block.itertuples()], fontsize=7)
+        ax.set_title(f"{scheme}: mean {block[f'valid_{metric}'].mean():.4f}")
+        ax.set_xlabel("fold (test start)")
+    axes[0][0].set_ylabel(metric)
+    axes[0][0].legend(fontsize=7)
+    return to_png(fig)
+
+
+def cumulative_ic_plot(series: dict[str, pd.Series], title: str) -> bytes:
+    """Cumulative sum of per-date rank IC: a rising line is a signal that keeps working."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, s in series.items():
+        s = s.dropna()
+        ax.plot(pd.to_datetime(s.index), s.cumsum().to_numpy(), label=f"{name} (mean {s.mean():.4f})")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_title(title)
+    ax.set_ylabel("cumulative rank IC")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    return to_png(fig)
+
+
+def importance_plot(importance: pd.Series, top: int = 20) -> bytes:
+    top_s = importance.sort_values(ascending=True).tail(top)
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(top_s) + 1))
+    ax.barh(top_s.index, top_s.to_numpy(), color="tab:green")
+    ax.set_xlabel("share of total gain")
+    ax.set_title(f"top {len(top_s)} features")
+    ax.tick_params(axis="y", labelsize=7)
+    return to_png(fig)
