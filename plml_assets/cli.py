@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,14 @@ def _registry() -> MlflowRegistry:
 
 
 def _ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to $PLML_HOME/dagster, seeded with the project's dagster.yaml."""
     home = Path(os.environ.get("DAGSTER_HOME") or default_dagster_home()).resolve()
+    if home.exists() and not home.is_dir():
+        return home  # let the instance report it; doctor names it
     home.mkdir(parents=True, exist_ok=True)
+    template = Path(__file__).resolve().parents[1] / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and template.exists():
+        shutil.copyfile(template, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
