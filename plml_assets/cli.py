@@ -76,38 +76,36 @@ def status_payload(registry: MlflowRegistry) -> dict[str, object]:
     }
 
 
+def _metric_lines(m: dict[str, float]) -> list[str]:
+    nan = float("nan")
+    kfold = m.get("cv_kfold_rank_ic", nan)
+    return [
+        "    CV (walk-forward): rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}   (purged K-fold rank IC {:.4f})".format(
+            m.get("cv_walk_forward_rank_ic", nan), m.get("cv_walk_forward_ic", nan),
+            m.get("cv_walk_forward_directional_accuracy", nan), kfold,
+        ),
+        "    holdout:           rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}  RMSE {:.4f}".format(
+            m.get("holdout_rank_ic", nan), m.get("holdout_ic", nan),
+            m.get("holdout_directional_accuracy", nan), m.get("holdout_rmse", nan),
+        ),
+    ]
+
+
 def _print_status(payload: dict[str, object]) -> None:
     print(f"model {payload['model_name']}  ({payload['tracking_uri']})")
     champ = payload["champion"]
     if champ is None:
         print("  champion: none")
     else:
-        m = champ["metrics"]
         print(f"  champion: v{champ['version']}  {champ['model_uri']}")
-        print(
-            "    CV (walk-forward): rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}".format(
-                m.get("cv_walk_forward_rank_ic", float("nan")), m.get("cv_walk_forward_ic", float("nan")),
-                m.get("cv_walk_forward_directional_accuracy", float("nan")),
-            )
-        )
-        print(
-            "    holdout:           rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}  RMSE {:.4f}".format(
-                m.get("holdout_rank_ic", float("nan")), m.get("holdout_ic", float("nan")),
-                m.get("holdout_directional_accuracy", float("nan")), m.get("holdout_rmse", float("nan")),
-            )
-        )
+        print("\n".join(_metric_lines(champ["metrics"])))
         if champ.get("gate"):
             print(f"    gate: {champ['gate']}")
     chal = payload["challenger"]
     if chal is not None and (champ is None or chal["version"] != champ["version"]):
-        m = chal["metrics"]
-        print(f"  challenger: v{chal['version']}  gate: {chal.get('gate') or 'not evaluated'}")
-        print(
-            "    CV (walk-forward): rank IC {:.4f}   holdout: rank IC {:.4f}  IC {:.4f}".format(
-                m.get("cv_walk_forward_rank_ic", float("nan")), m.get("holdout_rank_ic", float("nan")),
-                m.get("holdout_ic", float("nan")),
-            )
-        )
+        print(f"  challenger: v{chal['version']}")
+        print("\n".join(_metric_lines(chal["metrics"])))
+        print(f"    gate: {chal.get('gate') or 'not evaluated'}")
     print(f"  aliases: {payload['aliases']}  versions: {payload['versions']}")
 
 

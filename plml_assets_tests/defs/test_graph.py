@@ -136,3 +136,24 @@ def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instanc
     # Bad input is not transient: no retry was spent on it.
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert MlflowRegistry(tracking_uri=f"sqlite:///{plml_home / 'mlflow.db'}", model_name="plml_test_model").versions() == []
+
+
+def test_bad_prices_stop_the_whole_graph_before_anything_is_registered(plml_home, instance, embedded_panel, tmp_path):
+    panel = embedded_panel[embedded_panel.index.get_level_values("symbol").isin(SLICE_SYMBOLS)].reset_index()
+    panel = panel[panel["date"] >= "2010-01-01"]
+    panel.loc[panel.index[100], "close"] = 0.0  # one non-positive price
+    path = tmp_path / "bad.parquet"
+    panel.to_parquet(path)
+    resources = slice_resources(plml_home, source=str(path))
+    result = _materialize(resources, instance)
+    assert not result.success
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [e.check_name for e in failed] == ["prices_prices"]
+    assert "1 row(s)" in failed[0].description
+    materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"market_prices"}
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    assert registry.versions() == []
+    assert registry.client().search_experiments(filter_string="name = 'plml'") == [] or not registry.client().search_runs(
+        [registry.experiment_id()]
+    )
