@@ -14,7 +14,7 @@ from plml_assets.resources.io import ParquetIOManager
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets.resources.prices import PriceSource
-from plml_assets.resources.settings import ExperimentSettings
+from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 
 def _env_int(name: str, default: int) -> int:
@@ -41,6 +41,7 @@ def build_resources() -> dict[str, object]:
             holdout_days=_env_int("PLML_HOLDOUT_DAYS", 250),
             profile=os.environ.get("PLML_PROFILE", "full"),
         ),
+        "selection": SelectionSettings(max_features=_env_int("PLML_MAX_FEATURES", 30)),
         "mlflow_registry": MlflowRegistry(
             tracking_uri=os.environ.get("PLML_MLFLOW_TRACKING_URI"),
             model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"),

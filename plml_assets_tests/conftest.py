@@ -14,7 +14,7 @@ from plml_assets.resources.io import ParquetIOManager
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets.resources.prices import PriceSource
-from plml_assets.resources.settings import ExperimentSettings
+from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SP500_5YR = REPO.parent / "shared" / "data" / "sp500_5yr.csv.gz"
@@ -54,6 +54,7 @@ def slice_resources(home: Path, source: str = "embedded", **price_kwargs) -> dic
         "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
         "price_source": PriceSource(source=source, **prices),
         "settings": ExperimentSettings(horizon=5, holdout_days=120, profile="quick"),
+        "selection": SelectionSettings(),
         "mlflow_registry": MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", model_name="plml_test_model"),
         "optuna_storage": OptunaStorage(url=f"sqlite:///{home / 'optuna.db'}"),
     }

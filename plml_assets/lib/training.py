@@ -126,14 +126,16 @@ def _dates_of(X: pd.DataFrame) -> np.ndarray:
     return X.index.get_level_values("date").to_numpy()
 
 
-def fit_xgboost(
-    params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int, clip: tuple[float, float] | None = None
-) -> XGBoostModel:
-    """Fit with early stopping on the purged tail of the given training rows."""
+def fit_xgboost(params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int) -> tuple[XGBoostModel, np.ndarray]:
+    """Fit with early stopping on the purged tail of the given training rows; the target is
+    clipped at quantiles of the fitting rows alone. Returns the model and the fitting-row mask."""
     fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
-    target = y.clip(*clip) if clip else y
+    clip = winsorize_bounds(y[fit_mask])
+    target = y.clip(*clip)
     model = XGBoostModel(**params)
-    return model.fit((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]))
+    model.fit((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]))
+    model.target_clip_ = clip
+    return model, fit_mask
 
 
 def cross_validate(
@@ -143,28 +145,43 @@ def cross_validate(
     folds: list[tuple[np.ndarray, np.ndarray]],
     horizon: int,
     gap_bound: float,
+    select: Callable[[np.ndarray], list[str]] | None = None,
     log: Log = _noop,
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """Fit one model per fold (early stopping inside the fold's own training dates), evaluate on
-    the fold's test dates. Returns (per-fold metrics, out-of-fold predictions)."""
+    """Fit one model per fold and evaluate it on the fold's test dates. Returns (per-fold
+    metrics, out-of-fold predictions).
+
+    Everything a fold learns comes from its own training rows: its features (``select`` is
+    called with the training positions; ``None`` uses every column), its target clipping and
+    its early stopping (on the purged tail of its training dates).
+    """
     dates = _dates_of(X)
-    dmat_all = XGBoostModel.matrix(X, y)  # built once, sliced per fold
+    y_values = y.to_numpy()
     rows: list[dict[str, object]] = []
     oof = pd.Series(np.nan, index=X.index, name="prediction")
     for k, (train_idx, test_idx) in enumerate(folds, start=1):
+        if len(train_idx) == 0 or len(test_idx) == 0:
+            raise ValueError(
+                f"fold {k}/{len(folds)} has {len(train_idx)} training and {len(test_idx)} test rows: "
+                "the CV splits do not match the training window (re-materialize cv_splits)"
+            )
         start = time.perf_counter()
-        fit_mask, stop_mask = early_stopping_split(dates[train_idx], horizon)
+        try:
+            fit_mask, stop_mask = early_stopping_split(dates[train_idx], horizon)
+        except ValueError as exc:
+            raise ValueError(f"fold {k}/{len(folds)}: {exc}; use fewer folds or more history") from exc
         fit_idx, stop_idx = train_idx[fit_mask], train_idx[stop_mask]
+        columns = select(fit_idx) if select is not None else list(X.columns)
         lo, hi = winsorize_bounds(y.iloc[fit_idx])
-        dfit, dstop = dmat_all.slice(fit_idx), dmat_all.slice(stop_idx)
-        dfit.set_label(np.clip(y.to_numpy()[fit_idx], lo, hi).astype("float32"))
-        dstop.set_label(np.clip(y.to_numpy()[stop_idx], lo, hi).astype("float32"))
+        Xf = X[columns]
+        dfit = XGBoostModel.matrix(Xf.iloc[fit_idx], np.clip(y_values[fit_idx], lo, hi))
+        dstop = XGBoostModel.matrix(Xf.iloc[stop_idx], np.clip(y_values[stop_idx], lo, hi))
         model = XGBoostModel(**params).fit_matrix(dfit, dstop)
         pred_train = model.predict_matrix(dfit)
-        pred_test = model.predict_matrix(dmat_all.slice(test_idx))
+        pred_test = model.predict_matrix(XGBoostModel.matrix(Xf.iloc[test_idx]))
         oof.iloc[test_idx] = pred_test
-        train_m = evaluate_predictions(y.iloc[fit_idx].to_numpy(), pred_train, dates[fit_idx])
-        test_m = evaluate_predictions(y.iloc[test_idx].to_numpy(), pred_test, dates[test_idx])
+        train_m = evaluate_predictions(y_values[fit_idx], pred_train, dates[fit_idx])
+        test_m = evaluate_predictions(y_values[test_idx], pred_test, dates[test_idx])
         gap = overfitting_gap(train_m, test_m, metric="rank_ic", bound=gap_bound)
         row = {
             "fold": k,
@@ -174,6 +191,8 @@ def cross_validate(
             "test_end": pd.Timestamp(dates[test_idx].max()).date().isoformat(),
             "train_rows": len(fit_idx),
             "test_rows": len(test_idx),
+            "n_features": len(columns),
+            "features": ",".join(columns),
             "best_iteration": model.best_iteration_,
             **{f"train_{m}": float(train_m[m]) for m in ("ic", "rank_ic", "rmse", "directional_accuracy")},
             **{f"valid_{m}": float(test_m[m]) for m in ("ic", "rank_ic", "rmse", "directional_accuracy")},
@@ -183,8 +202,8 @@ def cross_validate(
         }
         rows.append(row)
         log(
-            f"fold {k}/{len(folds)}: train {row['train_start']}..{row['train_end']} ({row['train_rows']:,} rows), "
-            f"test {row['test_start']}..{row['test_end']}: rank IC {row['valid_rank_ic']:.4f} "
+            f"fold {k}/{len(folds)}: train {row['train_start']}..{row['train_end']} ({row['train_rows']:,} rows, "
+            f"{len(columns)} features), test {row['test_start']}..{row['test_end']}: rank IC {row['valid_rank_ic']:.4f} "
             f"(train {row['train_rank_ic']:.4f}), {row['best_iteration'] + 1} rounds, {row['fit_seconds']:.1f} s"
         )
     return pd.DataFrame(rows), oof

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home
 
+NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "plml.champion_history"
@@ -82,8 +83,8 @@ class MlflowRegistry(dg.ConfigurableResource):
     def tracking(self) -> Iterator[MlflowClient]:
         """Point MLflow's fluent API at this store for the duration of the block."""
         with _LOCK:
+            saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
             previous_tracking = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-            previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
             client = self.client()
             mlflow.set_tracking_uri(self.resolved_tracking_uri())
             mlflow.set_registry_uri(self.resolved_registry_uri())
@@ -91,7 +92,13 @@ class MlflowRegistry(dg.ConfigurableResource):
                 yield client
             finally:
                 mlflow.set_tracking_uri(previous_tracking or "")
-                mlflow.set_registry_uri(previous_registry or "")
+                mlflow.set_registry_uri("")
+                for key, value in saved_env.items():  # set_*_uri write these env vars: put them back exactly
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
 
     # ---- registry --------------------------------------------------------------------------
     def version_info(self, version: str | int) -> VersionInfo:
@@ -99,10 +106,14 @@ class MlflowRegistry(dg.ConfigurableResource):
         return _info(self.model_name, mv)
 
     def alias_version(self, alias: str) -> VersionInfo | None:
+        """The version behind ``alias``; None only when the model or alias does not exist (a store
+        that is locked or down raises, so a gate never mistakes an outage for "no champion")."""
         try:
             mv = self.client().get_model_version_by_alias(self.model_name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
+                return None
+            raise
         return _info(self.model_name, mv)
 
     def model_uri(self, alias_or_version: str) -> str:
@@ -111,24 +122,25 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def versions(self) -> list[VersionInfo]:
         client = self.client()
-        try:
-            found = client.search_model_versions(f"name='{self.model_name}'")
-        except MlflowException:
-            return []
+        found = client.search_model_versions(f"name='{self.model_name}'")
         out = [_info(self.model_name, mv) for mv in found]
         return sorted(out, key=lambda v: int(v.version))
 
     def aliases(self) -> dict[str, str]:
         try:
             return {k: str(v) for k, v in self.client().get_registered_model(self.model_name).aliases.items()}
-        except MlflowException:
-            return {}
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
+                return {}
+            raise
 
     def champion_history(self) -> list[str]:
         try:
             rm = self.client().get_registered_model(self.model_name)
-        except MlflowException:
-            return []
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
+                return []
+            raise
         raw = rm.tags.get(HISTORY_TAG, "")
         return [v for v in raw.split(",") if v]
 
@@ -157,8 +169,17 @@ class MlflowRegistry(dg.ConfigurableResource):
             raise LookupError(
                 f"model {self.model_name!r}: champion v{current.version} has no earlier champion to roll back to"
             )
+        existing = {v.version for v in self.versions()}
+        while history and history[-1] not in existing:  # a deleted version cannot come back
+            history.pop()
+        if not history:
+            raise LookupError(
+                f"model {self.model_name!r}: the earlier champions of v{current.version} no longer exist"
+            )
         previous = history[-1]
         client.set_registered_model_alias(self.model_name, CHAMPION, previous)
         client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history))
         client.set_model_version_tag(self.model_name, current.version, "plml.rolled_back", "true")
+        # A gate verdict given before the rollback must not let champion_model promote it again.
+        client.set_model_version_tag(self.model_name, current.version, "plml.gate", "rolled_back")
         return current.version, previous

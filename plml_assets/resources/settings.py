@@ -50,3 +50,37 @@ class ExperimentSettings(dg.ConfigurableResource):
     @property
     def quick(self) -> bool:
         return self.profile == "quick"
+
+
+class SelectionSettings(dg.ConfigurableResource):
+    """Feature-selection knobs, shared by ``feature_selection`` (the final model's features) and
+    ``xgboost_cv_results``, which re-runs the same selection inside every CV fold on that fold's
+    training rows only, so that the CV score is not flattered by features chosen on its test dates."""
+
+    max_features: int = Field(default=30, description="keep at most this many features")
+    max_missing_ratio: float = Field(default=0.2, description="drop features missing in more than this share of training rows")
+    correlation_threshold: float = Field(default=0.95, description="of a pair correlated above this, keep the more important")
+    leakage_corr_threshold: float = Field(default=0.3, description="|corr(feature, label)| above this raises the leakage alarm and drops the feature")
+    importance: str = Field(default="gain", description="'gain' (XGBoost total gain) or 'permutation' (rank-IC drop on validation folds)")
+    n_folds: int = Field(default=3, description="purged walk-forward folds over the training rows")
+    n_estimators: int = Field(default=60, description="rounds of the importance models")
+    sample_rows: int = Field(default=200_000, description="rows sampled (seeded) for the importance models")
+
+    def selection_config(self, seed: int):
+        from plml_assets.lib.selection import SelectionConfig
+
+        config = SelectionConfig(
+            max_features=self.max_features,
+            max_missing_ratio=self.max_missing_ratio,
+            correlation_threshold=self.correlation_threshold,
+            leakage_corr_threshold=self.leakage_corr_threshold,
+            importance=self.importance,
+            n_estimators=self.n_estimators,
+            seed=seed,
+            sample_rows=self.sample_rows,
+            n_threads=1,
+        )
+        config.validate()
+        if not 2 <= self.n_folds <= 20:
+            raise ValueError(f"SelectionSettings.n_folds must be between 2 and 20, got {self.n_folds}")
+        return config

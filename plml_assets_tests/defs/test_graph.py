@@ -60,6 +60,7 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     run = registry.client().get_run(model_out["run_id"])
     assert run.data.tags["dagster.run_id"] == result.run_id
     assert run.data.tags["plml.data_fingerprint"] == model_out["data_fingerprint"]
+    assert run.data.tags["plml.cv_params_match"] == "true"
     assert {"learning_rate", "max_depth", "horizon", "n_features"} <= set(run.data.params)
     assert {"holdout_rank_ic", "holdout_ic", "holdout_rmse", "holdout_directional_accuracy",
             "cv_walk_forward_rank_ic", "cv_kfold_rank_ic"} <= set(run.data.metrics)
@@ -104,25 +105,54 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     assert m1["holdout_rank_ic"] == m2["holdout_rank_ic"]
 
 
+class ReversedOracle(mlflow.pyfunc.PythonModel):
+    """A deliberately terrible champion: it scores each row with minus its own future return, so its
+    holdout rank IC is exactly -1 and any real model must beat it."""
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        panel = model_input.set_index(["date", "symbol"]).sort_index()
+        future = panel["close"].groupby(level="symbol").shift(-5)
+        out = panel.index.to_frame(index=False)
+        out["score"] = -(future / panel["close"] - 1.0).to_numpy()
+        return out
+
+
+def _register_reversed_oracle(registry: MlflowRegistry, prices: pd.DataFrame) -> str:
+    example = prices.reset_index().head(50)
+    signature = mlflow.models.infer_signature(example, ReversedOracle().predict(None, example), params={"all_dates": False})
+    with registry.tracking():
+        with mlflow.start_run(experiment_id=registry.experiment_id()):
+            info = mlflow.pyfunc.log_model(name="model", python_model=ReversedOracle(), signature=signature,
+                                           pip_requirements=["mlflow", "pandas"])
+        mv = mlflow.register_model(info.model_uri, registry.model_name)
+    registry.promote(str(mv.version), reason="test: a champion that every real model beats")
+    return str(mv.version)
+
+
 def test_better_challenger_replaces_the_champion(plml_home, instance):
-    """A deliberately crippled first model (one shallow tree) is beaten by the default model."""
     resources = slice_resources(plml_home)
-    weak = {"ops": {"xgboost_model": {"config": {"n_estimators": 1, "max_depth": 1, "learning_rate": 0.01}}}}
-    first = _materialize(resources, instance, run_config=weak)
     registry: MlflowRegistry = resources["mlflow_registry"]
-    if registry.alias_version("champion") is None:
-        registry.promote("1", reason="test setup")
-    second = _materialize(resources, instance)
-    gate = _gate(second)
-    ch = float(gate.metadata["challenger"].value)
-    ref = float(gate.metadata["reference_value"].value)
-    assert "champion v1" in gate.description
-    beats = bool(np.isfinite(ch) and (ch > ref or np.isnan(ref)))  # a constant model has no rank IC
-    assert gate.passed == beats
-    expected = "2" if beats else "1"
-    assert registry.alias_version("champion").version == expected
-    if expected == "2":
-        assert registry.champion_history()[-2:] == ["1", "2"]
+    prices = resources["price_source"].load()
+    oracle_version = _register_reversed_oracle(registry, prices)
+    result = _materialize(resources, instance)
+    gate = _gate(result)
+    assert gate.passed, gate.description
+    assert f"champion v{oracle_version}" in gate.description
+    assert float(gate.metadata["reference_value"].value) == pytest.approx(-1.0)
+    challenger = registry.alias_version("challenger").version
+    assert challenger != oracle_version
+    assert registry.alias_version("champion").version == challenger
+    assert registry.champion_history()[-2:] == [oracle_version, challenger]
+    assert registry.version_info(challenger).tags["plml.gate_champion"] == oracle_version
+
+    # After a rollback the old gate verdict cannot promote the rolled-back version again.
+    assert registry.rollback() == (challenger, oracle_version)
+    again = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, raise_on_error=False,
+                           selection=["champion_model"])
+    assert not again.success
+    failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no passing promotion gate" in str(failure.event_specific_data.error)
+    assert registry.alias_version("champion").version == oracle_version
 
 
 def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instance):

@@ -10,6 +10,7 @@ from pydantic import Field
 from plml_assets.defs.shared import split_for
 from plml_assets.lib.baselines import momentum_score
 from plml_assets.lib.metrics import evaluate_predictions
+from plml_assets.lib.promotion import decide
 from plml_assets.resources.mlflow_registry import CHALLENGER, MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -62,7 +63,6 @@ def registered_model(
             f"holdout {xgboost_model['holdout']['holdout_start']}..{xgboost_model['holdout']['holdout_end']} "
             f"rank IC {xgboost_model['metrics']['holdout_rank_ic']:.4f}"
         ))
-    client.set_registered_model_alias(name, CHALLENGER, version)
     # Serving parity: the registered pyfunc, rebuilding features from raw prices, must reproduce
     # the holdout metrics measured at training time. A mismatch is training/serving skew.
     served, _ = score_holdout(mlflow_registry.model_uri(version), market_prices, labels, settings, mlflow_registry)
@@ -74,6 +74,7 @@ def registered_model(
             f"training/serving skew: registered {name} v{version} scores holdout rank IC {served['rank_ic']:.6f} "
             f"through the pyfunc but {trained:.6f} at training time"
         )
+    client.set_registered_model_alias(name, CHALLENGER, version)  # only once it serves what it was trained to
     context.log.info(f"registered_model: {name} v{version} is '{CHALLENGER}', holdout rank IC {served['rank_ic']:.4f} (serving parity ok)")
     return dg.Output(
         {
@@ -125,14 +126,23 @@ def promotion_gate(
         raise ValueError(f"promotion_gate metric must be 'rank_ic', 'ic' or 'directional_accuracy', got {config.metric!r}")
     challenger_value = float(registered_model["holdout_metrics"][config.metric])
     champion = mlflow_registry.alias_version("champion")
-    note = ""
+    notes: list[str] = []
+    ref_metrics = None
+    reference_kind = ""
     if champion is not None and champion.version != registered_model["version"]:
         reference_kind = f"champion v{champion.version}"
-        ref_metrics, _ = score_holdout(mlflow_registry.model_uri(champion.version), market_prices, labels, settings, mlflow_registry)
-        trained_until = champion.tags.get("plml.train_end", "")
-        if trained_until and trained_until >= registered_model["holdout"]["holdout_start"]:
-            note = f" (the champion trained until {trained_until}, inside this holdout: its score is optimistic)"
-    else:
+        try:
+            ref_metrics, _ = score_holdout(mlflow_registry.model_uri(champion.version), market_prices, labels, settings, mlflow_registry)
+        except Exception as exc:  # the champion cannot score today's panel: it is no usable reference
+            notes.append(f"champion v{champion.version} could not score this panel ({type(exc).__name__}: {exc}); compared with the baseline instead")
+            ref_metrics = None
+        else:
+            trained_until = champion.tags.get("plml.train_end", "")
+            if trained_until and trained_until >= registered_model["holdout"]["holdout_start"]:
+                notes.append(f"the champion trained until {trained_until}, inside this holdout: its score is optimistic")
+            if champion.tags.get("plml.horizon") not in (None, str(settings.horizon)):
+                notes.append(f"the champion was trained for a {champion.tags['plml.horizon']}-day horizon, this holdout uses {settings.horizon}")
+    if ref_metrics is None:
         reference_kind = f"baseline momentum_{config.baseline_window}d"
         y_all, split = split_for(labels, settings)
         score = momentum_score(market_prices, config.baseline_window)
@@ -140,26 +150,28 @@ def promotion_gate(
         y = y_all.reindex(score.index)[mask]
         ref_metrics = evaluate_predictions(y.to_numpy(), score[mask].to_numpy(), score[mask].index.get_level_values("date"))
     reference_value = float(ref_metrics[config.metric])
-    margin = challenger_value - reference_value
-    passed = bool(np.isfinite(challenger_value) and (not np.isfinite(reference_value) or margin > config.min_improvement))
-    if config.min_metric is not None and not challenger_value > config.min_metric:
-        passed = False
-        note += f"; below the floor min_metric={config.min_metric}"
-    elif challenger_value <= 0:
-        note += "; note: the challenger's holdout score is not positive"
-    verdict = "promote" if passed else "keep"
+    decision = decide(
+        challenger_value, reference_value, min_improvement=config.min_improvement, min_metric=config.min_metric, metric=config.metric
+    )
+    if decision.passed and challenger_value <= 0:
+        notes.append("the challenger's holdout score is not positive")
+    verdict = "promote" if decision.passed else "keep"
     description = (
         f"{verdict}: challenger v{registered_model['version']} holdout {config.metric} {challenger_value:.4f} vs "
-        f"{reference_kind} {reference_value:.4f} (margin {margin:+.4f}, required > {config.min_improvement}){note}"
+        f"{reference_kind} {reference_value:.4f} ({decision.reason})" + "".join(f"; {n}" for n in notes)
     )
-    (context.log.info if passed else context.log.warning)(f"promotion_gate: {description}")
+    (context.log.info if decision.passed else context.log.warning)(f"promotion_gate: {description}")
     client = mlflow_registry.client()
     version = registered_model["version"]
-    client.set_model_version_tag(mlflow_registry.model_name, version, "plml.gate", verdict)
-    client.set_model_version_tag(mlflow_registry.model_name, version, "plml.gate_reference", reference_kind)
-    client.set_model_version_tag(mlflow_registry.model_name, version, "plml.gate_detail", description[:4000])
+    for key, value in (
+        ("plml.gate", verdict),
+        ("plml.gate_reference", reference_kind),
+        ("plml.gate_champion", champion.version if champion is not None else "none"),
+        ("plml.gate_detail", description[:4000]),
+    ):
+        client.set_model_version_tag(mlflow_registry.model_name, version, key, value)
     return dg.AssetCheckResult(
-        passed=passed,
+        passed=decision.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata={
@@ -167,7 +179,7 @@ def promotion_gate(
             "challenger": challenger_value,
             "reference": reference_kind,
             "reference_value": reference_value,
-            "margin": margin,
+            "margin": decision.margin,
             "reference_metrics": dg.MetadataValue.json({k: float(v) for k, v in ref_metrics.items()}),
         },
     )
@@ -183,12 +195,21 @@ def champion_model(context: dg.AssetExecutionContext, mlflow_registry: MlflowReg
     challenger = mlflow_registry.alias_version(CHALLENGER)
     if challenger is None:
         raise LookupError(f"model {mlflow_registry.model_name!r} has no '{CHALLENGER}' alias to promote")
-    if challenger.tags.get("plml.gate") != "promote":
-        raise RuntimeError(
-            f"{mlflow_registry.model_name} v{challenger.version} did not pass the promotion gate "
-            f"({challenger.tags.get('plml.gate_detail', 'no gate result')}); not promoting"
-        )
     previous = mlflow_registry.alias_version("champion")
+    if challenger.tags.get("plml.gate") != "promote":
+        raise dg.Failure(
+            description=f"{mlflow_registry.model_name} v{challenger.version} has no passing promotion gate "
+            f"(gate: {challenger.tags.get('plml.gate', 'not evaluated')}; "
+            f"{challenger.tags.get('plml.gate_detail', 'no gate result')}); not promoting",
+            allow_retries=False,
+        )
+    current = previous.version if previous is not None else "none"
+    if challenger.tags.get("plml.gate_champion") != current:
+        raise dg.Failure(
+            description=f"the champion changed since the gate judged v{challenger.version} "
+            f"(then {challenger.tags.get('plml.gate_champion')}, now {current}): re-run registered_model and its gate",
+            allow_retries=False,
+        )
     info = mlflow_registry.promote(challenger.version, reason=challenger.tags.get("plml.gate_detail", "promotion gate passed"))
     context.log.info(
         f"champion_model: {info.name} champion -> v{info.version} (was {'v' + previous.version if previous else 'none'})"

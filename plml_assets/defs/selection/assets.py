@@ -1,55 +1,56 @@
 """Feature selection on the training window only (the holdout never informs it)."""
 
-
 import time
+from collections.abc import Callable
 
 import dagster as dg
+import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from plml_assets.defs.shared import split_for
-from plml_assets.lib.selection import SelectionConfig, select_features
+from plml_assets.defs.shared import fail_fast_on_bad_input, split_for
+from plml_assets.lib.selection import SelectionResult, select_features
 from plml_assets.lib.splits import PurgedWalkForward
 from plml_assets.lib.training import design_matrix
-from plml_assets.resources.settings import ExperimentSettings
+from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 
-class FeatureSelectionConfig(dg.Config):
-    max_features: int = Field(default=30, ge=1, le=500, description="keep at most this many features")
-    max_missing_ratio: float = Field(default=0.2, ge=0, le=1, description="drop features missing in more than this share of training rows")
-    correlation_threshold: float = Field(default=0.95, gt=0, le=1, description="of a pair correlated above this, keep the more important")
-    leakage_corr_threshold: float = Field(default=0.3, gt=0, le=1, description="|corr(feature, label)| above this raises the leakage alarm and drops the feature")
-    importance: str = Field(default="gain", description="'gain' (XGBoost total gain) or 'permutation' (rank-IC drop on validation folds)")
-    n_folds: int = Field(default=3, ge=2, le=20, description="purged walk-forward folds over the training window")
-    n_estimators: int = Field(default=60, ge=5, le=2000, description="rounds of the importance models")
-    sample_rows: int = Field(default=200_000, ge=1000, description="rows sampled (seeded) for the importance models")
+def run_selection(
+    X: pd.DataFrame,
+    y: pd.Series,
+    selection: SelectionSettings,
+    settings: ExperimentSettings,
+    log: Callable[[str], None] | None = None,
+) -> SelectionResult:
+    """Select on these rows alone: importance models are fitted on purged walk-forward folds of them."""
+    splitter = PurgedWalkForward(n_splits=selection.n_folds, horizon=settings.horizon, embargo=settings.embargo_days)
+    folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
+    return select_features(X, y, folds, selection.selection_config(settings.seed), log=log)
+
+
+def selector_for(
+    X: pd.DataFrame, y: pd.Series, selection: SelectionSettings, settings: ExperimentSettings
+) -> Callable[[np.ndarray], list[str]]:
+    """What a CV fold calls with its training positions to choose its own features."""
+
+    def select(train_positions: np.ndarray) -> list[str]:
+        return run_selection(X.iloc[train_positions], y.iloc[train_positions], selection, settings).selected
+
+    return select
 
 
 @dg.asset(group_name="selection", kinds={"xgboost"}, description="Selected features with importances; dropped ones with reasons.")
 def feature_selection(
     context: dg.AssetExecutionContext,
-    config: FeatureSelectionConfig,
     features: pd.DataFrame,
     labels: pd.DataFrame,
     settings: ExperimentSettings,
+    selection: SelectionSettings,
 ) -> dg.Output[pd.DataFrame]:
-    start = time.perf_counter()
-    y_all, split = split_for(labels, settings)
-    X, y = design_matrix(features, y_all, features.columns, split.train_dates)
-    splitter = PurgedWalkForward(n_splits=config.n_folds, horizon=settings.horizon, embargo=settings.embargo_days)
-    folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
-    sel_config = SelectionConfig(
-        max_features=config.max_features,
-        max_missing_ratio=config.max_missing_ratio,
-        correlation_threshold=config.correlation_threshold,
-        leakage_corr_threshold=config.leakage_corr_threshold,
-        importance=config.importance,
-        n_estimators=config.n_estimators,
-        seed=settings.seed,
-        sample_rows=config.sample_rows,
-        n_threads=1,
-    )
-    result = select_features(X, y, folds, sel_config, log=context.log.info)
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        y_all, split = split_for(labels, settings)
+        X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+        result = run_selection(X, y, selection, settings, log=context.log.info)
     table = result.to_frame()
     selected = table[table["status"] == "selected"]
     dropped = table[table["status"] != "selected"]
@@ -66,7 +67,7 @@ def feature_selection(
             "selected": dg.MetadataValue.md(selected[["feature", "importance"]].to_markdown(index=False)),
             "dropped": dg.MetadataValue.md(dropped[["feature", "reason"]].to_markdown(index=False)),
             "training_window": dg.MetadataValue.json(split.describe()),
-            "importance": config.importance,
+            "settings": dg.MetadataValue.json(selection.model_dump()),
         },
     )
 

@@ -23,7 +23,7 @@ from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.provenance import code_version, feature_list_hash
 from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer
-from plml_assets.lib.training import design_matrix, fit_xgboost, winsorize_bounds
+from plml_assets.lib.training import design_matrix, fit_xgboost
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -67,8 +67,15 @@ def xgboost_model(
         X_train, y_train = design_matrix(features, y_all, columns, split.train_dates)
         X_hold, y_hold = design_matrix(features, y_all, columns, split.holdout_dates)
         params = config.params(settings)
-        clip = winsorize_bounds(y_train)
-        model = fit_xgboost(params, X_train, y_train, settings.horizon, clip)
+        model, fit_mask = fit_xgboost(params, X_train, y_train, settings.horizon)
+        clip = model.target_clip_
+        cv_params = json.loads(xgboost_cv_results["params"].iloc[0]) if "params" in xgboost_cv_results else {}
+        cv_params_match = cv_params == json.loads(json.dumps(params))
+        if not cv_params_match:
+            context.log.warning(
+                f"xgboost_model hyper-parameters differ from those cross-validated in xgboost_cv_results "
+                f"({cv_params}): the cv_* metrics describe another configuration"
+            )
         context.log.info(
             f"xgboost_model: {len(X_train):,} training rows x {len(columns)} features, "
             f"{model.best_iteration_ + 1} rounds kept in {model.fit_seconds_:.1f} s"
@@ -87,7 +94,8 @@ def xgboost_model(
         gain = pd.Series(model.feature_importance())
         importance_png = importance_plot(gain / max(gain.sum(), 1e-12))
         folds_png = fold_metrics_plot(xgboost_cv_results)
-        train_m = evaluate_predictions(y_train.to_numpy(), model.predict(X_train), X_train.index.get_level_values("date"))
+        X_fit, y_fit = X_train[fit_mask], y_train[fit_mask]
+        train_m = evaluate_predictions(y_fit.to_numpy(), model.predict(X_fit), X_fit.index.get_level_values("date"))
         cv = cv_summary(xgboost_cv_results, "walk_forward") | cv_summary(xgboost_cv_results, "kfold")
         data_fp = price_lib.fingerprint(market_prices)
         feat_hash = feature_list_hash(columns)
@@ -109,6 +117,7 @@ def xgboost_model(
             "plml.train_end": str(split.train_dates[-1].date()),
             "dagster.run_id": context.run.run_id,
             "dagster.asset": "xgboost_model",
+            "plml.cv_params_match": str(cv_params_match).lower(),
         }
         example = _input_example(market_prices)
         scorer = PanelScorer(columns, settings.horizon, list(market_prices.columns))

@@ -1,6 +1,7 @@
 """Purged time-series cross-validation on the training window."""
 
 
+import json
 import time
 
 import dagster as dg
@@ -8,13 +9,13 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.selection.assets import selected_features
+from plml_assets.defs.selection.assets import selector_for
 from plml_assets.defs.shared import TRAINING_RETRY, fail_fast_on_bad_input, XGBoostConfig, split_for
 from plml_assets.lib.metrics import summarize_folds
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
 from plml_assets.lib.training import cross_validate, design_matrix, fold_assignments, folds_from_assignments
-from plml_assets.resources.settings import ExperimentSettings
+from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 SCHEMES = ("walk_forward", "kfold")
 METRICS = ("ic", "rank_ic", "rmse", "directional_accuracy")
@@ -62,21 +63,28 @@ class CVResultsConfig(XGBoostConfig):
     group_name="validation",
     kinds={"xgboost"},
     retry_policy=TRAINING_RETRY,
-    description="XGBoost metrics per fold and aggregate for each CV scheme, with an overfitting flag.",
+    description="XGBoost metrics per fold and aggregate for each CV scheme, with an overfitting flag; feature selection is re-run inside every fold on its training rows.",
 )
 def xgboost_cv_results(
     context: dg.AssetExecutionContext,
     config: CVResultsConfig,
     features: pd.DataFrame,
     labels: pd.DataFrame,
-    feature_selection: pd.DataFrame,
     cv_splits: pd.DataFrame,
     settings: ExperimentSettings,
+    selection: SelectionSettings,
 ) -> dg.Output[pd.DataFrame]:
     with fail_fast_on_bad_input():
         start = time.perf_counter()
         y_all, split = split_for(labels, settings)
-        X, y = design_matrix(features, y_all, selected_features(feature_selection), split.train_dates)
+        X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+        unknown = set(cv_splits["date"]) - set(split.train_dates)
+        if unknown:
+            raise ValueError(
+                f"cv_splits holds {len(unknown)} date(s) outside the current training window "
+                f"{split.describe()['train_start']}..{split.describe()['train_end']}: re-materialize cv_splits"
+            )
+        select = selector_for(X, y, selection, settings)
         params = config.params(settings)
         if not 0 <= config.gap_bound <= 2:
             raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
@@ -84,10 +92,15 @@ def xgboost_cv_results(
         for scheme in SCHEMES:
             folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
             context.log.info(f"{scheme}: {len(folds)} folds on {len(X):,} rows x {X.shape[1]} features")
-            per_fold, _ = cross_validate(params, X, y, folds, settings.horizon, config.gap_bound, log=context.log.info)
+            per_fold, _ = cross_validate(
+                params, X, y, folds, settings.horizon, config.gap_bound, select=select, log=context.log.info
+            )
             per_fold.insert(0, "scheme", scheme)
             frames.append(per_fold)
         results = pd.concat(frames, ignore_index=True)
+        results["params"] = json.dumps(params, sort_keys=True)
+        chosen = pd.Series([f for fs in results["features"] for f in fs.split(",") if f]).value_counts()
+        stability = (chosen / len(results)).rename("share_of_folds").to_frame()
         metadata: dict[str, object] = {}
         for scheme, block in results.groupby("scheme"):
             agg = summarize_folds(block[[f"valid_{m}" for m in METRICS] + ["rank_ic_gap"]].to_dict("records"))
@@ -111,7 +124,8 @@ def xgboost_cv_results(
                     .round(4).to_markdown(index=False)
                 ),
                 "fold_plot": dg.MetadataValue.md(markdown_image(fold_metrics_plot(results), "rank IC per fold")),
-                "features_used": int(X.shape[1]),
+                "feature_stability": dg.MetadataValue.md(stability.head(40).round(2).to_markdown()),
+                "features_per_fold": float(results["n_features"].mean()),
                 "seconds": round(time.perf_counter() - start, 1),
                 "params": dg.MetadataValue.json(params),
             }
