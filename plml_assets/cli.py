@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from plml_assets.resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets.resources.paths import default_dagster_home, plml_home
@@ -109,8 +111,25 @@ def _print_status(payload: dict[str, object]) -> None:
     print(f"  aliases: {payload['aliases']}  versions: {payload['versions']}")
 
 
+def _store_missing(registry: MlflowRegistry) -> str | None:
+    """A SQLite store that does not exist yet would be created empty by MLflow: say so instead."""
+    uri = registry.resolved_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return f"no MLflow store at {uri} (PLML_HOME={plml_home()}): run `plml run` first or set PLML_HOME"
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    payload = status_payload(_registry())
+    registry = _registry()
+    missing = _store_missing(registry)
+    if missing:
+        print(f"plml status: {missing}", file=sys.stderr)
+        return 1
+    try:
+        payload = status_payload(registry)
+    except MlflowException as exc:
+        print(f"plml status: the MLflow store {registry.resolved_tracking_uri()} failed: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -120,10 +139,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     registry = _registry()
+    missing = _store_missing(registry)
+    if missing:
+        print(f"plml promote: {missing}", file=sys.stderr)
+        return 1
     try:
         before = registry.alias_version(CHAMPION)
+        target = registry.version_info(args.version)
+        gate = target.tags.get("plml.gate")
+        if gate and gate != "promote":
+            print(
+                f"plml promote: warning: v{target.version} did not pass the promotion gate ({gate}: "
+                f"{target.tags.get('plml.gate_detail', '')}); promoting it because you asked",
+                file=sys.stderr,
+            )
         info = registry.promote(args.version, reason=f"manual promotion by `plml promote {args.version}`")
-    except Exception as exc:  # MlflowException for an unknown version
+    except MlflowException as exc:
         print(f"plml promote: cannot promote version {args.version} of {registry.model_name}: {exc}", file=sys.stderr)
         return 2
     print(f"{registry.model_name}: champion v{before.version if before else 'none'} -> v{info.version}")
@@ -132,9 +163,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     registry = _registry()
+    missing = _store_missing(registry)
+    if missing:
+        print(f"plml rollback: {missing}", file=sys.stderr)
+        return 1
     try:
         old, new = registry.rollback()
-    except LookupError as exc:
+    except (LookupError, MlflowException) as exc:
         print(f"plml rollback: {exc}", file=sys.stderr)
         return 2
     print(f"{registry.model_name}: champion rolled back v{old} -> v{new}")
@@ -246,7 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     gate = [c for c in checks if c.check_name == "promotion_gate"]
     gate_only = bool(gate) and failed_steps and all("promotion_gate" in s for s in failed_steps)
     print()
-    outcome = "succeeded" if result.success else ("succeeded; the promotion gate kept the champion" if gate_only else "FAILED")
+    kept = "the promotion gate kept the champion" if _registry().alias_version(CHAMPION) else "the promotion gate promoted nothing (no champion yet)"
+    outcome = "succeeded" if result.success else (f"succeeded; {kept}" if gate_only else "FAILED")
     print(f"plml run: {outcome} in {elapsed:.0f} s (run {result.run_id})")
     for check in checks:
         if not check.passed:
@@ -263,7 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  mlflow ui --backend-store-uri {_registry().resolved_tracking_uri()}")
     if result.success or gate_only:
         if gate_only:
-            print("\nThe challenger did not pass the promotion gate: the champion was kept (see the gate above).")
+            print(f"\nThe challenger did not pass the promotion gate: {kept} (see the gate above).")
         return 0
     return 1
 

@@ -302,16 +302,23 @@ def check_ranges(panel: pd.DataFrame, thresholds: QualityThresholds) -> QualityO
                           {"bad_rows": n, "bad_fraction": fraction})
 
 
-def check_history(panel: pd.DataFrame, thresholds: QualityThresholds, horizon: int, min_dates: int | None = None) -> QualityOutcome:
-    """Enough dates and symbols for the horizon, the features' look-back and the CV folds."""
-    need_dates = max(min_dates or thresholds.min_dates, 4 * horizon + 2)
+def check_history(
+    panel: pd.DataFrame, thresholds: QualityThresholds, horizon: int, holdout_days: int = 0
+) -> QualityOutcome:
+    """Enough dates and symbols for the horizon, the holdout window and the training/CV window
+    before it (``min_dates`` training dates after the purge)."""
+    need_dates = max(thresholds.min_dates, 4 * horizon + 2) + (holdout_days + horizon if holdout_days else 0)
     n_dates = int(panel.index.get_level_values("date").nunique())
     per_symbol = panel.groupby(level="symbol").size()
     n_symbols = int(len(per_symbol))
     short = per_symbol[per_symbol <= horizon].sort_values()
     problems = []
     if n_dates < need_dates:
-        problems.append(f"{n_dates} dates, need at least {need_dates} for horizon {horizon}")
+        holdout = f", a {holdout_days}-date holdout" if holdout_days else ""
+        problems.append(
+            f"{n_dates} dates, need at least {need_dates} (horizon {horizon}{holdout} and "
+            f"{thresholds.min_dates} training dates)"
+        )
     if n_symbols < thresholds.min_symbols:
         problems.append(
             f"{n_symbols} symbol(s), need at least {thresholds.min_symbols} for cross-sectional features and IC"
@@ -324,7 +331,9 @@ def check_history(panel: pd.DataFrame, thresholds: QualityThresholds, horizon: i
                           {"dates": n_dates, "symbols": n_symbols, "dates_needed": need_dates})
 
 
-def run_quality_checks(panel: pd.DataFrame, thresholds: QualityThresholds, horizon: int) -> list[QualityOutcome]:
+def run_quality_checks(
+    panel: pd.DataFrame, thresholds: QualityThresholds, horizon: int, holdout_days: int = 0
+) -> list[QualityOutcome]:
     schema = check_schema(panel)
     if not schema.passed:
         return [schema]
@@ -334,5 +343,5 @@ def run_quality_checks(panel: pd.DataFrame, thresholds: QualityThresholds, horiz
         check_prices(panel, thresholds),
         check_missing(panel, thresholds),
         check_ranges(panel, thresholds),
-        check_history(panel, thresholds, horizon),
+        check_history(panel, thresholds, horizon, holdout_days),
     ]

@@ -22,31 +22,43 @@ MODEL_ARTIFACT = "xgboost_model"
 
 
 def as_panel(frame: pd.DataFrame) -> pd.DataFrame:
-    """Accept the panel either indexed by (date, symbol) or with date/symbol columns."""
-    if isinstance(frame.index, pd.MultiIndex) and list(frame.index.names) == price_lib.INDEX_NAMES:
-        panel = frame.copy()
+    """Accept the panel either indexed by (date, symbol) or with date/symbol columns, and refuse
+    what the training data checks would have refused (schema, duplicates, bad prices)."""
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"the model input must be a pandas DataFrame (a long price panel), got {type(frame).__name__}")
+    if isinstance(frame.index, pd.MultiIndex) and set(frame.index.names) >= set(price_lib.INDEX_NAMES):
+        panel = frame.reset_index()
     else:
-        cols = {str(c).lower(): c for c in frame.columns}
-        if "date" not in cols or "symbol" not in cols:
-            raise ValueError(
-                "the model input must be a long price panel with 'date' and 'symbol' columns "
-                f"(or a (date, symbol) index); got columns {list(frame.columns)}"
-            )
-        panel = frame.rename(columns={v: k for k, v in cols.items()})
+        panel = frame
+    cols = {str(c).lower(): c for c in panel.columns}
+    if "date" not in cols or "symbol" not in cols:
+        raise ValueError(
+            "the model input must be a long price panel with 'date' and 'symbol' (columns or index levels); "
+            f"got columns {list(frame.columns)} and index {list(frame.index.names)}"
+        )
+    panel = panel.rename(columns={v: k for k, v in cols.items()})
+    try:
         panel["date"] = pd.to_datetime(panel["date"])
-        panel["symbol"] = panel["symbol"].astype(str)
-        panel = panel.set_index(price_lib.INDEX_NAMES)
-    if "close" not in panel.columns:
-        raise ValueError(f"the model input lacks the required column 'close'; it has {list(panel.columns)}")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"the model input's 'date' column is not parseable as dates: {exc}") from exc
+    panel["symbol"] = panel["symbol"].astype(str)
     keep = [c for c in (*price_lib.PRICE_COLUMNS, "volume") if c in panel.columns]
-    return price_lib.normalize_panel(panel[keep])
+    panel = price_lib.normalize_panel(panel.set_index(price_lib.INDEX_NAMES)[keep])
+    thresholds = price_lib.QualityThresholds()
+    for outcome in (price_lib.check_schema(panel), price_lib.check_duplicates(panel), price_lib.check_prices(panel, thresholds)):
+        if not outcome.passed:
+            raise ValueError(f"the model input fails the {outcome.name} check: {outcome.message}")
+    return panel
 
 
 class PanelScorer(mlflow.pyfunc.PythonModel):
-    def __init__(self, selected_features: list[str], horizon: int, feature_columns: list[str]) -> None:
+    def __init__(
+        self, selected_features: list[str], horizon: int, feature_columns: list[str], training_symbols: list[str] | None = None
+    ) -> None:
         self.selected_features = list(selected_features)
         self.horizon = int(horizon)
         self.feature_columns = list(feature_columns)  # price columns present in training
+        self.training_symbols = sorted(training_symbols or [])
         self.feature_set_version = FEATURE_SET_VERSION
 
     def load_context(self, context) -> None:
@@ -61,16 +73,23 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
             )
         features, _ = build_features(panel[self.feature_columns])
         X = features[self.selected_features]
+        history = panel.groupby(level="symbol").size()
         if not all_dates:
             latest = panel.index.get_level_values("date").max()
             X = X[X.index.get_level_values("date") == latest]
-            n_hist = panel.index.get_level_values("date").nunique()
-            if n_hist < FEATURE_LOOKBACK_DAYS:
-                # Scores are still produced, but features with longer look-backs are NaN.
-                pass
+            if len(X) < 3:
+                raise ValueError(
+                    f"only {len(X)} symbol(s) have a price on the latest date {latest.date()}: cross-sectional "
+                    "features need at least 3; pass the whole universe up to one common date"
+                )
         scores = self.model_.predict(X)
         out = X.index.to_frame(index=False)
         out["score"] = np.asarray(scores, dtype="float64")
+        # Features with look-backs longer than a symbol's history are NaN: say so per row instead
+        # of silently serving a weaker score.
+        out["full_history"] = out["symbol"].map(history).ge(FEATURE_LOOKBACK_DAYS).to_numpy()
+        if self.training_symbols:
+            out["in_training_universe"] = out["symbol"].isin(self.training_symbols).to_numpy()
         return out
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from plml_assets.lib.prices import PriceDataError
 from plml_assets_tests.conftest import slice_resources
 
 
-def _base_csv(embedded_panel: pd.DataFrame, n_dates: int = 400, symbols=("AAPL", "KO", "MSFT", "PG")) -> pd.DataFrame:
+def _base_csv(embedded_panel: pd.DataFrame, n_dates: int = 600, symbols=("AAPL", "KO", "MSFT", "PG")) -> pd.DataFrame:
     panel = embedded_panel[embedded_panel.index.get_level_values("symbol").isin(symbols)]
     dates = panel.index.get_level_values("date").unique()[-n_dates:]
     panel = panel[panel.index.get_level_values("date").isin(dates)].reset_index()
@@ -63,7 +63,7 @@ def test_clean_real_panel_passes_every_check(tmp_path, embedded_panel, instance)
         (lambda f: f.assign(close=np.where(f.index == 25, np.inf, f["close"])), "prices_prices", "infinite"),
         (lambda f: f.assign(close=np.where((f["symbol"] == "KO") & (f.index % 5 == 0), np.nan, f["close"])), "prices_missing", "KO"),
         (lambda f: f.assign(high=np.where(f.index % 50 == 0, f["low"] * 0.5, f["high"])), "prices_ranges", "do not bracket"),
-        (lambda f: f[f["date"] >= f["date"].unique()[-100]], "prices_history", "need at least 300"),
+        (lambda f: f[f["date"] >= f["date"].unique()[-100]], "prices_history", "need at least 425 (horizon 5, a 120-date holdout"),
         (lambda f: f[f["symbol"].isin(["KO", "PG"])], "prices_history", "need at least 3"),
     ],
     ids=["duplicate", "negative", "infinite", "missing", "bracket", "few-dates", "few-symbols"],
@@ -101,7 +101,7 @@ def test_non_numeric_close_fails_schema_with_the_value(tmp_path, embedded_panel,
 
 def test_check_tolerance_is_configurable(tmp_path, embedded_panel, instance):
     frame = _base_csv(embedded_panel)
-    frame.loc[40, "high"] = frame.loc[40, "low"] * 0.5  # 1 row of 1600 = 0.06%: tolerated by default
+    frame.loc[40, "high"] = frame.loc[40, "low"] * 0.5  # 1 row of 2400 = 0.04%: tolerated by default
     result = _run(tmp_path, frame, instance)
     assert _check_results(result)["prices_ranges"].passed
     path = tmp_path / "prices.csv"

@@ -17,7 +17,7 @@ class PriceQualityConfig(dg.Config):
     max_bad_price_fraction: float = Field(default=0.0, ge=0, lt=1, description="tolerated share of rows with non-positive/infinite prices")
     max_missing_fraction: float = Field(default=0.05, ge=0, lt=1, description="tolerated share of a symbol's trading days missing")
     max_bad_range_fraction: float = Field(default=0.001, ge=0, lt=1, description="tolerated share of rows whose high/low do not bracket open/close")
-    min_dates: int = Field(default=300, ge=2, description="fewest dates in the panel")
+    min_dates: int = Field(default=300, ge=2, description="fewest training dates before the holdout window")
     min_symbols: int = Field(default=3, ge=1, description="fewest symbols (cross-sectional features and IC need >= 3)")
 
 
@@ -32,7 +32,7 @@ class PriceQualityConfig(dg.Config):
                 "no non-positive or infinite prices beyond the tolerance",
                 "no symbol missing too many trading days",
                 "high/low bracket open/close",
-                "enough dates and symbols for the horizon and the CV",
+                "enough dates and symbols for the horizon, the holdout and the CV",
             ),
         )
     ],
@@ -42,7 +42,7 @@ def market_prices_quality(
     context: dg.AssetCheckExecutionContext, config: PriceQualityConfig, market_prices: pd.DataFrame, settings: ExperimentSettings
 ) -> Iterator[dg.AssetCheckResult]:
     thresholds = price_lib.QualityThresholds(**config.model_dump())
-    outcomes = {o.name: o for o in price_lib.run_quality_checks(market_prices, thresholds, settings.horizon)}
+    outcomes = {o.name: o for o in price_lib.run_quality_checks(market_prices, thresholds, settings.horizon, settings.holdout_days)}
     for name in CHECK_NAMES:
         outcome = outcomes.get(name)
         if outcome is None:  # schema failed: the other checks cannot run on this panel

@@ -36,7 +36,9 @@ def _pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "xgboost", "pandas", "numpy", "pyarrow", "scikit-learn")]
 
 
-def _input_example(prices: pd.DataFrame, n_symbols: int = 3) -> pd.DataFrame:
+def _input_example(prices: pd.DataFrame, n_symbols: int = 25) -> pd.DataFrame:
+    """Enough symbols and history for real scores (cross-sectional features need several symbols),
+    capped so that the example stored with the model stays small."""
     symbols = prices.index.get_level_values("symbol").unique()[:n_symbols]
     dates = prices.index.get_level_values("date").unique().sort_values()[-(FEATURE_LOOKBACK_DAYS + 5):]
     sub = prices[prices.index.get_level_values("symbol").isin(symbols) & prices.index.get_level_values("date").isin(dates)]
@@ -120,7 +122,10 @@ def xgboost_model(
             "plml.cv_params_match": str(cv_params_match).lower(),
         }
         example = _input_example(market_prices)
-        scorer = PanelScorer(columns, settings.horizon, list(market_prices.columns))
+        scorer = PanelScorer(
+            columns, settings.horizon, list(market_prices.columns),
+            training_symbols=sorted(X_train.index.get_level_values("symbol").unique()),
+        )
         with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / MODEL_ARTIFACT
             model.save(model_dir)
