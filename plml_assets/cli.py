@@ -281,7 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     gate = [c for c in checks if c.check_name == "promotion_gate"]
     gate_only = bool(gate) and failed_steps and all("promotion_gate" in s for s in failed_steps)
     print()
-    kept = "the promotion gate kept the champion" if _registry().alias_version(CHAMPION) else "the promotion gate promoted nothing (no champion yet)"
+    has_champion = _registry().alias_version(CHAMPION) is not None
+    kept = "the promotion gate kept the champion" if has_champion else "the promotion gate promoted nothing (no champion yet)"
     outcome = "succeeded" if result.success else (f"succeeded; {kept}" if gate_only else "FAILED")
     print(f"plml run: {outcome} in {elapsed:.0f} s (run {result.run_id})")
     for check in checks:
@@ -299,7 +300,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  mlflow ui --backend-store-uri {_registry().resolved_tracking_uri()}")
     if result.success or gate_only:
         if gate_only:
-            print(f"\nThe challenger did not pass the promotion gate: {kept} (see the gate above).")
+            challenger = _registry().alias_version(CHALLENGER)
+            version = challenger.version if challenger else "?"
+            if has_champion:
+                print(f"\nChallenger v{version} did not beat the champion on the holdout window: the champion stays.")
+            else:
+                print(
+                    f"\nNo champion yet: challenger v{version} did not beat the baseline on the holdout window (gate above)."
+                    f"\nInspect it (plml status, mlflow ui) and run `plml promote {version}` to serve it anyway."
+                )
         return 0
     return 1
 
