@@ -18,6 +18,8 @@ from plml_assets.lib.promotion import decide
         (0.02, math.nan, {}, True),  # an undefined reference is beaten by a positive score only
         (-0.02, math.nan, {}, False),
         (0.0, math.nan, {}, False),
+        (0.33, 0.01, {"suspicious_above": 0.2}, False),  # a leak, not a breakthrough
+        (0.15, 0.01, {"suspicious_above": 0.2}, True),
     ],
 )
 def test_decide(challenger, reference, kwargs, passed):

@@ -104,6 +104,10 @@ class PromotionGateConfig(dg.Config):
         default=None,
         description="if set, the challenger's holdout metric must also exceed this absolute floor (e.g. 0.0)",
     )
+    suspicious_above: float | None = Field(
+        default=0.2,
+        description="refuse a challenger whose holdout metric exceeds this (a probable look-ahead leak); None disables",
+    )
     baseline_window: int = Field(default=20, ge=1, le=250, description="momentum window of the baseline used when there is no champion")
 
 
@@ -151,7 +155,8 @@ def promotion_gate(
         ref_metrics = evaluate_predictions(y.to_numpy(), score[mask].to_numpy(), score[mask].index.get_level_values("date"))
     reference_value = float(ref_metrics[config.metric])
     decision = decide(
-        challenger_value, reference_value, min_improvement=config.min_improvement, min_metric=config.min_metric, metric=config.metric
+        challenger_value, reference_value, min_improvement=config.min_improvement, min_metric=config.min_metric,
+        suspicious_above=config.suspicious_above, metric=config.metric
     )
     if decision.passed and challenger_value <= 0:
         notes.append("the challenger's holdout score is not positive")
