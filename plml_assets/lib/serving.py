@@ -73,7 +73,8 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
             )
         features, _ = build_features(panel[self.feature_columns])
         X = features[self.selected_features]
-        history = panel.groupby(level="symbol").size()
+        # rows of history each row was scored with (its own row included)
+        history = panel.groupby(level="symbol").cumcount().add(1)
         if not all_dates:
             latest = panel.index.get_level_values("date").max()
             X = X[X.index.get_level_values("date") == latest]
@@ -87,7 +88,7 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         out["score"] = np.asarray(scores, dtype="float64")
         # Features with look-backs longer than a symbol's history are NaN: say so per row instead
         # of silently serving a weaker score.
-        out["full_history"] = out["symbol"].map(history).ge(FEATURE_LOOKBACK_DAYS).to_numpy()
+        out["full_history"] = history.reindex(X.index).ge(FEATURE_LOOKBACK_DAYS).to_numpy()
         if self.training_symbols:
             out["in_training_universe"] = out["symbol"].isin(self.training_symbols).to_numpy()
         return out

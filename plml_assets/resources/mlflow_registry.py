@@ -16,13 +16,20 @@ from dataclasses import dataclass
 
 import dagster as dg
 import mlflow
+import mlflow.tracking._model_registry.utils as _registry_utils
+import mlflow.tracking._tracking_service.utils as _tracking_utils
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home
 
-NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+def _is_not_found(exc: MlflowException) -> bool:
+    """MLflow reports a missing alias as INVALID_PARAMETER_VALUE, the same code as a malformed store
+    URI: only a 'not found' message means absence."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "plml.champion_history"
@@ -84,16 +91,17 @@ class MlflowRegistry(dg.ConfigurableResource):
         """Point MLflow's fluent API at this store for the duration of the block."""
         with _LOCK:
             saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-            previous_tracking = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+            saved_globals = (_tracking_utils._tracking_uri, _registry_utils._registry_uri)
             client = self.client()
             mlflow.set_tracking_uri(self.resolved_tracking_uri())
             mlflow.set_registry_uri(self.resolved_registry_uri())
             try:
                 yield client
             finally:
-                mlflow.set_tracking_uri(previous_tracking or "")
-                mlflow.set_registry_uri("")
-                for key, value in saved_env.items():  # set_*_uri write these env vars: put them back exactly
+                # MLflow has no public "unset": put its module globals and env vars back exactly,
+                # so that code after the block sees MLflow's own defaults (or what it had set).
+                _tracking_utils._tracking_uri, _registry_utils._registry_uri = saved_globals
+                for key, value in saved_env.items():
                     if value is None:
                         os.environ.pop(key, None)
                     else:
@@ -111,7 +119,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             mv = self.client().get_model_version_by_alias(self.model_name, alias)
         except MlflowException as exc:
-            if exc.error_code in NOT_FOUND_CODES:
+            if _is_not_found(exc):
                 return None
             raise
         return _info(self.model_name, mv)
@@ -130,7 +138,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             return {k: str(v) for k, v in self.client().get_registered_model(self.model_name).aliases.items()}
         except MlflowException as exc:
-            if exc.error_code in NOT_FOUND_CODES:
+            if _is_not_found(exc):
                 return {}
             raise
 
@@ -138,7 +146,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             rm = self.client().get_registered_model(self.model_name)
         except MlflowException as exc:
-            if exc.error_code in NOT_FOUND_CODES:
+            if _is_not_found(exc):
                 return []
             raise
         raw = rm.tags.get(HISTORY_TAG, "")

@@ -158,12 +158,6 @@ def test_exactly_the_feature_lookback_is_full_history(scorer, prices):
     assert not out["full_history"].any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PanelScorer.score(all_dates=True) flags full_history from the symbol's total row count, "
-    "so a row scored from fewer than FEATURE_LOOKBACK_DAYS rows of its own history (NaN long "
-    "look-back features) is still reported as full_history=True",
-)
 def test_all_dates_flags_rows_without_enough_history_before_them(scorer, prices):
     out = scorer.score(prices, all_dates=True)
     rows_so_far = out.groupby("symbol").cumcount() + 1

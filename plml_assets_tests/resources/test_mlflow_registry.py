@@ -21,12 +21,8 @@ from plml_assets.resources.mlflow_registry import CHAMPION, HISTORY_TAG, MlflowR
 URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-# The tiny logged model needs no signature: skip MLflow's (colour-coded) nudge towards type hints.
-pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
-
-
 class Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
         return model_input
 
 
@@ -162,12 +158,6 @@ def test_alias_version_raises_on_a_broken_store(tmp_path, broken_uri):
     assert not isinstance(raised.value, (AssertionError, LookupError))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alias_version treats every INVALID_PARAMETER_VALUE as 'alias not found'; MLflow raises that "
-    "code for an unsupported store URI too (e.g. a 'postgress://' typo), so a misconfigured registry "
-    "reads as 'no champion' instead of raising",
-)
 def test_alias_version_raises_on_a_misconfigured_store_uri():
     registry = MlflowRegistry(tracking_uri="postgress://plml@127.0.0.1:5432/mlflow", model_name="m")
     with pytest.raises(Exception):
@@ -212,12 +202,6 @@ def test_tracking_restores_the_environment_when_the_block_raises(registry, monke
     assert not mlflow.is_tracking_uri_set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracking() ends with mlflow.set_tracking_uri('') / set_registry_uri(''), leaving MLflow's "
-    "module globals at '' instead of unset: afterwards get_tracking_uri()/get_registry_uri() return '' "
-    "(not the default or the MLFLOW_*_URI environment), so global state is not restored",
-)
 @pytest.mark.parametrize("before", ["nothing_set", "registry_env_set"])
 def test_tracking_restores_mlflows_resolved_uris(registry, monkeypatch, tmp_path, before):
     for key in URI_ENV:
