@@ -6,7 +6,11 @@ window reaches into the test block leaks the test period into training, so it is
 right after a test block share information with it (overlapping labels, serially correlated
 features), so they are *embargoed*.
 
-Both splitters follow scikit-learn's cross-validator contract (``split(X, y, groups)`` yields
+``PurgedKFold`` and ``CombinatorialPurgedCV`` (López de Prado, *Advances in Financial Machine
+Learning*, ch. 7 and 12) purge before and embargo after every test block; ``WalkForward`` and
+``PurgedWalkForward`` only ever train on the past, so their embargo is an extra gap before the test.
+
+All splitters follow scikit-learn's cross-validator contract (``split(X, y, groups)`` yields
 ``(train_positions, test_positions)`` integer arrays of row positions, ``get_n_splits``), so
 ``cross_val_score(model, X, y, cv=splitter, groups=dates)`` and friends work. Splits are always by
 date: every row of a date lands on the same side.
@@ -17,6 +21,8 @@ Dates come from ``groups`` when given (one date per row), else from the ``date``
 
 from __future__ import annotations
 
+import itertools
+import math
 import numbers
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import BaseCrossValidator
 
-__all__ = ["PurgedKFold", "PurgedWalkForward", "row_dates"]
+__all__ = ["CombinatorialPurgedCV", "PurgedKFold", "PurgedWalkForward", "WalkForward", "row_dates"]
 
 DateFolds = list[tuple[np.ndarray, np.ndarray]]
 
@@ -38,6 +44,12 @@ def _check_int(name: str, value: Any, minimum: int, *, optional: bool = False) -
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def row_dates(X: Any = None, groups: Any = None) -> pd.Index:
@@ -236,3 +248,187 @@ class PurgedKFold(_PurgedDateSplitter):
                 )
             folds.append((train_idx, test_idx))
         return folds
+
+
+class WalkForward(_PurgedDateSplitter):
+    """Walk-forward analysis in trading days: roll a test block forward, train only on the purged past.
+
+    The first test block starts right after the first training window (``min_train_size`` dates)
+    plus the purge gap ``horizon + embargo``; later blocks start ``step`` dates further on (default
+    ``test_size``: back-to-back blocks; a smaller step gives overlapping blocks, a larger one gaps).
+    Only full blocks of ``test_size`` dates are produced, so the last ``< step`` dates may stay
+    untested. For a test block starting at date index ``j`` the training dates are the ``i`` with
+    ``i + horizon + embargo < j`` (label window ``(i, i + horizon]`` ends before the test, plus an
+    ``embargo`` safety gap), either all of them (``expanding=True``) or the last ``train_size``
+    of them (``expanding=False``, sliding window).
+
+    ``min_train_size`` (the length of the first training window) defaults to ``train_size``, or
+    to ``test_size`` when ``train_size`` is not given. With ``expanding=False`` and
+    ``min_train_size < train_size`` the window grows from ``min_train_size`` to ``train_size`` and
+    then slides; with ``expanding=True``, ``train_size`` only sets that first window.
+
+    The number of splits depends on the number of dates, so ``get_n_splits`` needs ``X`` or
+    ``groups``: ``(n_dates - min_train_size - horizon - embargo - test_size) // step + 1``.
+    """
+
+    _param_names = ("test_size", "train_size", "step", "horizon", "embargo", "expanding", "min_train_size")
+
+    def __init__(
+        self,
+        test_size: int,
+        train_size: int | None = None,
+        step: int | None = None,
+        horizon: int = 5,
+        embargo: int = 0,
+        expanding: bool = True,
+        min_train_size: int | None = None,
+    ) -> None:
+        self.test_size = _check_int("test_size", test_size, 1)
+        self.train_size = _check_int("train_size", train_size, 1, optional=True)
+        self.step = _check_int("step", step, 1, optional=True)
+        self.horizon = _check_int("horizon", horizon, 0)
+        self.embargo = _check_int("embargo", embargo, 0)
+        self.expanding = _check_bool("expanding", expanding)
+        self.min_train_size = _check_int("min_train_size", min_train_size, 1, optional=True)
+        if not self.expanding and self.train_size is None:
+            raise ValueError("train_size is required with expanding=False (the length of the sliding window)")
+        if self.min_train_size is not None and self.train_size is not None and self.min_train_size > self.train_size:
+            raise ValueError(
+                f"min_train_size ({self.min_train_size}) must be <= train_size ({self.train_size})"
+            )
+
+    @property
+    def first_train_size(self) -> int:
+        """Dates in the first training window (``min_train_size``, else ``train_size``, else ``test_size``)."""
+        for size in (self.min_train_size, self.train_size, self.test_size):
+            if size is not None:
+                return size
+        raise AssertionError("unreachable: test_size is always set")
+
+    def _first_test_start(self) -> int:
+        return self.first_train_size + self.horizon + self.embargo
+
+    def _n_splits_for(self, n_dates: int) -> int:
+        first_test_start = self._first_test_start()
+        needed = first_test_start + self.test_size
+        if n_dates < needed:
+            raise ValueError(
+                f"too few dates for WalkForward: {n_dates} unique dates, need at least {needed} = "
+                f"first training window ({self.first_train_size}) + horizon ({self.horizon}) "
+                f"+ embargo ({self.embargo}) + test_size ({self.test_size})"
+            )
+        return (n_dates - needed) // (self.step or self.test_size) + 1
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Exact number of splits for these rows' dates (needs ``X`` with a date level, or ``groups``)."""
+        if X is None and groups is None:
+            raise ValueError(
+                "WalkForward's number of splits depends on the number of dates: pass X (with a 'date' "
+                "index level) or groups=<one date per row>"
+            )
+        unique, _ = _encode_dates(row_dates(X, groups))
+        return self._n_splits_for(len(unique))
+
+    def _date_index_folds(self, n_dates: int) -> DateFolds:
+        n_splits = self._n_splits_for(n_dates)
+        step = self.step or self.test_size
+        folds: DateFolds = []
+        for k in range(n_splits):
+            test_start = self._first_test_start() + k * step
+            train_stop = test_start - self.horizon - self.embargo  # exclusive: i + h + e < test_start
+            train_start = 0 if self.expanding else max(0, train_stop - self.train_size)
+            folds.append((np.arange(train_start, train_stop), np.arange(test_start, test_start + self.test_size)))
+        return folds
+
+
+class CombinatorialPurgedCV(_PurgedDateSplitter):
+    """Combinatorial purged cross-validation (CPCV, López de Prado, AFML ch. 12).
+
+    The sorted unique dates are cut into ``n_groups`` contiguous groups in time order (sizes differ
+    by at most one, the first ``n_dates % n_groups`` groups get the extra date, as in
+    ``PurgedKFold``). Every combination of ``n_test_groups`` groups is the test set of one split,
+    in ``itertools.combinations`` order: ``C(n_groups, n_test_groups)`` splits. Training is every
+    other date ``i``, purged and embargoed around *each* test group ``[start, end]``: dropped when
+    ``start - horizon <= i < start`` (its label window reaches the group) or
+    ``end < i <= end + horizon + embargo`` (after the group's last label, plus the embargo).
+
+    Every group is tested by ``C(n_groups - 1, n_test_groups - 1)`` splits, which is also
+    ``n_paths`` (``= C(N, k) * k / N``): the number of complete out-of-sample backtest paths that
+    can be assembled, path ``j`` taking each group from the ``j``-th split that tests it
+    (``backtest_paths``, ``paths``).
+    """
+
+    _param_names = ("n_groups", "n_test_groups", "horizon", "embargo")
+
+    def __init__(self, n_groups: int = 6, n_test_groups: int = 2, horizon: int = 5, embargo: int = 0) -> None:
+        self.n_groups = _check_int("n_groups", n_groups, 2)
+        self.n_test_groups = _check_int("n_test_groups", n_test_groups, 1)
+        if self.n_test_groups >= self.n_groups:
+            raise ValueError(
+                f"n_test_groups ({self.n_test_groups}) must be < n_groups ({self.n_groups}): "
+                "some group has to be left for training"
+            )
+        self.horizon = _check_int("horizon", horizon, 0)
+        self.embargo = _check_int("embargo", embargo, 0)
+
+    @property
+    def n_splits(self) -> int:  # type: ignore[override]
+        """``C(n_groups, n_test_groups)``."""
+        return math.comb(self.n_groups, self.n_test_groups)
+
+    @property
+    def n_paths(self) -> int:
+        """Backtest paths: ``C(N, k) * k / N = C(N - 1, k - 1)``."""
+        return math.comb(self.n_groups - 1, self.n_test_groups - 1)
+
+    @property
+    def test_groups(self) -> list[tuple[int, ...]]:
+        """The test group indices of every split, in split order."""
+        return list(itertools.combinations(range(self.n_groups), self.n_test_groups))
+
+    def _group_positions(self, n_dates: int) -> list[np.ndarray]:
+        if n_dates < self.n_groups:
+            raise ValueError(
+                f"too few dates for CombinatorialPurgedCV: {n_dates} unique dates, need at least "
+                f"{self.n_groups} (n_groups)"
+            )
+        return np.array_split(np.arange(n_dates), self.n_groups)
+
+    def _date_index_folds(self, n_dates: int) -> DateFolds:
+        groups = self._group_positions(n_dates)
+        folds: DateFolds = []
+        for k, tested in enumerate(self.test_groups):
+            keep = np.ones(n_dates, dtype=bool)
+            for g in tested:
+                start, end = int(groups[g][0]), int(groups[g][-1])
+                keep[max(0, start - self.horizon) : end + self.horizon + self.embargo + 1] = False
+            train_idx = np.flatnonzero(keep)
+            if train_idx.size == 0:
+                raise ValueError(
+                    f"CombinatorialPurgedCV split {k} (test groups {tested} of {self.n_groups}, {n_dates} "
+                    f"dates) has no training dates left after purging (horizon={self.horizon}) and embargo "
+                    f"({self.embargo}): use more dates, fewer test groups or a shorter horizon/embargo"
+                )
+            folds.append((train_idx, np.concatenate([groups[g] for g in tested])))
+        return folds
+
+    def backtest_paths(self) -> list[list[tuple[int, int]]]:
+        """For each of the ``n_paths`` paths, its ``(split_index, group_index)`` pairs, one per group
+        in time order: path ``j`` takes group ``g``'s predictions from the ``j``-th split testing ``g``."""
+        testers = [[s for s, tested in enumerate(self.test_groups) if g in tested] for g in range(self.n_groups)]
+        return [[(testers[g][j], g) for g in range(self.n_groups)] for j in range(self.n_paths)]
+
+    def group_dates(self, dates: Any) -> list[np.ndarray]:
+        """The sorted unique dates of each of the ``n_groups`` groups."""
+        unique, _ = _encode_dates(row_dates(groups=dates))
+        return [unique[positions] for positions in self._group_positions(len(unique))]
+
+    def paths(self, dates: Any) -> list[list[tuple[int, np.ndarray]]]:
+        """``backtest_paths`` on real dates: per path, ``(split_index, dates of the group)`` pairs in time
+        order; concatenating the dates of a path gives every date exactly once."""
+        groups = self.group_dates(dates)
+        return [[(split, groups[g]) for split, g in path] for path in self.backtest_paths()]
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters plus the derived numbers of splits and backtest paths."""
+        return {**super().describe(), "n_splits": self.n_splits, "n_paths": self.n_paths}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
-from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
+from plml_assets.lib.splits import CombinatorialPurgedCV, PurgedKFold, PurgedWalkForward, WalkForward
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -257,4 +260,250 @@ def test_describe_is_the_parameters():
         "test_size": None,
         "min_train_size": None,
         "max_train_size": 100,
+    }
+
+
+# --- WalkForward and CombinatorialPurgedCV -----------------------------------------------------------
+
+NEW_PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def check_no_leak(train_dates: np.ndarray, test_dates: np.ndarray, horizon: int, embargo: int, gap_before: int) -> None:
+    """No training label window (i, i + horizon] (+ gap_before) reaches a test date, and no training date
+    lies in (t, t + horizon + embargo] after any test date t: holds for test sets made of several blocks."""
+    assert np.intersect1d(train_dates, test_dates).size == 0
+    after = np.searchsorted(test_dates, train_dates, side="right")
+    n_test = len(test_dates)
+    next_test = np.where(after < n_test, test_dates[after.clip(max=n_test - 1)], np.iinfo(np.int64).max)
+    assert np.all(next_test > train_dates + horizon + gap_before)
+    previous_test = np.where(after > 0, test_dates[(after - 1).clip(min=0)], np.iinfo(np.int64).min)
+    assert np.all(previous_test < train_dates - horizon - embargo)
+
+
+def check_row_folds(splitter, panel: pd.DataFrame, folds) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Row-level contract: sorted disjoint int positions, a date's rows all on one side; returns date folds."""
+    codes = date_codes(panel)
+    n_splits = splitter.get_n_splits(groups=panel.index.get_level_values("date"))
+    assert len(folds) == splitter.get_n_splits(panel) == n_splits
+    date_folds = []
+    for train, test in folds:
+        assert train.dtype == np.int64 and test.dtype == np.int64
+        assert len(train) > 0 and len(test) > 0
+        assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
+        assert np.intersect1d(train, test).size == 0
+        train_dates, test_dates = np.unique(codes[train]), np.unique(codes[test])
+        np.testing.assert_array_equal(train, np.flatnonzero(np.isin(codes, train_dates)))
+        np.testing.assert_array_equal(test, np.flatnonzero(np.isin(codes, test_dates)))
+        date_folds.append((train_dates, test_dates))
+    return date_folds
+
+
+def assert_same_folds(folds_a, folds_b) -> None:
+    folds_a, folds_b = list(folds_a), list(folds_b)
+    assert len(folds_a) == len(folds_b)
+    for (train_a, test_a), (train_b, test_b) in zip(folds_a, folds_b):
+        np.testing.assert_array_equal(train_a, train_b)
+        np.testing.assert_array_equal(test_a, test_b)
+
+
+@st.composite
+def walk_forwards(draw: st.DrawFn) -> WalkForward:
+    expanding = draw(st.booleans())
+    train_size = draw(st.none() | st.integers(1, 80)) if expanding else draw(st.integers(1, 80))
+    min_train_size = draw(st.none() | st.integers(1, train_size or 60))
+    return WalkForward(
+        test_size=draw(st.integers(1, 40)),
+        train_size=train_size,
+        step=draw(st.none() | st.integers(1, 40)),
+        horizon=draw(st.integers(0, 10)),
+        embargo=draw(st.integers(0, 10)),
+        expanding=expanding,
+        min_train_size=min_train_size,
+    )
+
+
+@NEW_PROPERTY_SETTINGS
+@given(panel=panels(), splitter=walk_forwards())
+def test_walk_forward_invariants(panel, splitter):
+    folds = folds_or_skip(splitter, panel)
+    date_folds = check_row_folds(splitter, panel, folds)
+    n_dates = date_codes(panel).max() + 1
+    h, e, step = splitter.horizon, splitter.embargo, splitter.step or splitter.test_size
+    first_train = splitter.min_train_size or splitter.train_size or splitter.test_size
+    expected_starts = list(range(first_train + h + e, n_dates - splitter.test_size + 1, step))
+    assert [test[0] for _, test in date_folds] == expected_starts  # every full block, none more
+    for train_dates, test_dates in date_folds:
+        check_no_leak(train_dates, test_dates, h, e, gap_before=e)
+        np.testing.assert_array_equal(test_dates, np.arange(test_dates[0], test_dates[0] + splitter.test_size))
+        # Training is exactly the purged past: all of it, or its last train_size dates.
+        stop = test_dates[0] - h - e
+        start = 0 if splitter.expanding else max(0, stop - splitter.train_size)
+        np.testing.assert_array_equal(train_dates, np.arange(start, stop))
+        assert len(train_dates) >= first_train
+    assert_same_folds(folds, splitter.split(panel))  # deterministic
+
+
+@st.composite
+def cpcv_splitters(draw: st.DrawFn) -> CombinatorialPurgedCV:
+    n_groups = draw(st.integers(2, 8))
+    return CombinatorialPurgedCV(
+        n_groups=n_groups,
+        n_test_groups=draw(st.integers(1, n_groups - 1)),
+        horizon=draw(st.integers(0, 10)),
+        embargo=draw(st.integers(0, 10)),
+    )
+
+
+@NEW_PROPERTY_SETTINGS
+@given(panel=panels(), splitter=cpcv_splitters())
+def test_combinatorial_purged_cv_invariants(panel, splitter):
+    folds = folds_or_skip(splitter, panel)
+    date_folds = check_row_folds(splitter, panel, folds)
+    n_dates = date_codes(panel).max() + 1
+    n, k, h, e = splitter.n_groups, splitter.n_test_groups, splitter.horizon, splitter.embargo
+    assert len(folds) == math.comb(n, k)
+    groups = np.array_split(np.arange(n_dates), n)
+    coverage = np.zeros(n_dates, dtype=int)
+    positions = np.arange(n_dates)
+    for (train_dates, test_dates), tested in zip(date_folds, itertools.combinations(range(n), k)):
+        np.testing.assert_array_equal(test_dates, np.concatenate([groups[g] for g in tested]))
+        coverage[test_dates] += 1
+        check_no_leak(train_dates, test_dates, h, e, gap_before=0)
+        # Not over-eager: every date outside the test groups and their purge/embargo zones is trained on.
+        banned = np.zeros(n_dates, dtype=bool)
+        for t in test_dates:
+            banned |= (positions >= t - h) & (positions <= t + h + e)
+        np.testing.assert_array_equal(train_dates, positions[~banned])
+    assert np.all(coverage == math.comb(n - 1, k - 1))  # every date tested C(N-1, k-1) times
+    # Backtest paths: n_paths of them, each covering every group exactly once with a split that tests it.
+    paths = splitter.backtest_paths()
+    assert len(paths) == splitter.n_paths == math.comb(n, k) * k // n
+    used = [pair for path in paths for pair in path]
+    assert len(set(used)) == len(used) == math.comb(n, k) * k  # every (split, test group) used once
+    for path in paths:
+        assert [g for _, g in path] == list(range(n))
+        assert all(g in splitter.test_groups[s] for s, g in path)
+    dates = panel.index.get_level_values("date")
+    unique_dates = np.unique(dates)
+    for path, dated in zip(paths, splitter.paths(dates)):
+        assert [s for s, _ in dated] == [s for s, _ in path]
+        np.testing.assert_array_equal(np.concatenate([d for _, d in dated]), unique_dates)
+    assert_same_folds(folds, splitter.split(panel))  # deterministic
+    assert splitter.backtest_paths() == paths
+
+
+def test_walk_forward_sliding_example():
+    dates = pd.bdate_range("2022-01-03", periods=30)
+    folds = WalkForward(test_size=5, train_size=10, expanding=False, horizon=2).split_dates(dates)
+    positions = [(dates.get_indexer(train).tolist(), dates.get_indexer(test).tolist()) for train, test in folds]
+    assert positions == [
+        (list(range(0, 10)), list(range(12, 17))),
+        (list(range(5, 15)), list(range(17, 22))),
+        (list(range(10, 20)), list(range(22, 27))),
+    ]
+    # Expanding with overlapping blocks (step < test_size), and an embargo gap before the test.
+    folds = WalkForward(test_size=5, step=2, horizon=2, embargo=1, min_train_size=8).split_dates(dates)
+    assert [(len(train), dates.get_loc(test[0])) for train, test in folds] == [(8, 11), (10, 13), (12, 15), (14, 17),
+                                                                              (16, 19), (18, 21), (20, 23), (22, 25)]
+
+
+def test_cpcv_paths_example():
+    cv = CombinatorialPurgedCV(n_groups=3, n_test_groups=2, horizon=0)
+    assert cv.test_groups == [(0, 1), (0, 2), (1, 2)]
+    assert cv.n_splits == cv.get_n_splits() == 3 and cv.n_paths == 2
+    assert cv.backtest_paths() == [[(0, 0), (0, 1), (1, 2)], [(1, 0), (2, 1), (2, 2)]]
+    assert CombinatorialPurgedCV(n_groups=6, n_test_groups=2).n_paths == 5  # AFML's example: 15 splits, 5 paths
+    assert CombinatorialPurgedCV(n_groups=10, n_test_groups=2).get_n_splits() == 45
+
+
+def test_cpcv_purges_and_embargoes_around_every_test_group():
+    # 60 dates in 6 groups of 10; split (1, 3) tests dates 10..19 and 30..39.
+    dates = pd.bdate_range("2022-01-03", periods=60)
+    cv = CombinatorialPurgedCV(n_groups=6, n_test_groups=2, horizon=2, embargo=3)
+    split = cv.test_groups.index((1, 3))
+    train, test = cv.split_dates(dates)[split]
+    kept = set(dates.get_indexer(train))
+    assert kept == set(range(0, 8)) | set(range(25, 28)) | set(range(45, 60))
+
+
+@pytest.mark.parametrize(
+    "splitter",
+    [
+        WalkForward(test_size=10, train_size=20, horizon=3),
+        CombinatorialPurgedCV(n_groups=4, n_test_groups=2, horizon=3, embargo=1),
+    ],
+)
+def test_new_splitters_work_with_sklearn(splitter):
+    panel = make_panel(80, 5, missing_share=0.2, seed=7)
+    y = panel["x1"] * 0.5 + np.random.default_rng(0).normal(scale=0.1, size=len(panel))
+    dates = panel.index.get_level_values("date")
+    scores = cross_val_score(Ridge(), panel.to_numpy(), y.to_numpy(), cv=splitter, groups=dates)
+    assert len(scores) == splitter.get_n_splits(groups=dates) == len(list(splitter.split(panel)))
+    assert np.all(np.isfinite(scores))
+    search = GridSearchCV(Ridge(), {"alpha": [0.1, 1.0]}, cv=splitter).fit(panel, y)
+    assert search.best_params_["alpha"] in (0.1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("factory", "parameter"),
+    [
+        (lambda: WalkForward(test_size=0), "test_size"),
+        (lambda: WalkForward(test_size=None), "test_size"),
+        (lambda: WalkForward(test_size=5, train_size=0), "train_size"),
+        (lambda: WalkForward(test_size=5, step=0), "step"),
+        (lambda: WalkForward(test_size=5, horizon=-1), "horizon"),
+        (lambda: WalkForward(test_size=5, embargo=-1), "embargo"),
+        (lambda: WalkForward(test_size=5, expanding="no"), "expanding"),
+        (lambda: WalkForward(test_size=5, expanding=False), "train_size"),
+        (lambda: WalkForward(test_size=5, train_size=10, min_train_size=20), "min_train_size"),
+        (lambda: WalkForward(test_size=5, min_train_size=0), "min_train_size"),
+        (lambda: WalkForward(test_size=2.5), "test_size"),
+        (lambda: CombinatorialPurgedCV(n_groups=1), "n_groups"),
+        (lambda: CombinatorialPurgedCV(n_test_groups=0), "n_test_groups"),
+        (lambda: CombinatorialPurgedCV(n_groups=4, n_test_groups=4), "n_test_groups"),
+        (lambda: CombinatorialPurgedCV(horizon=-1), "horizon"),
+        (lambda: CombinatorialPurgedCV(embargo=-3), "embargo"),
+        (lambda: CombinatorialPurgedCV(n_groups=True), "n_groups"),
+    ],
+)
+def test_new_splitters_reject_bad_parameters_by_name(factory, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        factory()
+
+
+def test_new_splitters_too_few_dates():
+    panel = make_panel(10, 2)
+    with pytest.raises(ValueError, match=r"10 unique dates, need at least 13 = first training window \(5\)"):
+        WalkForward(test_size=5, horizon=3).split(panel)  # raises on the call, before iterating
+    with pytest.raises(ValueError, match=r"10 unique dates, need at least 13"):
+        WalkForward(test_size=5, horizon=3).get_n_splits(panel)
+    with pytest.raises(ValueError, match=r"10 unique dates, need at least 12 \(n_groups\)"):
+        CombinatorialPurgedCV(n_groups=12).split(panel)
+    with pytest.raises(ValueError, match=r"10 unique dates, need at least 12 \(n_groups\)"):
+        CombinatorialPurgedCV(n_groups=12).paths(panel.index.get_level_values("date"))
+    with pytest.raises(ValueError, match="no training dates"):
+        CombinatorialPurgedCV(n_groups=2, n_test_groups=1, horizon=5, embargo=5).split(panel)
+    with pytest.raises(ValueError, match="depends on the number of dates"):
+        WalkForward(test_size=5).get_n_splits()
+
+
+def test_new_splitters_describe():
+    assert WalkForward(test_size=21, train_size=252, expanding=False).describe() == {
+        "splitter": "WalkForward",
+        "test_size": 21,
+        "train_size": 252,
+        "step": None,
+        "horizon": 5,
+        "embargo": 0,
+        "expanding": False,
+        "min_train_size": None,
+    }
+    assert CombinatorialPurgedCV(n_groups=6, n_test_groups=2, horizon=5, embargo=2).describe() == {
+        "splitter": "CombinatorialPurgedCV",
+        "n_groups": 6,
+        "n_test_groups": 2,
+        "horizon": 5,
+        "embargo": 2,
+        "n_splits": 15,
+        "n_paths": 5,
     }
