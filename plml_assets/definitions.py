@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from plml_assets.defs.backtest import assets as backtest_assets
 from plml_assets.defs.data import assets as data_assets
 from plml_assets.defs.data import checks as data_checks
 from plml_assets.defs.registry import assets as registry_assets
@@ -51,7 +52,7 @@ def build_resources() -> dict[str, object]:
 
 
 ASSETS = dg.load_assets_from_modules(
-    [data_assets, selection_assets, validation_assets, training_assets, registry_assets]
+    [data_assets, selection_assets, validation_assets, backtest_assets, training_assets, registry_assets]
 )
 CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
 

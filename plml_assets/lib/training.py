@@ -147,13 +147,15 @@ def cross_validate(
     gap_bound: float,
     select: Callable[[np.ndarray], list[str]] | None = None,
     log: Log = _noop,
+    fold_predictions: list[pd.Series] | None = None,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Fit one model per fold and evaluate it on the fold's test dates. Returns (per-fold
     metrics, out-of-fold predictions).
 
     Everything a fold learns comes from its own training rows: its features (``select`` is
     called with the training positions; ``None`` uses every column), its target clipping and
-    its early stopping (on the purged tail of its training dates).
+    its early stopping (on the purged tail of its training dates). When ``fold_predictions`` is
+    a list, each fold's test predictions are appended to it (CPCV tests each date several times).
     """
     dates = _dates_of(X)
     y_values = y.to_numpy()
@@ -180,6 +182,8 @@ def cross_validate(
         pred_train = model.predict_matrix(dfit)
         pred_test = model.predict_matrix(XGBoostModel.matrix(Xf.iloc[test_idx]))
         oof.iloc[test_idx] = pred_test
+        if fold_predictions is not None:
+            fold_predictions.append(pd.Series(pred_test, index=X.index[test_idx], name=f"fold_{k}"))
         train_m = evaluate_predictions(y_values[fit_idx], pred_train, dates[fit_idx])
         test_m = evaluate_predictions(y_values[test_idx], pred_test, dates[test_idx])
         gap = overfitting_gap(train_m, test_m, metric="rank_ic", bound=gap_bound)

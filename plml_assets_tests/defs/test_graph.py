@@ -39,7 +39,7 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     registry: MlflowRegistry = resources["mlflow_registry"]
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"market_prices", "labels", "features", "feature_selection", "cv_splits", "xgboost_cv_results",
-            "xgboost_model", "registered_model"} <= materialized
+            "xgboost_model", "registered_model", "backtest", "cpcv_paths", "validation_report"} <= materialized
 
     # Every blocking data check ran and passed on the real slice.
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -78,6 +78,16 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     assert v1.tags["plml.code_version"]
     gate = _gate(result)
     assert "baseline momentum_20d" in gate.description
+    report = json.loads((plml_home / "assets" / "validation_report.json").read_text())
+    assert report["verdict"] in ("pass", "warn", "fail")
+    assert 0.0 <= report["pbo"] <= 1.0 and 0.0 <= report["dsr"] <= 1.0
+    assert report["pbo_configurations"] == ["xgboost:long_short", "ridge:long_short", "momentum_20d:long_short", "reversal_5d:long_short"]
+    assert len(report["cpcv_path_sharpe"]) == 3  # quick profile: C(3, 1) paths of CPCV(N=4, k=2)
+    if report["verdict"] == "fail":  # the gate reads the verdict
+        assert not gate.passed and "validation report says fail" in gate.description
+    backtest = pd.read_parquet(plml_home / "assets" / "backtest.parquet")
+    assert {"xgboost:long_short", "xgboost:long_only", "ridge:long_short", "momentum_20d:long_only"} <= set(backtest.columns)
+    assert backtest.notna().all().all() and len(backtest) > 250
     champion = registry.alias_version("champion")
     if gate.passed:
         assert champion is not None and champion.version == "1"
@@ -134,7 +144,9 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
     registry: MlflowRegistry = resources["mlflow_registry"]
     prices = resources["price_source"].load()
     oracle_version = _register_reversed_oracle(registry, prices)
-    result = _materialize(resources, instance)
+    # This test is about the comparison with the champion: let a 'fail' validation verdict through.
+    lenient = {"ops": {"registered_model_promotion_gate": {"config": {"block_on_validation_fail": False}}}}
+    result = _materialize(resources, instance, run_config=lenient)
     gate = _gate(result)
     assert gate.passed, gate.description
     assert f"champion v{oracle_version}" in gate.description

@@ -108,14 +108,22 @@ class PromotionGateConfig(dg.Config):
         default=0.2,
         description="refuse a challenger whose holdout metric exceeds this (a probable look-ahead leak); None disables",
     )
+    block_on_validation_fail: bool = Field(
+        default=True, description="refuse promotion when validation_report's verdict is 'fail' (PBO, deflated Sharpe, gaps)"
+    )
     baseline_window: int = Field(default=20, ge=1, le=250, description="momentum window of the baseline used when there is no champion")
 
 
 @dg.asset_check(
     asset=registered_model,
     blocking=True,
-    additional_ins={"market_prices": dg.AssetIn("market_prices"), "labels": dg.AssetIn("labels")},
-    description="Promotion gate: the challenger must beat the champion (or, with none, the momentum baseline) on the same holdout window.",
+    additional_ins={
+        "market_prices": dg.AssetIn("market_prices"),
+        "labels": dg.AssetIn("labels"),
+        "validation_report": dg.AssetIn("validation_report"),
+    },
+    description="Promotion gate: the challenger must beat the champion (or, with none, the momentum baseline) on the same "
+    "holdout window, and the validation report must not say 'fail'.",
 )
 def promotion_gate(
     context: dg.AssetCheckExecutionContext,
@@ -123,6 +131,7 @@ def promotion_gate(
     registered_model: dict,
     market_prices: pd.DataFrame,
     labels: pd.DataFrame,
+    validation_report: dict,
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
 ) -> dg.AssetCheckResult:
@@ -160,6 +169,11 @@ def promotion_gate(
     )
     if decision.passed and challenger_value <= 0:
         notes.append("the challenger's holdout score is not positive")
+    validation = validation_report.get("verdict", "missing")
+    if validation != "pass":
+        notes.append(f"validation report: {validation} ({'; '.join(validation_report.get('reasons', [])) or 'no reasons'})")
+    if config.block_on_validation_fail and validation == "fail":
+        decision = type(decision)(False, decision.margin, decision.reason + "; blocked: the validation report says fail")
     verdict = "promote" if decision.passed else "keep"
     description = (
         f"{verdict}: challenger v{registered_model['version']} holdout {config.metric} {challenger_value:.4f} vs "

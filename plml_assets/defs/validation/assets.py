@@ -138,3 +138,165 @@ def cv_summary(results: pd.DataFrame, scheme: str = "walk_forward") -> dict[str,
     out = {f"cv_{scheme}_{m}": float(np.nanmean(block[f"valid_{m}"])) for m in METRICS}
     out[f"cv_{scheme}_rank_ic_gap"] = float(np.nanmean(block["rank_ic_gap"]))
     return out
+
+
+class CPCVConfig(XGBoostConfig):
+    n_groups: int = Field(default=6, description="CPCV date groups N (quick profile: 4)")
+    n_test_groups: int = Field(default=2, description="test groups k per split: C(N, k) splits, C(N-1, k-1) backtest paths")
+    cost_bps: float = Field(default=5.0, description="transaction cost per side of the path portfolios")
+    quantile: float = Field(default=0.2, description="long-short quantile of the path portfolios")
+
+
+@dg.asset(
+    group_name="validation",
+    kinds={"xgboost"},
+    retry_policy=TRAINING_RETRY,
+    description="Combinatorial Purged CV on the training window: every split refits (with its own feature selection), "
+    "the out-of-sample predictions recombine into backtest paths, each traded long-short net of costs.",
+)
+def cpcv_paths(
+    context: dg.AssetExecutionContext,
+    config: CPCVConfig,
+    market_prices: pd.DataFrame,
+    features: pd.DataFrame,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+    selection: SelectionSettings,
+) -> dg.Output[pd.DataFrame]:
+    from plml_assets.lib import backtest as bt
+    from plml_assets.lib.plots import to_png
+    from plml_assets.lib.splits import CombinatorialPurgedCV
+
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        y_all, split = split_for(labels, settings)
+        X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+        n_groups = min(config.n_groups, 4) if settings.quick else config.n_groups
+        splitter = CombinatorialPurgedCV(
+            n_groups=n_groups, n_test_groups=config.n_test_groups, horizon=settings.horizon, embargo=settings.embargo_days
+        )
+        dates = X.index.get_level_values("date")
+        folds = list(splitter.split(X, y, groups=dates))
+        predictions: list[pd.Series] = []
+        per_split, _ = cross_validate(
+            config.params(settings), X, y, folds, settings.horizon, gap_bound=2.0,
+            select=selector_for(X, y, selection, settings), log=context.log.info, fold_predictions=predictions,
+        )
+        path_returns = {}
+        path_stats = []
+        forward = labels.iloc[:, 0]
+        for p, path in enumerate(splitter.paths(split.train_dates), start=1):
+            parts = [predictions[s][predictions[s].index.get_level_values("date").isin(group)] for s, group in path]
+            scores = pd.concat(parts).sort_index()
+            run = bt.run_backtest(scores, market_prices, construction="long_short", quantile=config.quantile,
+                                  cost_bps=config.cost_bps, forward_returns=forward,
+                                  dates=scores.index.get_level_values("date").unique())
+            active = run.result["net_return"][run.result.index.isin(scores.index.get_level_values("date"))]
+            path_returns[f"path_{p}"] = active
+            path_stats.append({"path": p, "sharpe": run.metrics["sharpe"], "ann_return": run.metrics["ann_return"],
+                               "max_drawdown": run.metrics["max_drawdown"], "rank_ic_mean": run.metrics.get("rank_ic_mean")})
+    table = pd.DataFrame(path_returns)
+    stats = pd.DataFrame(path_stats).set_index("path")
+    sharpe = stats["sharpe"]
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(sharpe, bins=max(5, len(sharpe)), color="tab:blue")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(f"CPCV path net Sharpe: {len(sharpe)} paths, mean {sharpe.mean():.2f}")
+    ax.set_xlabel("annualized net Sharpe (long-short)")
+    png = to_png(fig)
+    context.log.info(
+        f"cpcv_paths: {len(folds)} splits, {len(sharpe)} paths, net Sharpe mean {sharpe.mean():.2f} "
+        f"(min {sharpe.min():.2f}, max {sharpe.max():.2f}) in {time.perf_counter() - start:.0f} s"
+    )
+    return dg.Output(
+        table,
+        metadata={
+            "splits": len(folds),
+            "paths": len(sharpe),
+            "path_sharpe_mean": float(sharpe.mean()),
+            "path_sharpe_std": float(sharpe.std(ddof=1)) if len(sharpe) > 1 else 0.0,
+            "path_sharpe_min": float(sharpe.min()),
+            "path_sharpe_max": float(sharpe.max()),
+            "share_of_paths_losing": float((sharpe < 0).mean()),
+            "split_rank_ic_mean": float(per_split["valid_rank_ic"].mean()),
+            "paths_table": dg.MetadataValue.md(stats.round(4).to_markdown()),
+            "path_sharpe_histogram": dg.MetadataValue.md(markdown_image(png, "CPCV path Sharpe")),
+            "splitter": dg.MetadataValue.json(splitter.describe()),
+        },
+    )
+
+
+class ValidationReportConfig(dg.Config):
+    pbo_warn: float = Field(default=0.25, description="warn when the probability of backtest overfitting exceeds this")
+    pbo_fail: float = Field(default=0.5, description="fail when PBO exceeds this (0.5 = no better than picking at random)")
+    dsr_warn: float = Field(default=0.95, description="warn when the deflated Sharpe ratio is below this")
+    dsr_fail: float = Field(default=0.5, description="fail when the deflated Sharpe ratio is below this")
+    gap_warn: float = Field(default=0.1, description="warn when the mean train-validation rank-IC gap exceeds this")
+    gap_fail: float = Field(default=0.2, description="fail when the mean train-validation rank-IC gap exceeds this")
+    pbo_blocks: int = Field(default=16, description="CSCV blocks S for PBO (C(S, S/2) combinations)")
+
+
+@dg.asset(
+    group_name="validation",
+    kinds={"pandas"},
+    description="Overfitting statistics (PBO over the strategies tried, deflated and probabilistic Sharpe, "
+    "train/validation gaps, CPCV path Sharpes) and a pass/warn/fail verdict that the promotion gate reads.",
+)
+def validation_report(
+    context: dg.AssetExecutionContext,
+    config: ValidationReportConfig,
+    xgboost_cv_results: pd.DataFrame,
+    cpcv_paths: pd.DataFrame,
+    backtest: pd.DataFrame,
+) -> dg.Output[dict]:
+    from plml_assets.lib import overfitting as of
+
+    with fail_fast_on_bad_input():
+        bounds = of.ValidationBounds(
+            pbo_warn=config.pbo_warn, pbo_fail=config.pbo_fail, dsr_warn=config.dsr_warn, dsr_fail=config.dsr_fail,
+            gap_warn=config.gap_warn, gap_fail=config.gap_fail,
+        )
+        trials = backtest[[c for c in backtest.columns if c.endswith(":long_short")]].fillna(0.0)
+        model = trials["xgboost:long_short"]
+        n_blocks = max(2, min(config.pbo_blocks, (len(trials) // 20) // 2 * 2))
+        pbo = of.probability_of_backtest_overfitting(trials.to_numpy(), n_splits=n_blocks)
+        sr_var = of.trial_sharpe_variance(trials)
+        dsr = of.deflated_sharpe_ratio(model.to_numpy(), n_trials=trials.shape[1], sr_variance=sr_var)
+        psr = of.probabilistic_sharpe_ratio(model.to_numpy())
+        gap = of.train_validation_gap(xgboost_cv_results[xgboost_cv_results["scheme"] == "walk_forward"])
+        path_sharpe = pd.Series({c: of.sharpe_ratio(cpcv_paths[c].dropna(), periods_per_year=252) for c in cpcv_paths})
+        stats = {**pbo.summary(), "dsr": dsr, "psr": psr, **gap}
+        verdict, reasons = of.verdict(stats, bounds)
+    report = {
+        "verdict": verdict,
+        "reasons": reasons,
+        "pbo": float(pbo.pbo),
+        "pbo_configurations": list(trials.columns),
+        "probability_of_loss": float(pbo.probability_of_loss),
+        "degradation_slope": float(pbo.degradation_slope),
+        "dsr": float(dsr),
+        "psr": float(psr),
+        "model_sharpe": float(of.sharpe_ratio(model, periods_per_year=252)),
+        "trial_sharpe_variance": float(sr_var),
+        "gap": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in gap.items()},
+        "cpcv_path_sharpe": {k: float(v) for k, v in path_sharpe.items()},
+    }
+    log = context.log.warning if verdict != "pass" else context.log.info
+    log(f"validation_report: {verdict}" + (": " + "; ".join(reasons) if reasons else ""))
+    return dg.Output(
+        report,
+        metadata={
+            "verdict": verdict,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
+            "pbo": report["pbo"],
+            "dsr": report["dsr"],
+            "psr": report["psr"],
+            "model_net_sharpe": report["model_sharpe"],
+            "configurations": ", ".join(trials.columns),
+            "gap_mean": float(gap.get("gap_mean", float("nan"))),
+            "cpcv_path_sharpe_mean": float(path_sharpe.mean()),
+            "cpcv_path_sharpe_std": float(path_sharpe.std(ddof=1)) if len(path_sharpe) > 1 else 0.0,
+        },
+    )
