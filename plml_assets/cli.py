@@ -119,11 +119,18 @@ def _store_missing(registry: MlflowRegistry) -> str | None:
     return None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _existing_registry(verb: str) -> MlflowRegistry | None:
     registry = _registry()
     missing = _store_missing(registry)
     if missing:
-        print(f"plml status: {missing}", file=sys.stderr)
+        print(f"plml {verb}: {missing}", file=sys.stderr)
+        return None
+    return registry
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    registry = _existing_registry("status")
+    if registry is None:
         return 1
     try:
         payload = status_payload(registry)
@@ -138,10 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    registry = _registry()
-    missing = _store_missing(registry)
-    if missing:
-        print(f"plml promote: {missing}", file=sys.stderr)
+    registry = _existing_registry("promote")
+    if registry is None:
         return 1
     try:
         before = registry.alias_version(CHAMPION)
@@ -162,10 +167,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    registry = _registry()
-    missing = _store_missing(registry)
-    if missing:
-        print(f"plml rollback: {missing}", file=sys.stderr)
+    registry = _existing_registry("rollback")
+    if registry is None:
         return 1
     try:
         old, new = registry.rollback()

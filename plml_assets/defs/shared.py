@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.lib.models.xgboost_model import XGBoostModel
-from plml_assets.lib.training import HoldoutSplit, excess_returns, holdout_split
+from plml_assets.lib.training import HoldoutSplit, design_matrix, excess_returns, holdout_split
 from plml_assets.resources.settings import ExperimentSettings
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
@@ -55,3 +55,12 @@ def split_for(labels: pd.DataFrame, settings: ExperimentSettings) -> tuple[pd.Se
     """The learning target (excess forward return) and the holdout split every asset shares."""
     y = excess_returns(labels.iloc[:, 0])
     return y, holdout_split(y, settings.holdout_days, settings.horizon)
+
+
+def training_window(
+    features: pd.DataFrame, labels: pd.DataFrame, settings: ExperimentSettings
+) -> tuple[pd.DataFrame, pd.Series, HoldoutSplit]:
+    """Every feature column and the target on the labelled dates before the purged holdout."""
+    y_all, split = split_for(labels, settings)
+    X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+    return X, y, split

@@ -6,7 +6,6 @@ import json
 
 import dagster as dg
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -74,7 +74,7 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
     if status["champion"]:
         assert status["champion"]["version"] == "1"
         assert {"holdout_rank_ic", "cv_walk_forward_rank_ic"} <= set(status["champion"]["metrics"])
-        assert f"champion: v1" in out
+        assert "champion: v1" in out
 
 
 def _ensure_champion(home: Path) -> None:

@@ -7,10 +7,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from plml_assets.defs.shared import fail_fast_on_bad_input, split_for
+from plml_assets.defs.shared import fail_fast_on_bad_input, training_window
 from plml_assets.lib.selection import SelectionResult, select_features
 from plml_assets.lib.splits import PurgedWalkForward
-from plml_assets.lib.training import design_matrix
+
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 
@@ -48,8 +48,7 @@ def feature_selection(
 ) -> dg.Output[pd.DataFrame]:
     with fail_fast_on_bad_input():
         start = time.perf_counter()
-        y_all, split = split_for(labels, settings)
-        X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+        X, y, split = training_window(features, labels, settings)
         result = run_selection(X, y, selection, settings, log=context.log.info)
     table = result.to_frame()
     selected = table[table["status"] == "selected"]

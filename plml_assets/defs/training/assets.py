@@ -8,7 +8,6 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 

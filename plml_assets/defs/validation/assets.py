@@ -10,11 +10,11 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.selection.assets import selector_for
-from plml_assets.defs.shared import TRAINING_RETRY, fail_fast_on_bad_input, XGBoostConfig, split_for
+from plml_assets.defs.shared import TRAINING_RETRY, XGBoostConfig, fail_fast_on_bad_input, split_for, training_window
 from plml_assets.lib.metrics import summarize_folds
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
-from plml_assets.lib.training import cross_validate, design_matrix, fold_assignments, folds_from_assignments
+from plml_assets.lib.training import cross_validate, fold_assignments, folds_from_assignments
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 SCHEMES = ("walk_forward", "kfold")
@@ -76,8 +76,7 @@ def xgboost_cv_results(
 ) -> dg.Output[pd.DataFrame]:
     with fail_fast_on_bad_input():
         start = time.perf_counter()
-        y_all, split = split_for(labels, settings)
-        X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+        X, y, split = training_window(features, labels, settings)
         unknown = set(cv_splits["date"]) - set(split.train_dates)
         if unknown:
             raise ValueError(
@@ -169,8 +168,7 @@ def cpcv_paths(
 
     with fail_fast_on_bad_input():
         start = time.perf_counter()
-        y_all, split = split_for(labels, settings)
-        X, y = design_matrix(features, y_all, features.columns, split.train_dates)
+        X, y, split = training_window(features, labels, settings)
         n_groups = min(config.n_groups, 4) if settings.quick else config.n_groups
         splitter = CombinatorialPurgedCV(
             n_groups=n_groups, n_test_groups=config.n_test_groups, horizon=settings.horizon, embargo=settings.embargo_days
