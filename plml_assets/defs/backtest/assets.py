@@ -125,7 +125,8 @@ def backtest(
                 for strategy, row in tables[c].iterrows():
                     mlflow.log_metrics({f"{strategy}.{c}.{m}": float(v) for m, v in row.items() if pd.notna(v)})
                 mlflow.log_text(tables[c].to_csv(), f"comparison_{c}.csv")
-            mlflow.log_text(attribution["by_year"].to_csv(), "attribution_by_year.csv")
+            for part in ("by_year", "by_symbol", "legs"):
+                mlflow.log_text(attribution[part].to_csv(), f"attribution_{part}.csv")
             for name, png in plots.items():
                 (Path(tmp) / f"{name}.png").write_bytes(png)
                 mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
@@ -153,6 +154,9 @@ def backtest(
         "versus_baselines": dg.MetadataValue.md("\n".join(f"- {c}: {s}" for c in CONSTRUCTIONS for s in sentences[c])),
         **{f"comparison_{c}": dg.MetadataValue.md(tables[c][[x for x in show if x in tables[c]]].round(4).to_markdown()) for c in CONSTRUCTIONS},
         "attribution_by_year": dg.MetadataValue.md(attribution["by_year"].round(4).to_markdown()),
+        "attribution_by_symbol": dg.MetadataValue.md(
+            attribution["by_symbol"].sort_values(attribution["by_symbol"].columns[0], ascending=False).round(4).to_markdown()
+        ),
         "attribution_legs": dg.MetadataValue.md(attribution["legs"].round(4).to_markdown()) if "legs" in attribution else "n/a",
         **{name: dg.MetadataValue.md(markdown_image(png, name)) for name, png in plots.items()},
     }
