@@ -34,7 +34,10 @@ def equity_curve_plot(result: pd.DataFrame, benchmark: pd.Series | None = None, 
         bench = benchmark.reindex(result.index).fillna(0.0)
         ax.plot(dates, _equity(bench).to_numpy(), color="tab:gray", label="equal-weight benchmark")
     ax.axhline(1.0, color="black", lw=0.6)
-    ax.set_ylabel("growth of 1")
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo > 5:  # decades of compounding: a log axis keeps the early years readable
+        ax.set_yscale("log")
+    ax.set_ylabel("growth of 1" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
