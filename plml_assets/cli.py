@@ -306,10 +306,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             challenger = _registry().alias_version(CHALLENGER)
             version = challenger.version if challenger else "?"
             if has_champion:
-                print(f"\nChallenger v{version} did not beat the champion on the holdout window: the champion stays.")
+                print(f"\nThe promotion gate kept challenger v{version} out (reasons above): the champion stays.")
             else:
                 print(
-                    f"\nNo champion yet: challenger v{version} did not beat the baseline on the holdout window (gate above)."
+                    f"\nNo champion yet: the promotion gate kept challenger v{version} out (reasons above)."
                     f"\nInspect it (plml status, mlflow ui) and run `plml promote {version}` to serve it anyway."
                 )
         return 0
