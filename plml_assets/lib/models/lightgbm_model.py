@@ -1,0 +1,251 @@
+"""LightGBM behind the model interface: leaf-wise trees, early stopping on the validation slice.
+
+Determinism: ``deterministic=True`` with ``force_row_wise=True`` and one ``seed`` (LightGBM derives
+its bagging, feature-fraction and data seeds from it) gives bit-identical models for the same data,
+parameters and ``n_jobs``.
+
+Reusing a ``lgb.Dataset`` (the same trio as the XGBoost adapter's DMatrix: ``matrix``,
+``fit_matrix``, ``predict_matrix``): binning the features is a large share of a small fit, so a
+caller that fits many models on the same rows (an Optuna study, several seeds, a CV fold's
+trials) builds the Datasets once with :meth:`LightGBMModel.matrix` and passes them to
+:meth:`LightGBMModel.fit_matrix`. The Dataset is built with ``feature_pre_filter=False``: with
+LightGBM's default (``True``) the binning would drop features that cannot be split under the
+*first* model's ``min_child_samples``, and a later model with a smaller value would fail on the
+reused Dataset. Dataset-level settings (``max_bin``) are therefore fixed at construction and are
+not hyper-parameters of the model. A validation Dataset is binned with its training Dataset's bins
+(``reference``) and belongs to that training Dataset: do not pair it with another. Raw values are
+kept (``free_raw_data=False``) so that :meth:`LightGBMModel.predict_matrix` can score a Dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Self
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from plml_assets.lib.models.base import Dataset, Model
+
+MAX_BIN = 255
+# Importance names shared with the XGBoost adapter map onto LightGBM's two kinds.
+_IMPORTANCE_KINDS = {"gain": "gain", "total_gain": "gain", "split": "split", "weight": "split"}
+_DEVICES = ("cpu", "gpu", "cuda")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _dataset_params() -> dict[str, object]:
+    return {"max_bin": MAX_BIN, "feature_pre_filter": False, "verbose": -1}
+
+
+class LightGBMModel(Model):
+    family = "lightgbm"
+
+    _PARAM_NAMES = (
+        "n_estimators", "learning_rate", "num_leaves", "max_depth", "min_child_samples", "subsample",
+        "subsample_freq", "colsample_bytree", "reg_lambda", "early_stopping_rounds", "n_jobs", "seed", "device",
+    )
+
+    def __init__(
+        self,
+        n_estimators: int = 400,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        max_depth: int = -1,
+        min_child_samples: int = 50,
+        subsample: float = 0.8,
+        subsample_freq: int = 1,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 5.0,
+        early_stopping_rounds: int = 40,
+        n_jobs: int = 1,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.max_depth = max_depth
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.subsample_freq = subsample_freq
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.early_stopping_rounds = early_stopping_rounds
+        self.n_jobs = n_jobs
+        self.seed = seed
+        self.device = device
+        self._validate()
+
+    def _validate(self) -> None:
+        checks = {
+            "n_estimators": lambda v: _whole(v) and v >= 1,
+            "learning_rate": lambda v: 0 < v <= 1,
+            "num_leaves": lambda v: _whole(v) and 2 <= v <= 131072,
+            # -1: no limit (LightGBM grows leaf-wise and num_leaves bounds the tree).
+            "max_depth": lambda v: _whole(v) and (v == -1 or 1 <= v <= 64),
+            "min_child_samples": lambda v: _whole(v) and v >= 1,
+            "subsample": lambda v: 0 < v <= 1,
+            "subsample_freq": lambda v: _whole(v) and v >= 0,
+            "colsample_bytree": lambda v: 0 < v <= 1,
+            "reg_lambda": lambda v: v >= 0,
+            "early_stopping_rounds": lambda v: _whole(v) and v >= 0,
+            "n_jobs": lambda v: _whole(v) and v >= 1,
+            "seed": lambda v: _whole(v) and v >= 0,
+            "device": lambda v: v in _DEVICES,
+        }
+        bad = []
+        for name, check in checks.items():
+            try:
+                ok = bool(check(getattr(self, name)))
+            except (TypeError, ValueError):  # a value of the wrong type is invalid too
+                ok = False
+            if not ok:
+                bad.append(name)
+        if bad:
+            raise ValueError(
+                "invalid LightGBM hyper-parameter(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                + f" (device is one of {_DEVICES}; max_depth is -1 for no limit)"
+            )
+
+    def get_params(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self._PARAM_NAMES}
+
+    def _booster_params(self) -> dict[str, object]:
+        return {
+            "objective": "regression",
+            "metric": "l2",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "max_depth": self.max_depth,
+            "min_data_in_leaf": self.min_child_samples,
+            "bagging_fraction": self.subsample,
+            "bagging_freq": self.subsample_freq if self.subsample < 1 else 0,
+            "feature_fraction": self.colsample_bytree,
+            "lambda_l2": self.reg_lambda,
+            "num_threads": self.n_jobs,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "device_type": self.device,
+            "verbose": -1,
+            **_dataset_params(),
+        }
+
+    @staticmethod
+    def matrix(
+        X: pd.DataFrame, y: pd.Series | np.ndarray | None = None, reference: lgb.Dataset | None = None
+    ) -> lgb.Dataset:
+        """Build a Dataset once (binned lazily, on first use); pass the training Dataset as
+        ``reference`` for a validation Dataset so that both share the training bins."""
+        label = None if y is None else np.asarray(y, dtype="float64")
+        return lgb.Dataset(
+            X.to_numpy(dtype="float32"),
+            label=label,
+            feature_name=[str(c) for c in X.columns],
+            reference=reference,
+            params=_dataset_params(),
+            free_raw_data=False,
+        )
+
+    def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
+        X, y = train
+        dtrain = self.matrix(X, y)
+        dvalid = self.matrix(*valid, reference=dtrain) if valid is not None else None
+        return self.fit_matrix(dtrain, dvalid)
+
+    def fit_matrix(self, dtrain: lgb.Dataset, dvalid: lgb.Dataset | None = None) -> Self:
+        start = time.perf_counter()
+        history: dict[str, dict[str, list[float]]] = {}
+        callbacks = [lgb.record_evaluation(history)]
+        valid_sets, valid_names = [dtrain], ["train"]
+        if dvalid is not None:
+            valid_sets.append(dvalid)
+            valid_names.append("valid")
+            if self.early_stopping_rounds:
+                callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
+        booster = lgb.train(
+            self._booster_params(),
+            dtrain,
+            num_boost_round=self.n_estimators,
+            valid_sets=valid_sets,
+            valid_names=valid_names,
+            callbacks=callbacks,
+            # Keep every round trained, as the XGBoost adapter does; predictions stop at the best.
+            keep_training_booster=True,
+        )
+        self.booster_ = booster
+        self.feature_names_ = list(booster.feature_name())
+        # 0-based index of the best round, as in the XGBoost adapter (LightGBM counts from 1, 0 = none).
+        self.best_iteration_ = (booster.best_iteration or booster.current_iteration()) - 1
+        self.n_rounds_ = booster.current_iteration()
+        self.history_ = history
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("LightGBMModel is not fitted: call fit() first")
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        self._check_fitted()
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"LightGBMModel.predict: input lacks feature column(s) {missing[:10]}")
+        return self.predict_matrix(X[self.feature_names_].to_numpy(dtype="float32"))
+
+    def predict_matrix(self, data: lgb.Dataset | np.ndarray) -> np.ndarray:
+        """Scores for a Dataset from :meth:`matrix` or a float matrix whose columns are
+        ``feature_names_`` in order."""
+        self._check_fitted()
+        values = data.get_data() if isinstance(data, lgb.Dataset) else data
+        return np.asarray(
+            self.booster_.predict(values, num_iteration=self.best_iteration_ + 1, num_threads=self.n_jobs),
+            dtype="float64",
+        )
+
+    def feature_importance(self, kind: str = "gain") -> dict[str, float]:
+        """Importance per feature: ``gain`` (alias ``total_gain``) or ``split`` (alias ``weight``),
+        counted over the rounds that predictions use."""
+        self._check_fitted()
+        if kind not in _IMPORTANCE_KINDS:
+            raise ValueError(f"importance kind must be one of {sorted(_IMPORTANCE_KINDS)}; got {kind!r}")
+        scores = self.booster_.feature_importance(
+            importance_type=_IMPORTANCE_KINDS[kind], iteration=self.best_iteration_ + 1
+        )
+        return {f: float(s) for f, s in zip(self.feature_names_, scores, strict=True)}
+
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        model_file = folder / "model.txt"
+        self.booster_.save_model(model_file, num_iteration=-1)  # all rounds; predict stops at the best
+        meta = {
+            "family": self.family,
+            "params": self.get_params(),
+            "feature_names": self.feature_names_,
+            "best_iteration": self.best_iteration_,
+        }
+        (folder / "model_meta.json").write_text(json.dumps(meta, indent=2))
+        return model_file
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        folder = Path(path)
+        meta = json.loads((folder / "model_meta.json").read_text())
+        params = dict(meta["params"])
+        params["device"] = "cpu"  # a model trained on a GPU must still load on a CPU-only prediction host
+        model = cls(**params)
+        booster = lgb.Booster(model_file=str(folder / "model.txt"))
+        model.booster_ = booster
+        model.feature_names_ = list(meta["feature_names"])
+        model.best_iteration_ = int(meta["best_iteration"])
+        model.n_rounds_ = booster.current_iteration()
+        return model

@@ -1,0 +1,495 @@
+"""Recurrent networks (LSTM, GRU) over per-symbol windows of the features.
+
+Windows. The input for row (t, s) is the ``window`` rows of symbol s dated <= t, in date order,
+ending with row (t, s) itself: rows of that symbol only, never a later row (no look-ahead) and
+never another symbol's row. "Rows" are the rows present in the frame given, so a date on which the
+symbol has no row is skipped, as the features and labels count trading days. A row with fewer than
+``window - 1`` earlier rows is left-padded with zero rows; every step carries one extra input
+channel, the mask (1 for a real row, 0 for padding), so the network can tell padding from a
+feature at its mean. Every row gets a prediction, padded or not.
+
+Scaling. Each feature is standardized with a mean and standard deviation fitted on the training
+rows alone and stored in the model; NaN (and +/-inf) then become 0, the training mean, and values
+are clipped to +/-``FEATURE_CLIP_SD`` deviations so that one wild value cannot saturate a cell.
+The target is standardized the same way (training rows' mean and deviation) and clipped to
++/-``target_clip_sd`` deviations for the MSE loss; predictions are mapped back to target units.
+
+History. :meth:`SequenceModel.predict` builds each row's window from the rows of ``X`` alone: pass
+the ``window - 1`` preceding rows of every symbol too (serving rebuilds features from raw price
+history anyway) and keep the predictions of the rows you need. In :meth:`SequenceModel.fit`:
+- a row whose target is NaN is not a training sample but still serves as history for later rows,
+  so a caller can prepend history rows with an unknown label;
+- validation rows take their history from the training rows as well (train and valid are
+  windowed together when they share no (date, symbol) row, else each on its own). Windows only
+  look back, so a validation window can hold training rows' features, which are past
+  information, but never a label.
+
+Determinism. ``fit`` seeds torch (in a forked RNG state, so the caller's global RNG is left as it
+was) and shuffles with its own generator; on CPU it runs under
+``torch.use_deterministic_algorithms(True)``, so two fits with the same seed, data and thread count
+give identical weights. On CUDA the same flag is set with ``warn_only=True`` (cuDNN RNNs need a
+cuBLAS workspace setting that must precede CUDA's initialization), so GPU runs are close, not
+bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from plml_assets.lib.models.base import Dataset, Model
+
+FEATURE_CLIP_SD = 10.0
+PREDICT_BATCH_ROWS = 8192
+STATE_FILE = "model.pt"
+META_FILE = "model_meta.json"
+
+
+class SequenceWindows:
+    """Look-back windows of every row of a (date, symbol) panel, gathered on demand.
+
+    The rows are laid out symbol by symbol in date order, each symbol's block preceded by
+    ``window - 1`` zero rows, with the mask channel appended; the window of a row is then the
+    ``window`` consecutive rows of that layout ending at the row, so a batch is one vectorized
+    gather (``padded[starts[rows, None] + arange(window)]``) and no window is stored.
+    """
+
+    def __init__(self, values: np.ndarray, dates: pd.Index | np.ndarray, symbols: pd.Index | np.ndarray, window: int):
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim != 2 or len(values) != len(dates) or len(values) != len(symbols):
+            raise ValueError(
+                f"values must be a (rows, features) matrix with one date and one symbol per row; got shape "
+                f"{values.shape}, {len(dates)} dates and {len(symbols)} symbols"
+            )
+        if window < 1:
+            raise ValueError(f"window must be >= 1; got {window!r}")
+        date_codes, _ = pd.factorize(np.asarray(dates), sort=True)
+        symbol_codes, symbol_names = pd.factorize(np.asarray(symbols), sort=True)
+        order = np.lexsort((date_codes, symbol_codes))  # symbol-major, date order within a symbol
+        sorted_symbols, sorted_dates = symbol_codes[order], date_codes[order]
+        repeated = (sorted_symbols[1:] == sorted_symbols[:-1]) & (sorted_dates[1:] == sorted_dates[:-1])
+        if repeated.any():
+            k = int(np.flatnonzero(repeated)[0])
+            raise ValueError(
+                f"duplicate row for symbol {symbol_names[sorted_symbols[k]]!r} on date "
+                f"{pd.Index(np.asarray(dates))[order[k]]!r}: a panel holds one row per (date, symbol)"
+            )
+        pad = window - 1
+        n_rows, n_features = values.shape
+        # Symbol codes are 0..S-1 in sorted order, so a row's block number is its symbol code and
+        # the block's zero rows shift it by (code + 1) * pad.
+        position = np.arange(n_rows) + (sorted_symbols + 1) * pad
+        padded = np.zeros((n_rows + len(symbol_names) * pad, n_features + 1), dtype=np.float32)
+        padded[position, :n_features] = values[order]
+        padded[position, n_features] = 1.0
+        starts = np.empty(n_rows, dtype=np.int64)
+        starts[order] = position - pad  # back to the input's row order
+        self.window = int(window)
+        self.padded = padded
+        self.starts = starts
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, window: int) -> Self:
+        _check_panel_index(frame, "frame")
+        return cls(frame.to_numpy(dtype=np.float32), frame.index.get_level_values("date"),
+                   frame.index.get_level_values("symbol"), window)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def n_channels(self) -> int:
+        """Features per step, the mask (last channel) included."""
+        return self.padded.shape[1]
+
+    def batch(self, rows: np.ndarray) -> np.ndarray:
+        """Windows of the given row positions: shape (len(rows), window, n_channels)."""
+        return self.padded[self.starts[np.asarray(rows)][:, None] + np.arange(self.window)]
+
+
+def _check_panel_index(X: pd.DataFrame, name: str) -> None:
+    if not isinstance(X.index, pd.MultiIndex) or not {"date", "symbol"} <= set(X.index.names):
+        raise ValueError(
+            f"{name} must be indexed by a (date, symbol) MultiIndex: sequence models window each symbol's "
+            f"history; got index names {list(X.index.names)}"
+        )
+
+
+class _RecurrentRegressor(nn.Module):
+    """A recurrent stack read at the last step of the window, then a linear head."""
+
+    def __init__(self, cell: str, n_inputs: int, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        recurrent = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = recurrent(
+            n_inputs, hidden_size, num_layers=num_layers, batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,  # torch applies it between layers only
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(self.dropout(out[:, -1])).squeeze(-1)
+
+
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
+    return resolved
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _invalid_params(model: object, checks: dict[str, Callable[[Any], bool]]) -> list[str]:
+    """Names of the hyper-parameters whose check fails; a value of the wrong type fails too."""
+    bad = []
+    for name, check in checks.items():
+        try:
+            ok = bool(check(getattr(model, name)))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(name)
+    return bad
+
+
+def _valid_device(device: object) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    return isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit()
+
+
+class SequenceModel(Model):
+    """Shared fit/predict/save of the recurrent families; use :class:`LSTMModel` or :class:`GRUModel`."""
+
+    cell: ClassVar[str]
+
+    _PARAM_NAMES = (
+        "window", "hidden_size", "num_layers", "dropout", "lr", "batch_size", "max_epochs", "patience",
+        "grad_clip", "weight_decay", "target_clip_sd", "seed", "device",
+    )
+
+    def __init__(
+        self,
+        window: int = 20,
+        hidden_size: int = 32,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        lr: float = 1e-3,
+        batch_size: int = 512,
+        max_epochs: int = 30,
+        patience: int = 5,
+        grad_clip: float | None = 1.0,
+        weight_decay: float = 0.0,
+        target_clip_sd: float | None = 5.0,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> None:
+        if not hasattr(type(self), "cell"):
+            raise TypeError("SequenceModel is a base class: use LSTMModel or GRUModel")
+        self.window = window
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.grad_clip = grad_clip
+        self.weight_decay = weight_decay
+        self.target_clip_sd = target_clip_sd
+        self.seed = seed
+        self.device = device
+        self._validate()
+
+    def _validate(self) -> None:
+        checks = {
+            "window": lambda v: _whole(v) and 1 <= v <= 1024,
+            "hidden_size": lambda v: _whole(v) and v >= 1,
+            "num_layers": lambda v: _whole(v) and v >= 1,
+            "dropout": lambda v: 0 <= v < 1,
+            "lr": lambda v: 0 < v <= 1,
+            "batch_size": lambda v: _whole(v) and v >= 1,
+            "max_epochs": lambda v: _whole(v) and v >= 1,
+            # 0 turns early stopping off: the last epoch's weights are kept.
+            "patience": lambda v: _whole(v) and v >= 0,
+            "grad_clip": lambda v: v is None or v > 0,
+            "weight_decay": lambda v: v >= 0,
+            "target_clip_sd": lambda v: v is None or v > 0,
+            "seed": lambda v: _whole(v) and v >= 0,
+            "device": _valid_device,
+        }
+        bad = _invalid_params(self, checks)
+        if bad:
+            raise ValueError(
+                f"invalid {type(self).__name__} hyper-parameter(s): "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                + " (device is 'auto', 'cpu', 'cuda' or 'cuda:N'; grad_clip and target_clip_sd are > 0 or None)"
+            )
+
+    def get_params(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self._PARAM_NAMES}
+
+    # --- scaling -------------------------------------------------------------------------------
+
+    def _scaled(self, X: pd.DataFrame) -> np.ndarray:
+        values = X[self.feature_names_].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            z = (values - self.feature_mean_) / self.feature_std_
+        z = np.where(np.isfinite(z), z, 0.0)
+        return np.clip(z, -FEATURE_CLIP_SD, FEATURE_CLIP_SD).astype(np.float32)
+
+    def _fit_scaler(self, X: pd.DataFrame) -> None:
+        values = X.to_numpy(dtype=np.float64)
+        values = np.where(np.isfinite(values), values, np.nan)
+        seen = np.isfinite(values).any(axis=0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: handled below
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0)
+        self.feature_mean_ = np.where(seen, mean, 0.0)
+        self.feature_std_ = np.where(seen & (std > 0), std, 1.0)
+
+    def _scaled_target(self, y: np.ndarray) -> np.ndarray:
+        z = (y - self.target_mean_) / self.target_std_
+        return z if self.target_clip_sd is None else np.clip(z, -self.target_clip_sd, self.target_clip_sd)
+
+    # --- fit -----------------------------------------------------------------------------------
+
+    def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
+        start = time.perf_counter()
+        X, y = train
+        _check_panel_index(X, "train X")
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(X):
+            raise ValueError(f"train X has {len(X)} rows but y has {len(y)}")
+        self.feature_names_ = [str(c) for c in X.columns]
+        X = X.set_axis(self.feature_names_, axis=1)
+        self._fit_scaler(X)
+        known = np.isfinite(y)
+        if not known.any():
+            raise ValueError("train y has no finite value: nothing to fit")
+        self.target_mean_ = float(y[known].mean())
+        spread = float(y[known].std())
+        self.target_std_ = spread if spread > 0 else 1.0
+
+        frames, targets = [X], [y]
+        if valid is not None:
+            Xv, yv = valid
+            _check_panel_index(Xv, "valid X")
+            yv = np.asarray(yv, dtype=np.float64)
+            if len(yv) != len(Xv):
+                raise ValueError(f"valid X has {len(Xv)} rows but y has {len(yv)}")
+            missing = [c for c in self.feature_names_ if c not in Xv.columns.astype(str)]
+            if missing:
+                raise ValueError(f"valid X lacks feature column(s) {missing[:10]}")
+            frames.append(Xv.set_axis([str(c) for c in Xv.columns], axis=1)[self.feature_names_])
+            targets.append(yv)
+        combined = pd.concat(frames) if len(frames) > 1 else X
+        z_target = self._scaled_target(np.concatenate(targets))
+        n_train = len(X)
+        sample = np.isfinite(z_target)
+        train_rows = np.flatnonzero(sample[:n_train])
+        valid_rows = np.flatnonzero(sample[n_train:]) + n_train
+
+        if len(frames) > 1 and combined.index.duplicated().any():
+            # Train and valid overlap: window each on its own rows so no row is its own history twice.
+            parts = [self._windows(f) for f in frames]
+            padded = np.concatenate([p.padded for p in parts])
+            starts = np.concatenate([parts[0].starts, parts[1].starts + len(parts[0].padded)])
+        else:
+            windows = self._windows(combined)
+            padded, starts = windows.padded, windows.starts
+
+        device = _resolve_device(self.device)
+        self._train(device, padded, starts, z_target, train_rows, valid_rows)
+        self.device_ = str(device)
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _windows(self, X: pd.DataFrame) -> SequenceWindows:
+        return SequenceWindows.from_frame(pd.DataFrame(self._scaled(X), index=X.index), self.window)
+
+    def _network(self) -> _RecurrentRegressor:
+        n_inputs = len(self.feature_names_) + 1  # the mask channel
+        return _RecurrentRegressor(self.cell, n_inputs, self.hidden_size, self.num_layers, self.dropout)
+
+    def _train(
+        self, device: torch.device, padded: np.ndarray, starts: np.ndarray, target: np.ndarray,
+        train_rows: np.ndarray, valid_rows: np.ndarray,
+    ) -> None:
+        rng_devices = []
+        if device.type == "cuda":
+            rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=rng_devices), _deterministic(device):
+            torch.manual_seed(self.seed)
+            shuffle = torch.Generator().manual_seed(self.seed)
+            layout = torch.from_numpy(padded).to(device)
+            first = torch.from_numpy(starts).to(device)
+            steps = torch.arange(self.window, device=device)
+            labels = torch.from_numpy(np.nan_to_num(target).astype(np.float32)).to(device)
+            fit_rows = torch.from_numpy(train_rows).to(device)
+            stop_rows = torch.from_numpy(valid_rows).to(device)
+
+            def windows(rows: torch.Tensor) -> torch.Tensor:
+                return layout[first[rows].unsqueeze(1) + steps]
+
+            network = self._network().to(device)
+            optimizer = torch.optim.AdamW(network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            loss_fn = nn.MSELoss()
+
+            def valid_loss() -> float:
+                network.eval()
+                total = 0.0
+                with torch.no_grad():
+                    for chunk in torch.split(stop_rows, PREDICT_BATCH_ROWS):
+                        total += float(loss_fn(network(windows(chunk)), labels[chunk])) * len(chunk)
+                return total / len(stop_rows)
+
+            history: dict[str, list[float]] = {"train": [], "valid": []}
+            best_loss, best_epoch, best_state, stale = np.inf, 0, None, 0
+            for epoch in range(1, self.max_epochs + 1):
+                network.train()
+                order = fit_rows[torch.randperm(len(fit_rows), generator=shuffle).to(device)]
+                total = torch.zeros((), device=device)  # summed on the device: no sync per step
+                for batch in torch.split(order, self.batch_size):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(network(windows(batch)), labels[batch])
+                    loss.backward()
+                    if self.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
+                    optimizer.step()
+                    total += loss.detach() * len(batch)
+                history["train"].append(float(total) / len(fit_rows))
+                if len(stop_rows) == 0:
+                    continue
+                current = valid_loss()
+                history["valid"].append(current)
+                if current < best_loss:
+                    best_loss, best_epoch, stale = current, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                else:
+                    stale += 1
+                    if self.patience and stale >= self.patience:
+                        break
+            if best_state is not None and self.patience:
+                network.load_state_dict(best_state)
+            else:
+                best_epoch = epoch  # no validation or early stopping off: the last epoch's weights
+        network.eval()
+        self.network_ = network
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.n_epochs_ = epoch
+
+    # --- predict -------------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() first")
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """One score per row of ``X``, each from the window of its symbol's rows in ``X`` ending at it."""
+        self._check_fitted()
+        _check_panel_index(X, "X")
+        X = X.set_axis([str(c) for c in X.columns], axis=1)
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.predict: input lacks feature column(s) {missing[:10]}")
+        if len(X) == 0:
+            return np.empty(0, dtype=np.float64)
+        windows = self._windows(X)
+        device = torch.device(self.device_)
+        layout = torch.from_numpy(windows.padded).to(device)
+        first = torch.from_numpy(windows.starts).to(device)
+        steps = torch.arange(self.window, device=device)
+        self.network_.eval()
+        out = []
+        with torch.no_grad():
+            for rows in torch.split(torch.arange(len(windows), device=device), PREDICT_BATCH_ROWS):
+                out.append(self.network_(layout[first[rows].unsqueeze(1) + steps]).cpu().numpy())
+        return np.concatenate(out).astype(np.float64) * self.target_std_ + self.target_mean_
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}
+        torch.save(state, folder / STATE_FILE)
+        meta = {
+            "family": self.family,
+            "params": self.get_params(),
+            "feature_names": self.feature_names_,
+            "feature_mean": [float(v) for v in self.feature_mean_],
+            "feature_std": [float(v) for v in self.feature_std_],
+            "target_mean": self.target_mean_,
+            "target_std": self.target_std_,
+            "best_epoch": self.best_epoch_,
+            "n_epochs": self.n_epochs_,
+            "history": self.history_,
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return folder / STATE_FILE
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        folder = Path(path)
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta.get("family") != cls.family:
+            raise ValueError(f"{folder} holds a {meta.get('family')!r} model, not {cls.family!r}")
+        params = dict(meta["params"])
+        params["device"] = "cpu"  # a model trained on a GPU must still load on a CPU-only prediction host
+        model = cls(**params)
+        model.feature_names_ = list(meta["feature_names"])
+        model.feature_mean_ = np.asarray(meta["feature_mean"], dtype=np.float64)
+        model.feature_std_ = np.asarray(meta["feature_std"], dtype=np.float64)
+        model.target_mean_ = float(meta["target_mean"])
+        model.target_std_ = float(meta["target_std"])
+        model.best_epoch_ = int(meta["best_epoch"])
+        model.n_epochs_ = int(meta["n_epochs"])
+        model.history_ = meta["history"]
+        network = model._network()
+        network.load_state_dict(torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu"))
+        network.eval()
+        model.network_ = network
+        model.device_ = "cpu"
+        return model
+
+
+class LSTMModel(SequenceModel):
+    family = "lstm"
+    cell = "lstm"
+
+
+class GRUModel(SequenceModel):
+    family = "gru"
+    cell = "gru"
