@@ -40,6 +40,18 @@ class Model(ABC):
     def get_params(self) -> dict[str, object]:
         """Hyper-parameters as given to ``__init__``."""
 
+    # Fitted state every adapter checks before predicting or saving.
+    _fitted_attribute: ClassVar[str] = "booster_"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, self._fitted_attribute):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() first")
+
+    def _check_columns(self, X: pd.DataFrame) -> None:
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.predict: input lacks feature column(s) {missing[:10]}")
+
     @property
     def is_fitted(self) -> bool:
         return any(k.endswith("_") and not k.startswith("_") for k in vars(self))

@@ -189,15 +189,9 @@ class LightGBMModel(Model):
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
-            raise RuntimeError("LightGBMModel is not fitted: call fit() first")
-
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         self._check_fitted()
-        missing = [c for c in self.feature_names_ if c not in X.columns]
-        if missing:
-            raise ValueError(f"LightGBMModel.predict: input lacks feature column(s) {missing[:10]}")
+        self._check_columns(X)
         return self.predict_matrix(X[self.feature_names_].to_numpy(dtype="float32"))
 
     def predict_matrix(self, data: lgb.Dataset | np.ndarray) -> np.ndarray:

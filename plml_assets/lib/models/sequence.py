@@ -187,6 +187,7 @@ def _valid_device(device: object) -> bool:
 
 
 class SequenceModel(Model):
+    _fitted_attribute = "network_"
     """Shared fit/predict/save of the recurrent families; use :class:`LSTMModel` or :class:`GRUModel`."""
 
     cell: ClassVar[str]
@@ -411,18 +412,12 @@ class SequenceModel(Model):
 
     # --- predict -------------------------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() first")
-
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """One score per row of ``X``, each from the window of its symbol's rows in ``X`` ending at it."""
         self._check_fitted()
         _check_panel_index(X, "X")
         X = X.set_axis([str(c) for c in X.columns], axis=1)
-        missing = [c for c in self.feature_names_ if c not in X.columns]
-        if missing:
-            raise ValueError(f"{type(self).__name__}.predict: input lacks feature column(s) {missing[:10]}")
+        self._check_columns(X)
         if len(X) == 0:
             return np.empty(0, dtype=np.float64)
         windows = self._windows(X)

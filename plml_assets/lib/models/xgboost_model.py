@@ -121,15 +121,9 @@ class XGBoostModel(Model):
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
-            raise RuntimeError("XGBoostModel is not fitted: call fit() first")
-
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         self._check_fitted()
-        missing = [c for c in self.feature_names_ if c not in X.columns]
-        if missing:
-            raise ValueError(f"XGBoostModel.predict: input lacks feature column(s) {missing[:10]}")
+        self._check_columns(X)
         return self.predict_matrix(self.matrix(X[self.feature_names_]))
 
     def predict_matrix(self, dmat: xgb.DMatrix) -> np.ndarray:
