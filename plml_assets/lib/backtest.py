@@ -787,3 +787,48 @@ def comparison_sentences(table: pd.DataFrame, model: str | None = None) -> list[
         if parts:
             sentences.append(f"{model}: " + ", ".join(parts))
     return sentences
+
+
+# --------------------------------------------------------------------------------------------
+# CPCV backtest paths
+# --------------------------------------------------------------------------------------------
+
+
+def cpcv_path_backtests(
+    split_predictions: Sequence[pd.Series],
+    paths: Sequence[Sequence[tuple[int, Any]]],
+    prices: pd.DataFrame,
+    forward_returns: pd.Series | None = None,
+    *,
+    quantile: float = 0.2,
+    cost_bps: float = 5.0,
+    periods_per_year: int = PERIODS_PER_YEAR,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Trade each Combinatorial Purged CV backtest path long-short.
+
+    ``split_predictions[s]`` holds split ``s``'s out-of-sample scores; ``paths`` lists, per path, the
+    ``(split, group dates)`` pairs that cover every date once (``CombinatorialPurgedCV.paths``).
+    Returns (daily net returns per path on the path's own dates, one stats row per path). Only the
+    path's dates count: the simulation runs to the last price date, and flat days after the
+    training window would dilute a path's Sharpe.
+    """
+    from plml_assets.lib.overfitting import sharpe_ratio
+
+    returns: dict[str, pd.Series] = {}
+    stats = []
+    for p, path in enumerate(paths, start=1):
+        parts = [split_predictions[s][split_predictions[s].index.get_level_values("date").isin(group)] for s, group in path]
+        scores = pd.concat(parts).sort_index()
+        path_dates = scores.index.get_level_values("date").unique()
+        run = run_backtest(scores, prices, construction="long_short", quantile=quantile, cost_bps=cost_bps,
+                           forward_returns=forward_returns, dates=path_dates, periods_per_year=periods_per_year)
+        active = run.result["net_return"][run.result.index.isin(path_dates)]
+        returns[f"path_{p}"] = active
+        stats.append({
+            "path": p,
+            "sharpe": sharpe_ratio(active, periods_per_year=periods_per_year),
+            "ann_return": float(active.mean() * periods_per_year),
+            "max_drawdown": max_drawdown(active),
+            "rank_ic_mean": run.metrics.get("rank_ic_mean", float("nan")),
+        })
+    return pd.DataFrame(returns), pd.DataFrame(stats).set_index("path")

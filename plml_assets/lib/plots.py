@@ -64,3 +64,12 @@ def importance_plot(importance: pd.Series, top: int = 20) -> bytes:
     ax.set_title(f"top {len(top_s)} features")
     ax.tick_params(axis="y", labelsize=7)
     return to_png(fig)
+
+
+def histogram_plot(values: pd.Series, title: str, xlabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(values.dropna(), bins=max(5, len(values)), color="tab:blue")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return to_png(fig)

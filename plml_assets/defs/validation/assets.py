@@ -163,8 +163,7 @@ def cpcv_paths(
     selection: SelectionSettings,
 ) -> dg.Output[pd.DataFrame]:
     from plml_assets.lib import backtest as bt
-    from plml_assets.lib import overfitting as of
-    from plml_assets.lib.plots import to_png
+    from plml_assets.lib.plots import histogram_plot
     from plml_assets.lib.splits import CombinatorialPurgedCV
 
     with fail_fast_on_bad_input():
@@ -181,33 +180,13 @@ def cpcv_paths(
             config.params(settings), X, y, folds, settings.horizon, gap_bound=2.0,
             select=selector_for(X, y, selection, settings), log=context.log.info, fold_predictions=predictions,
         )
-        path_returns = {}
-        path_stats = []
-        forward = labels.iloc[:, 0]
-        for p, path in enumerate(splitter.paths(split.train_dates), start=1):
-            parts = [predictions[s][predictions[s].index.get_level_values("date").isin(group)] for s, group in path]
-            scores = pd.concat(parts).sort_index()
-            run = bt.run_backtest(scores, market_prices, construction="long_short", quantile=config.quantile,
-                                  cost_bps=config.cost_bps, forward_returns=forward,
-                                  dates=scores.index.get_level_values("date").unique())
-            # Only the path's own dates: the simulation runs to the last price date, and the flat days
-            # after the training window would dilute the path's Sharpe.
-            active = run.result["net_return"][run.result.index.isin(scores.index.get_level_values("date"))]
-            path_returns[f"path_{p}"] = active
-            path_stats.append({"path": p, "sharpe": of.sharpe_ratio(active, periods_per_year=252),
-                               "ann_return": float(active.mean() * 252), "max_drawdown": bt.max_drawdown(active),
-                               "rank_ic_mean": run.metrics.get("rank_ic_mean")})
-    table = pd.DataFrame(path_returns)
-    stats = pd.DataFrame(path_stats).set_index("path")
+        table, stats = bt.cpcv_path_backtests(
+            predictions, splitter.paths(split.train_dates), market_prices, labels.iloc[:, 0],
+            quantile=config.quantile, cost_bps=config.cost_bps,
+        )
     sharpe = stats["sharpe"]
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist(sharpe, bins=max(5, len(sharpe)), color="tab:blue")
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_title(f"CPCV path net Sharpe: {len(sharpe)} paths, mean {sharpe.mean():.2f}")
-    ax.set_xlabel("annualized net Sharpe (long-short)")
-    png = to_png(fig)
+    png = histogram_plot(sharpe, f"CPCV path net Sharpe: {len(sharpe)} paths, mean {sharpe.mean():.2f}",
+                         "annualized net Sharpe (long-short)")
     context.log.info(
         f"cpcv_paths: {len(folds)} splits, {len(sharpe)} paths, net Sharpe mean {sharpe.mean():.2f} "
         f"(min {sharpe.min():.2f}, max {sharpe.max():.2f}) in {time.perf_counter() - start:.0f} s"
