@@ -217,6 +217,9 @@ class ValidationReportConfig(dg.Config):
     gap_warn: float = Field(default=0.1, description="warn when the mean train-validation rank-IC gap exceeds this")
     gap_fail: float = Field(default=0.2, description="fail when the mean train-validation rank-IC gap exceeds this")
     pbo_blocks: int = Field(default=16, description="CSCV blocks S for PBO (C(S, S/2) combinations)")
+    pbo_min_block_days: int = Field(
+        default=20, description="fewest trading days per CSCV block: short backtests get fewer blocks rather than noisy ones"
+    )
 
 
 @dg.asset(
@@ -241,7 +244,7 @@ def validation_report(
         )
         trials = backtest[[c for c in backtest.columns if c.endswith(":long_short")]].fillna(0.0)
         model = trials["xgboost:long_short"]
-        n_blocks = max(2, min(config.pbo_blocks, (len(trials) // 20) // 2 * 2))
+        n_blocks = max(2, min(config.pbo_blocks, (len(trials) // config.pbo_min_block_days) // 2 * 2))
         pbo = of.probability_of_backtest_overfitting(trials.to_numpy(), n_splits=n_blocks)
         sr_var = of.trial_sharpe_variance(trials)
         dsr = of.deflated_sharpe_ratio(model.to_numpy(), n_trials=trials.shape[1], sr_variance=sr_var)
