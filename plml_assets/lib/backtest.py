@@ -634,14 +634,14 @@ def ridge_fit_predict(alpha: float = 1.0, excess_target: bool = True) -> FitPred
 def xgboost_fit_predict(params: Mapping[str, Any] | None = None, horizon: int = 5, excess_target: bool = True) -> FitPredict:
     """A ``fit_predict`` for :func:`walk_forward_scores` with ``lib.models.xgboost_model.XGBoostModel``.
 
-    Fitted with ``lib.training.fit_xgboost``: early stopping on the last 15 % of the training
+    Fitted with ``lib.training.fit_model``: early stopping on the last 15 % of the training
     dates, ``horizon`` dates purged before them, target clipped at quantiles of the fitting rows.
     A training block too short for that split is fitted without early stopping. ``params`` are
     XGBoostModel hyper-parameters (``nthread`` defaults to 1). The target is the date-demeaned
     forward return when ``excess_target`` (see ``lib.training.excess_returns``).
     """
     from plml_assets.lib.models.xgboost_model import XGBoostModel
-    from plml_assets.lib.training import early_stopping_split, fit_xgboost
+    from plml_assets.lib.training import early_stopping_split, fit_model
 
     chosen = {"nthread": 1, **(params or {})}
     XGBoostModel(**chosen)  # fail now on a bad hyper-parameter, not in the first window
@@ -652,7 +652,7 @@ def xgboost_fit_predict(params: Mapping[str, Any] | None = None, horizon: int = 
             early_stopping_split(X_train.index.get_level_values("date").to_numpy(), horizon)
         except ValueError:  # too few dates to hold out a purged early-stopping tail
             return XGBoostModel(**chosen).fit((X_train, target.clip(lo, hi))).predict(X_test)
-        model, _ = fit_xgboost(dict(chosen), X_train, target, horizon)
+        model, _ = fit_model("xgboost", dict(chosen), X_train, target, horizon)
         return model.predict(X_test)
 
     return fit_predict

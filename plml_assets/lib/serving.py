@@ -16,9 +16,9 @@ import pandas as pd
 
 from plml_assets.lib import prices as price_lib
 from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION, build_features
-from plml_assets.lib.models.xgboost_model import XGBoostModel
+from plml_assets.lib.models.registry import load_model, model_class
 
-MODEL_ARTIFACT = "xgboost_model"
+MODEL_ARTIFACT = "model_dir"
 
 
 def as_panel(frame: pd.DataFrame) -> pd.DataFrame:
@@ -53,8 +53,15 @@ def as_panel(frame: pd.DataFrame) -> pd.DataFrame:
 
 class PanelScorer(mlflow.pyfunc.PythonModel):
     def __init__(
-        self, selected_features: list[str], horizon: int, feature_columns: list[str], training_symbols: list[str] | None = None
+        self,
+        selected_features: list[str],
+        horizon: int,
+        feature_columns: list[str],
+        training_symbols: list[str] | None = None,
+        family: str = "xgboost",
     ) -> None:
+        model_class(family)  # unknown family: fail when logging, not when serving
+        self.family = family
         self.selected_features = list(selected_features)
         self.horizon = int(horizon)
         self.feature_columns = list(feature_columns)  # price columns present in training
@@ -62,7 +69,7 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         self.feature_set_version = FEATURE_SET_VERSION
 
     def load_context(self, context) -> None:
-        self.model_ = XGBoostModel.load(Path(context.artifacts[MODEL_ARTIFACT]))
+        self.model_ = load_model(getattr(self, "family", "xgboost"), Path(context.artifacts[MODEL_ARTIFACT]))
 
     def score(self, panel: pd.DataFrame, all_dates: bool = False) -> pd.DataFrame:
         panel = as_panel(panel)
@@ -75,15 +82,22 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         X = features[self.selected_features]
         # rows of history each row was scored with (its own row included)
         history = panel.groupby(level="symbol").cumcount().add(1)
-        if not all_dates:
-            latest = panel.index.get_level_values("date").max()
-            X = X[X.index.get_level_values("date") == latest]
-            if len(X) < 3:
+        if all_dates:
+            scores = self.model_.predict(X)
+        else:
+            dates = X.index.get_level_values("date")
+            latest = dates.max()
+            on_latest = dates == latest
+            if on_latest.sum() < 3:
                 raise ValueError(
-                    f"only {len(X)} symbol(s) have a price on the latest date {latest.date()}: cross-sectional "
-                    "features need at least 3; pass the whole universe up to one common date"
+                    f"only {int(on_latest.sum())} symbol(s) have a price on the latest date {latest.date()}: "
+                    "cross-sectional features need at least 3; pass the whole universe up to one common date"
                 )
-        scores = self.model_.predict(X)
+            # A model that reads feature history (sequence nets) gets its look-back dates too.
+            recent = dates.unique().sort_values()[-(self.model_.lookback_dates + 1):]
+            scored = X[dates.isin(recent)]
+            scores = self.model_.predict(scored)[scored.index.get_level_values("date") == latest]
+            X = X[on_latest]
         out = X.index.to_frame(index=False)
         out["score"] = np.asarray(scores, dtype="float64")
         # Features with look-backs longer than a symbol's history are NaN: say so per row instead

@@ -8,14 +8,15 @@ if ``i + horizon < j``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from plml_assets.lib.metrics import evaluate_predictions, overfitting_gap
-from plml_assets.lib.models.xgboost_model import XGBoostModel
+from plml_assets.lib.models.base import Model
+from plml_assets.lib.models.registry import make_model
 
 Log = Callable[[str], None]
 
@@ -122,20 +123,55 @@ def early_stopping_split(dates: np.ndarray, horizon: int, fraction: float = 0.15
     return dates < fit_end, dates >= stop_start
 
 
+def best_iteration(model: Model) -> int:
+    """The boosting round (trees, 0-based) or epoch (nets, 0-based) early stopping kept."""
+    if hasattr(model, "best_iteration_"):
+        return int(model.best_iteration_)
+    return int(model.best_epoch_) - 1
+
+
+def iteration_word(family: str) -> str:
+    return "epoch" if family in ("lstm", "gru") else "round"
+
+
 def _dates_of(X: pd.DataFrame) -> np.ndarray:
     return X.index.get_level_values("date").to_numpy()
 
 
-def fit_xgboost(params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int) -> tuple[XGBoostModel, np.ndarray]:
-    """Fit with early stopping on the purged tail of the given training rows; the target is
-    clipped at quantiles of the fitting rows alone. Returns the model and the fitting-row mask."""
+def fit_model(
+    family: str, params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int
+) -> tuple[Model, np.ndarray]:
+    """Fit a model of ``family`` with early stopping on the purged tail of the given training rows;
+    the target is clipped at quantiles of the fitting rows alone. Returns the model and the
+    fitting-row mask. Every family is fitted by this one recipe, in CV, in tuning and for the
+    final model, so their numbers compare."""
     fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
     clip = winsorize_bounds(y[fit_mask])
     target = y.clip(*clip)
-    model = XGBoostModel(**params)
+    model = make_model(family, **params)
     model.fit((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]))
     model.target_clip_ = clip
     return model, fit_mask
+
+
+def predict_rows(model: Model, X: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Predictions for the rows at positions ``rows`` of the sorted panel ``X``.
+
+    A model that reads feature history (``model.lookback_dates > 0``: the sequence nets) is given
+    every row from ``lookback_dates`` dates before the first requested date up to the last one, so
+    the first rows of a test block see their history; features of earlier dates are past
+    information, so this never looks ahead."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lookback = int(model.lookback_dates)
+    if lookback == 0 or len(rows) == 0:
+        return np.asarray(model.predict(X.iloc[rows]), dtype="float64")
+    dates = _dates_of(X)
+    unique = np.unique(dates)
+    wanted = dates[rows]
+    first = unique[max(int(np.searchsorted(unique, wanted.min())) - lookback, 0)]
+    span = np.flatnonzero((dates >= first) & (dates <= wanted.max()))
+    preds = np.asarray(model.predict(X.iloc[span]), dtype="float64")
+    return preds[np.searchsorted(span, rows)]
 
 
 def cross_validate(
@@ -148,15 +184,20 @@ def cross_validate(
     select: Callable[[np.ndarray], list[str]] | None = None,
     log: Log = _noop,
     fold_predictions: list[pd.Series] | None = None,
+    family: str = "xgboost",
+    fold_columns: Sequence[Sequence[str]] | None = None,
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """Fit one model per fold and evaluate it on the fold's test dates. Returns (per-fold
-    metrics, out-of-fold predictions).
+    """Fit one ``family`` model per fold and evaluate it on the fold's test dates. Returns
+    (per-fold metrics, out-of-fold predictions).
 
-    Everything a fold learns comes from its own training rows: its features (``select`` is
-    called with the training positions; ``None`` uses every column), its target clipping and
-    its early stopping (on the purged tail of its training dates). When ``fold_predictions`` is
-    a list, each fold's test predictions are appended to it (CPCV tests each date several times).
+    Everything a fold learns comes from its own training rows: its features (``fold_columns[k]``
+    chosen beforehand on them, or ``select`` called with the fitting positions; neither uses every
+    column), its target clipping and its early stopping (on the purged tail of its training dates).
+    When ``fold_predictions`` is a list, each fold's test predictions are appended to it (CPCV
+    tests each date several times).
     """
+    if fold_columns is not None and len(fold_columns) != len(folds):
+        raise ValueError(f"{len(fold_columns)} fold column lists for {len(folds)} folds")
     dates = _dates_of(X)
     y_values = y.to_numpy()
     rows: list[dict[str, object]] = []
@@ -172,15 +213,15 @@ def cross_validate(
             fit_mask, stop_mask = early_stopping_split(dates[train_idx], horizon)
         except ValueError as exc:
             raise ValueError(f"fold {k}/{len(folds)}: {exc}; use fewer folds or more history") from exc
-        fit_idx, stop_idx = train_idx[fit_mask], train_idx[stop_mask]
-        columns = select(fit_idx) if select is not None else list(X.columns)
-        lo, hi = winsorize_bounds(y.iloc[fit_idx])
+        fit_idx = train_idx[fit_mask]
+        if fold_columns is not None:
+            columns = list(fold_columns[k - 1])
+        else:
+            columns = select(fit_idx) if select is not None else list(X.columns)
         Xf = X[columns]
-        dfit = XGBoostModel.matrix(Xf.iloc[fit_idx], np.clip(y_values[fit_idx], lo, hi))
-        dstop = XGBoostModel.matrix(Xf.iloc[stop_idx], np.clip(y_values[stop_idx], lo, hi))
-        model = XGBoostModel(**params).fit_matrix(dfit, dstop)
-        pred_train = model.predict_matrix(dfit)
-        pred_test = model.predict_matrix(XGBoostModel.matrix(Xf.iloc[test_idx]))
+        model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon)
+        pred_train = predict_rows(model, Xf, fit_idx)
+        pred_test = predict_rows(model, Xf, test_idx)
         oof.iloc[test_idx] = pred_test
         if fold_predictions is not None:
             fold_predictions.append(pd.Series(pred_test, index=X.index[test_idx], name=f"fold_{k}"))
@@ -197,7 +238,7 @@ def cross_validate(
             "test_rows": len(test_idx),
             "n_features": len(columns),
             "features": ",".join(columns),
-            "best_iteration": model.best_iteration_,
+            "best_iteration": best_iteration(model),
             **{f"train_{m}": float(train_m[m]) for m in ("ic", "rank_ic", "rmse", "directional_accuracy")},
             **{f"valid_{m}": float(test_m[m]) for m in ("ic", "rank_ic", "rmse", "directional_accuracy")},
             "rank_ic_gap": float(gap["gap"]),
@@ -208,6 +249,6 @@ def cross_validate(
         log(
             f"fold {k}/{len(folds)}: train {row['train_start']}..{row['train_end']} ({row['train_rows']:,} rows, "
             f"{len(columns)} features), test {row['test_start']}..{row['test_end']}: rank IC {row['valid_rank_ic']:.4f} "
-            f"(train {row['train_rank_ic']:.4f}), {row['best_iteration'] + 1} rounds, {row['fit_seconds']:.1f} s"
+            f"(train {row['train_rank_ic']:.4f}), {family} {iteration_word(family)} {row['best_iteration'] + 1}, {row['fit_seconds']:.1f} s"
         )
     return pd.DataFrame(rows), oof

@@ -68,7 +68,8 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from plml_assets.lib.metrics import evaluate_predictions
-from plml_assets.lib.training import early_stopping_split, fit_xgboost
+from plml_assets.lib.models.registry import model_class
+from plml_assets.lib.training import fit_model
 
 __all__ = [
     "DEFAULT_SPACES",
@@ -78,8 +79,8 @@ __all__ = [
     "SearchSpace",
     "StudyResult",
     "cv_objective",
+    "family_fit_predict",
     "make_storage",
-    "model_fit_predict",
     "open_study",
     "param_importances",
     "pick_trial",
@@ -334,31 +335,25 @@ DEFAULT_SPACES["gru"] = SearchSpace(list(DEFAULT_SPACES["lstm"].params))
 # ---------------------------------------------------------------------------------------------
 
 
-def xgboost_fit_predict(horizon: int, **fixed: Any) -> FitPredict:
-    """``fit_predict`` for :func:`cv_objective` with :class:`XGBoostModel`, the same recipe as
-    ``training.cross_validate``: target clipped at quantiles of the fitting rows, early stopping on
-    the purged tail of the training dates. ``fixed`` (e.g. ``nthread=1, n_estimators=200``) is
-    merged under every trial's parameters."""
+def family_fit_predict(family: str, horizon: int, **fixed: Any) -> FitPredict:
+    """``fit_predict`` for :func:`cv_objective` with any family of ``lib.models`` (``"xgboost"``,
+    ``"lightgbm"``, ``"lstm"``, ``"gru"``), fitted by ``training.fit_model``, the recipe of the CV
+    and the final model: target clipped at quantiles of the fitting rows, early stopping on the
+    purged tail of the training dates. ``fixed`` (e.g. ``nthread=1, n_estimators=200``) is merged
+    under every trial's parameters. Sequence models window ``X_eval`` on its own rows, which is
+    why the objective passes each fold's training rows before its test rows by default."""
+    model_class(family)(**fixed)  # an unknown family or a bad fixed value fails now, not in trial 1
 
     def fit_predict(params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series, X_eval: pd.DataFrame) -> np.ndarray:
-        model, _ = fit_xgboost({**fixed, **params}, X_train, y_train, horizon)
-        return model.predict(X_eval)
-
-    return fit_predict
-
-
-def model_fit_predict(model_class: Callable[..., Any], horizon: int, **fixed: Any) -> FitPredict:
-    """``fit_predict`` for any model of the ``lib.models`` interface (``fit(train, valid)``,
-    ``predict(X)``): the validation set is the purged tail of the training dates."""
-
-    def fit_predict(params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series, X_eval: pd.DataFrame) -> np.ndarray:
-        dates = X_train.index.get_level_values("date").to_numpy()
-        fit_mask, stop_mask = early_stopping_split(dates, horizon)
-        model = model_class(**{**fixed, **params})
-        model.fit((X_train[fit_mask], y_train[fit_mask]), (X_train[stop_mask], y_train[stop_mask]))
+        model, _ = fit_model(family, {**fixed, **params}, X_train, y_train, horizon)
         return np.asarray(model.predict(X_eval), dtype="float64")
 
     return fit_predict
+
+
+def xgboost_fit_predict(horizon: int, **fixed: Any) -> FitPredict:
+    """:func:`family_fit_predict` for XGBoost."""
+    return family_fit_predict("xgboost", horizon, **fixed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +424,7 @@ class CVObjective:
         metric: str = "rank_ic",
         objectives: Sequence[str] | None = None,
         track_gap: bool = True,
+        fold_columns: Sequence[Sequence[str]] | None = None,
     ) -> None:
         if metric not in ("rank_ic", "ic"):
             raise ValueError(f"metric must be 'rank_ic' or 'ic', got {metric!r}")
@@ -445,6 +441,16 @@ class CVObjective:
             raise ValueError("no folds given")
         self.dates = X.index.get_level_values("date").to_numpy()
         _check_purged(self.dates, folds, horizon)
+        if fold_columns is not None:
+            if len(fold_columns) != len(folds):
+                raise ValueError(f"{len(fold_columns)} fold column lists for {len(folds)} folds")
+            unknown = sorted({c for cols in fold_columns for c in cols} - set(map(str, X.columns)))
+            if unknown or any(len(cols) == 0 for cols in fold_columns):
+                raise ValueError(f"fold columns must be non-empty lists of X's columns; unknown: {unknown[:10]}")
+            # Column slices built once, reused by every trial.
+            self._fold_X = [X[list(cols)] for cols in fold_columns]
+        else:
+            self._fold_X = [X] * len(folds)
         self.fit_predict, self.X, self.y, self.folds, self.horizon = fit_predict, X, y, folds, horizon
         self.metric = metric
         self.names = names
@@ -462,8 +468,9 @@ class CVObjective:
         start = time.perf_counter()
         for k, (train_idx, test_idx) in enumerate(self.folds, start=1):
             eval_idx = np.union1d(train_idx, test_idx) if self.track_gap else test_idx
+            X = self._fold_X[k - 1]
             preds = np.asarray(
-                self.fit_predict(dict(params), self.X.iloc[train_idx], self.y.iloc[train_idx], self.X.iloc[eval_idx]),
+                self.fit_predict(dict(params), X.iloc[train_idx], self.y.iloc[train_idx], X.iloc[eval_idx]),
                 dtype="float64",
             ).ravel()
             if len(preds) != len(eval_idx):
@@ -516,6 +523,7 @@ def cv_objective(
     metric: str = "rank_ic",
     objectives: Sequence[str] | None = None,
     track_gap: bool = True,
+    fold_columns: Sequence[Sequence[str]] | None = None,
 ) -> CVObjective:
     """The mean validation ``metric`` (per-date rank IC by default) over purged ``folds``.
 
@@ -528,9 +536,10 @@ def cv_objective(
 
     Single objective: after fold ``k`` the running mean is reported at ``step=k`` and the trial is
     pruned when the study's pruner says so (never after the last fold: its value is then final). ``objectives=("rank_ic", "gap")`` (gap minimized) or
-    ``("rank_ic", "turnover")`` make it multi-objective, never pruned.
+    ``("rank_ic", "turnover")`` make it multi-objective, never pruned. ``fold_columns[k]`` restricts
+    fold ``k`` to the features chosen on its own training rows (e.g. the ``cv_fold_features`` asset).
     """
-    return CVObjective(fit_predict, X, y, folds, horizon, metric, objectives, track_gap)
+    return CVObjective(fit_predict, X, y, folds, horizon, metric, objectives, track_gap, fold_columns)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ from plml_assets.lib.training import (
     design_matrix,
     early_stopping_split,
     excess_returns,
-    fit_xgboost,
+    fit_model,
     fold_assignments,
     folds_from_assignments,
     holdout_split,
+    predict_rows,
     winsorize_bounds,
 )
 
@@ -315,10 +316,18 @@ def test_cross_validation_names_a_fold_too_short_for_early_stopping(planted):
         cross_validate(SMALL_XGB, X, y, [(train, test)], HORIZON, gap_bound=0.5)
 
 
-# ---- fit_xgboost ----------------------------------------------------------------------------
+# ---- fit_model ------------------------------------------------------------------------------
+
+TINY = {
+    "xgboost": SMALL_XGB,
+    "lightgbm": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 5},
+    "lstm": {"window": 5, "hidden_size": 8, "max_epochs": 2, "batch_size": 256},
+    "gru": {"window": 5, "hidden_size": 8, "max_epochs": 2, "batch_size": 256},
+}
 
 
-def test_fit_xgboost_clips_the_target_with_fitting_rows_only():
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_fit_model_clips_the_target_with_fitting_rows_only(family):
     X, y = synthetic_panel(200, 6, signal=0.3, seed=4)
     dates = X.index.get_level_values("date").to_numpy()
     expected_fit, stop = early_stopping_split(dates, HORIZON)
@@ -326,11 +335,41 @@ def test_fit_xgboost_clips_the_target_with_fitting_rows_only():
     y[stop] = 100.0  # outliers only in the early-stopping slice
     y[~expected_fit & ~stop] = -100.0  # ... and in the purge gap
 
-    model, fit_mask = fit_xgboost(SMALL_XGB, X, y, HORIZON)
+    model, fit_mask = fit_model(family, TINY[family], X, y, HORIZON)
+    assert model.family == family
     np.testing.assert_array_equal(fit_mask, expected_fit)
     lo, hi = model.target_clip_
     assert (lo, hi) == winsorize_bounds(y[expected_fit])
     assert -5 < lo < 0 < hi < 5  # the +/-100 rows did not move the bounds
     assert (lo, hi) != winsorize_bounds(y)
     predictions = model.predict(X)
-    assert np.isfinite(predictions).all() and model.best_iteration_ >= 0
+    assert np.isfinite(predictions).all()
+    assert np.abs(predictions).max() < 5  # trained on clipped targets, not on the +/-100 rows
+
+
+def test_predict_rows_gives_sequence_models_their_history_and_trees_the_rows_alone():
+    X, y = synthetic_panel(120, 5, signal=0.3, seed=2)
+    rows = np.flatnonzero(X.index.get_level_values("date").isin(date_axis(X)[80:90]))
+    for family in ("xgboost", "gru"):
+        model, _ = fit_model(family, TINY[family], X, y, HORIZON)
+        on_everything = model.predict(X)[rows]
+        np.testing.assert_allclose(predict_rows(model, X, rows), on_everything, rtol=1e-6, atol=1e-9)
+    # Without the history rows the first dates of the block would see zero padding instead.
+    alone = model.predict(X.iloc[rows])
+    assert not np.allclose(alone, on_everything)
+    assert model.lookback_dates == TINY["gru"]["window"] - 1
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "lstm"])
+def test_cross_validate_runs_any_family_on_per_fold_columns(family):
+    X, y = synthetic_panel(200, 6, signal=0.5, seed=3)
+    X = X.assign(noise=np.random.default_rng(0).normal(size=len(X)))
+    folds = walk_forward_folds(X)
+    columns = [["f1", "noise"]] * len(folds)
+    params = {**TINY[family], "max_epochs": 15, "lr": 0.01, "batch_size": 64} if family == "lstm" else TINY[family]
+    results, oof = cross_validate(params, X, y, folds, HORIZON, gap_bound=0.5, family=family, fold_columns=columns)
+    assert (results["features"] == "f1,noise").all() and (results["n_features"] == 2).all()
+    assert results["valid_rank_ic"].mean() > 0.2  # the planted f1 signal is found by every family
+    assert oof.notna().sum() == sum(len(t) for _, t in folds)
+    with pytest.raises(ValueError, match="2 fold column lists for 3 folds"):
+        cross_validate(TINY[family], X, y, folds, HORIZON, gap_bound=0.5, family=family, fold_columns=columns[:2])

@@ -30,7 +30,7 @@ from plml_assets.lib.tuning import (
     _claims_before,
     _make_pruner,
     cv_objective,
-    model_fit_predict,
+    family_fit_predict,
     param_importances,
     pick_trial,
     plot_optimization_history,
@@ -174,11 +174,15 @@ def test_cv_objective_refuses_folds_whose_training_labels_reach_the_test_block(p
         cv_objective(xgboost_fit_predict(HORIZON), X, y, planted[2], HORIZON, objectives=("rank_ic", "sharpe"))
 
 
-def test_cv_objective_scores_the_mean_fold_rank_ic_with_any_model_adapter(planted):
+@pytest.mark.parametrize("family,fixed,params", [
+    ("xgboost", TINY_XGB, {"max_depth": 3}),
+    ("lightgbm", {"n_estimators": 30, "min_child_samples": 5}, {"num_leaves": 7}),
+])
+def test_cv_objective_scores_the_mean_fold_rank_ic_with_any_model_family(planted, family, fixed, params):
     X, y, folds = planted
-    objective = cv_objective(model_fit_predict(XGBoostModel, HORIZON, **TINY_XGB), X, y, folds, HORIZON)
-    trial = optuna.trial.FixedTrial({"max_depth": 3})
-    value = objective(trial, {"max_depth": 3})
+    objective = cv_objective(family_fit_predict(family, HORIZON, **fixed), X, y, folds, HORIZON)
+    trial = optuna.trial.FixedTrial(params)
+    value = objective(trial, params)
     folds_ic = trial.user_attrs["fold_rank_ic"]
     assert len(folds_ic) == 3 and value == pytest.approx(np.mean(folds_ic), abs=1e-5)
     assert value > 0.15  # the planted feature is found
@@ -189,6 +193,27 @@ def test_cv_objective_scores_the_mean_fold_rank_ic_with_any_model_adapter(plante
 
     with pytest.raises(ValueError, match="returned 3 predictions"):
         cv_objective(wrong_length, X, y, folds, HORIZON)(optuna.trial.FixedTrial({}), {})
+
+
+def test_cv_objective_fits_each_fold_on_its_own_columns(planted):
+    X, y, folds = planted
+    X = X.assign(noise=np.random.default_rng(1).normal(size=len(X)))
+    seen: list[list[str]] = []
+
+    def recording(params, X_train, y_train, X_eval):
+        seen.append(list(X_train.columns))
+        assert list(X_eval.columns) == list(X_train.columns)
+        return np.zeros(len(X_eval))
+
+    per_fold = [["noise"], [X.columns[0], "noise"], [X.columns[0]]]
+    cv_objective(recording, X, y, folds, HORIZON, fold_columns=per_fold)(optuna.trial.FixedTrial({}), {})
+    assert seen == per_fold
+    with pytest.raises(ValueError, match="2 fold column lists for 3 folds"):
+        cv_objective(recording, X, y, folds, HORIZON, fold_columns=per_fold[:2])
+    with pytest.raises(ValueError, match="unknown: \\['nope'\\]"):
+        cv_objective(recording, X, y, folds, HORIZON, fold_columns=[["nope"]] * 3)
+    with pytest.raises(ValueError, match="unknown model family 'catboost'"):
+        family_fit_predict("catboost", HORIZON)
 
 
 def test_prediction_turnover_is_zero_for_a_fixed_ranking_and_two_for_a_flipping_one():

@@ -40,6 +40,12 @@ class Model(ABC):
     def get_params(self) -> dict[str, object]:
         """Hyper-parameters as given to ``__init__``."""
 
+    @property
+    def lookback_dates(self) -> int:
+        """Dates of feature history before a row that :meth:`predict` reads for that row (0: the row
+        alone). A caller scoring some rows passes this many earlier dates of features too."""
+        return 0
+
     # Fitted state every adapter checks before predicting or saving.
     _fitted_attribute: ClassVar[str] = "booster_"
 

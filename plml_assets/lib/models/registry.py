@@ -29,3 +29,64 @@ def make_model(family: str, **params: object) -> Model:
 def load_model(family: str, path: str | Path) -> Model:
     """Read a model that ``make_model(family, ...).fit(...).save(path)`` wrote."""
     return model_class(family).load(path)
+
+
+#: The settings plml fits each family with when nothing is tuned or overridden: 1 thread (on 2
+#: shared cores a second thread was measured up to 10x slower under contention), a boosting budget
+#: that early stopping cuts, and for the sequence nets a per-epoch sample of windows so an epoch
+#: costs the same on 20 symbols as on 500.
+DEFAULT_PARAMS: dict[str, dict[str, object]] = {
+    "xgboost": {"n_estimators": 400, "learning_rate": 0.05, "max_depth": 5, "min_child_weight": 50.0,
+                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 5.0, "early_stopping_rounds": 40,
+                "nthread": 1},
+    "lightgbm": {"n_estimators": 400, "learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 50,
+                 "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 5.0, "early_stopping_rounds": 40,
+                 "n_jobs": 1},
+    "lstm": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
+             "max_epochs": 10, "patience": 3, "epoch_samples": 50_000, "num_threads": 1},
+    "gru": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
+            "max_epochs": 10, "patience": 3, "epoch_samples": 50_000, "num_threads": 1},
+}
+
+#: The quick profile's budget: upper bounds on the parameters that set the cost of one fit.
+QUICK_CAPS: dict[str, dict[str, int]] = {
+    "xgboost": {"n_estimators": 150},
+    "lightgbm": {"n_estimators": 150},
+    "lstm": {"max_epochs": 4, "epoch_samples": 20_000},
+    "gru": {"max_epochs": 4, "epoch_samples": 20_000},
+}
+#: What the quick profile changes in the defaults beyond the caps (fewer rounds need a larger step).
+QUICK_DEFAULTS: dict[str, dict[str, object]] = {
+    "xgboost": {"learning_rate": 0.1},
+    "lightgbm": {"learning_rate": 0.1},
+    "lstm": {"lr": 3e-3},
+    "gru": {"lr": 3e-3},
+}
+
+
+def resolve_params(
+    family: str,
+    tuned: dict[str, object] | None = None,
+    overrides: dict[str, object] | None = None,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, object]:
+    """The hyper-parameters a family is fitted with: plml's defaults (the quick profile's when
+    ``quick``), then the tuned values, then explicit ``overrides``; the quick profile's cost caps
+    last, so no tuned value can exceed the budget. Validated by constructing the model (the error
+    names the bad value)."""
+    model_class(family)
+    params: dict[str, object] = {**DEFAULT_PARAMS[family], **(QUICK_DEFAULTS[family] if quick else {})}
+    params.update(tuned or {})
+    params.update(overrides or {})
+    if quick:
+        for key, cap in QUICK_CAPS[family].items():
+            value = params.get(key)
+            params[key] = cap if value is None else min(int(value), cap)
+    params["seed"] = seed
+    if device is not None:
+        params["device"] = device
+    make_model(family, **params)
+    return params

@@ -154,6 +154,19 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Intra-op CPU threads for one fit or predict (on 2 shared cores a second thread mostly
+    contends with the other process), restored afterwards; None leaves torch's setting alone."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -194,7 +207,7 @@ class SequenceModel(Model):
 
     _PARAM_NAMES = (
         "window", "hidden_size", "num_layers", "dropout", "lr", "batch_size", "max_epochs", "patience",
-        "grad_clip", "weight_decay", "target_clip_sd", "seed", "device",
+        "grad_clip", "weight_decay", "target_clip_sd", "epoch_samples", "num_threads", "seed", "device",
     )
 
     def __init__(
@@ -210,6 +223,8 @@ class SequenceModel(Model):
         grad_clip: float | None = 1.0,
         weight_decay: float = 0.0,
         target_clip_sd: float | None = 5.0,
+        epoch_samples: int | None = None,
+        num_threads: int | None = 1,
         seed: int = 0,
         device: str = "auto",
     ) -> None:
@@ -226,6 +241,8 @@ class SequenceModel(Model):
         self.grad_clip = grad_clip
         self.weight_decay = weight_decay
         self.target_clip_sd = target_clip_sd
+        self.epoch_samples = epoch_samples
+        self.num_threads = num_threads
         self.seed = seed
         self.device = device
         self._validate()
@@ -244,6 +261,8 @@ class SequenceModel(Model):
             "grad_clip": lambda v: v is None or v > 0,
             "weight_decay": lambda v: v >= 0,
             "target_clip_sd": lambda v: v is None or v > 0,
+            "epoch_samples": lambda v: v is None or (_whole(v) and v >= 1),
+            "num_threads": lambda v: v is None or (_whole(v) and v >= 1),
             "seed": lambda v: _whole(v) and v >= 0,
             "device": _valid_device,
         }
@@ -257,6 +276,10 @@ class SequenceModel(Model):
 
     def get_params(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self._PARAM_NAMES}
+
+    @property
+    def lookback_dates(self) -> int:
+        return int(self.window) - 1
 
     # --- scaling -------------------------------------------------------------------------------
 
@@ -349,7 +372,7 @@ class SequenceModel(Model):
         rng_devices = []
         if device.type == "cuda":
             rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=rng_devices), _deterministic(device):
+        with torch.random.fork_rng(devices=rng_devices), _deterministic(device), _threads(self.num_threads):
             torch.manual_seed(self.seed)
             shuffle = torch.Generator().manual_seed(self.seed)
             layout = torch.from_numpy(padded).to(device)
@@ -379,6 +402,8 @@ class SequenceModel(Model):
             for epoch in range(1, self.max_epochs + 1):
                 network.train()
                 order = fit_rows[torch.randperm(len(fit_rows), generator=shuffle).to(device)]
+                if self.epoch_samples is not None:
+                    order = order[: self.epoch_samples]  # a fresh random subset of the windows each epoch
                 total = torch.zeros((), device=device)  # summed on the device: no sync per step
                 for batch in torch.split(order, self.batch_size):
                     optimizer.zero_grad(set_to_none=True)
@@ -388,7 +413,7 @@ class SequenceModel(Model):
                         nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
                     optimizer.step()
                     total += loss.detach() * len(batch)
-                history["train"].append(float(total) / len(fit_rows))
+                history["train"].append(float(total) / len(order))
                 if len(stop_rows) == 0:
                     continue
                 current = valid_loss()
@@ -427,7 +452,7 @@ class SequenceModel(Model):
         steps = torch.arange(self.window, device=device)
         self.network_.eval()
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), _threads(self.num_threads):
             for rows in torch.split(torch.arange(len(windows), device=device), PREDICT_BATCH_ROWS):
                 out.append(self.network_(layout[first[rows].unsqueeze(1) + steps]).cpu().numpy())
         return np.concatenate(out).astype(np.float64) * self.target_std_ + self.target_mean_
