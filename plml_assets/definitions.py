@@ -5,11 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from plml_assets.defs.backtest import assets as backtest_assets
+from plml_assets.defs.comparison import assets as comparison_assets
 from plml_assets.defs.data import assets as data_assets
 from plml_assets.defs.data import checks as data_checks
 from plml_assets.defs.registry import assets as registry_assets
 from plml_assets.defs.selection import assets as selection_assets
 from plml_assets.defs.training import assets as training_assets
+from plml_assets.defs.tuning import assets as tuning_assets
 from plml_assets.defs.validation import assets as validation_assets
 from plml_assets.resources.io import ParquetIOManager
 from plml_assets.resources.mlflow_registry import MlflowRegistry
@@ -52,7 +54,8 @@ def build_resources() -> dict[str, object]:
 
 
 ASSETS = dg.load_assets_from_modules(
-    [data_assets, selection_assets, validation_assets, backtest_assets, training_assets, registry_assets]
+    [data_assets, selection_assets, validation_assets, tuning_assets, backtest_assets, training_assets,
+     comparison_assets, registry_assets]
 )
 CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.lib.models.xgboost_model import XGBoostModel
 from plml_assets.lib.training import HoldoutSplit, design_matrix, excess_returns, holdout_split
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -25,30 +25,29 @@ def fail_fast_on_bad_input() -> Iterator[None]:
         raise dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
 
 
-class XGBoostConfig(dg.Config):
-    """XGBoost hyper-parameters (the quick profile caps the rounds)."""
+#: The model families that get their own study, CV results and model assets.
+FAMILIES = ("xgboost", "lightgbm", "lstm", "gru")
 
-    n_estimators: int = Field(default=400, description="maximum boosting rounds")
-    learning_rate: float = Field(default=0.05, description="shrinkage per round")
-    max_depth: int = Field(default=5, description="tree depth")
-    min_child_weight: float = Field(default=50.0, description="minimum hessian per leaf")
-    subsample: float = Field(default=0.8, description="row subsample per tree")
-    colsample_bytree: float = Field(default=0.8, description="column subsample per tree")
-    reg_lambda: float = Field(default=5.0, description="L2 regularisation")
-    early_stopping_rounds: int = Field(default=40, description="stop after this many rounds without improvement on the purged early-stopping slice")
-    device: str = Field(default="cpu", description="'cpu' or 'cuda'")
-    nthread: int = Field(
-        default=1,
-        description="XGBoost threads; 1 by default: on 2 shared cores a second OpenMP thread was measured 10x slower under contention",
-    )
 
-    def params(self, settings: ExperimentSettings) -> dict[str, object]:
-        values = {k: v for k, v in self.model_dump().items() if k in XGBoostConfig.model_fields}
-        XGBoostModel(**values)  # validates every value, naming the bad ones
-        if settings.quick:
-            values["n_estimators"] = min(values["n_estimators"], 150)
-            values["learning_rate"] = max(values["learning_rate"], 0.1)
-        return {**values, "seed": settings.seed}
+def json_object(text: str, field: str) -> dict:
+    """A Config field holding a JSON object ('' means empty), with an error that names the field."""
+    if not text or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{field} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be a JSON object, got {type(value).__name__}: {text!r}")
+    return value
+
+
+def fold_columns(cv_fold_features: pd.DataFrame, scheme: str) -> list[list[str]]:
+    """The features each fold of ``scheme`` selected on its own training rows, in fold order."""
+    block = cv_fold_features[cv_fold_features["scheme"] == scheme]
+    if block.empty:
+        raise ValueError(f"cv_fold_features holds no fold of scheme {scheme!r}: re-materialize cv_fold_features")
+    return [list(g.sort_values("rank")["feature"]) for _, g in block.groupby("fold", sort=True)]
 
 
 def split_for(labels: pd.DataFrame, settings: ExperimentSettings) -> tuple[pd.Series, HoldoutSplit]:

@@ -73,3 +73,25 @@ def histogram_plot(values: pd.Series, title: str, xlabel: str) -> bytes:
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     return to_png(fig)
+
+
+def family_comparison_plot(per_fold: pd.DataFrame, holdout: pd.Series, metric: str = "rank_ic") -> bytes:
+    """Per-fold validation ``metric`` of each family (one panel per CV scheme: box plus the folds as
+    points) with the holdout value as a diamond: the spread shows how much of a gap is fold noise."""
+    schemes = list(dict.fromkeys(per_fold["scheme"]))
+    families = list(dict.fromkeys(per_fold["family"]))
+    fig, axes = plt.subplots(1, len(schemes), figsize=(4.5 * len(schemes), 3.4), squeeze=False, sharey=True)
+    for ax, scheme in zip(axes[0], schemes):
+        block = per_fold[per_fold["scheme"] == scheme]
+        values = [block.loc[block["family"] == f, f"valid_{metric}"].to_numpy() for f in families]
+        ax.boxplot(values, widths=0.5, showfliers=False)
+        for i, v in enumerate(values, start=1):
+            ax.plot(np.full(len(v), i) + np.linspace(-0.12, 0.12, len(v)), v, "o", color="tab:blue", ms=3, alpha=0.7)
+            if families[i - 1] in holdout:
+                ax.plot(i, holdout[families[i - 1]], "D", color="tab:red", ms=6, label="holdout" if i == 1 else None)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(1, len(families) + 1), families)
+        ax.set_title(f"{scheme} folds")
+    axes[0][0].set_ylabel(f"validation {metric}")
+    axes[0][0].legend(fontsize=7)
+    return to_png(fig)

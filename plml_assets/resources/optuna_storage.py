@@ -20,6 +20,15 @@ class OptunaStorage(dg.ConfigurableResource):
     def resolved_url(self) -> str:
         return self.url or os.environ.get("PLML_OPTUNA_STORAGE") or default_optuna_storage_url()
 
+    def display_url(self) -> str:
+        """The URL with any password masked, for logs and metadata."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.resolved_url()).render_as_string(hide_password=True)
+        except Exception:  # not an SQLAlchemy URL: show only its scheme
+            return self.resolved_url().split(":", 1)[0] + ":…"
+
     def storage(self):
         import optuna
 

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import XGBoostConfig, fail_fast_on_bad_input
+from plml_assets.defs.shared import fail_fast_on_bad_input
 from plml_assets.lib import backtest as bt
 from plml_assets.lib.backtest_plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
 from plml_assets.lib.plots import markdown_image
@@ -20,7 +20,7 @@ from plml_assets.resources.settings import ExperimentSettings
 CONSTRUCTIONS = ("long_short", "long_only")
 
 
-class BacktestConfig(XGBoostConfig):
+class BacktestConfig(dg.Config):
     retrain_every: int = Field(default=252, description="refit the models every this many trading days (quick profile: x2)")
     min_train_dates: int = Field(default=504, description="dates of history before the first out-of-sample date")
     max_train_dates: int | None = Field(default=2520, description="sliding training window in dates (None: expanding)")
@@ -32,16 +32,15 @@ class BacktestConfig(XGBoostConfig):
 
 def strategy_scores(
     config: BacktestConfig, prices: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame,
-    settings: ExperimentSettings, log,
+    params: dict, settings: ExperimentSettings, log,
 ) -> tuple[dict[str, pd.Series], pd.DataFrame]:
-    """Out-of-sample scores of the model (XGBoost, refitted walk-forward on every feature: the
+    """Out-of-sample scores of the model (XGBoost with the tuned ``params``, refitted walk-forward on every feature: the
     selection asset was fitted on later data, so using it here would leak), a ridge model on the
     same features, and two price baselines."""
     retrain = config.retrain_every * (2 if settings.quick else 1)
     y = labels.iloc[:, 0]
     X, y_known = design_matrix(features, y, features.columns)
     X_all = features  # predict every row, labelled or not
-    params = config.params(settings)
     scores: dict[str, pd.Series] = {}
     windows = None
     for name, fit_predict in (
@@ -73,6 +72,7 @@ def backtest(
     market_prices: pd.DataFrame,
     features: pd.DataFrame,
     labels: pd.DataFrame,
+    xgboost_study: dict,
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
 ) -> dg.Output[pd.DataFrame]:
@@ -80,7 +80,7 @@ def backtest(
         start = time.perf_counter()
         if not 0 < config.quantile <= 0.5:
             raise ValueError(f"quantile must be in (0, 0.5], got {config.quantile}")
-        scores, windows = strategy_scores(config, market_prices, features, labels, settings, context.log.info)
+        scores, windows = strategy_scores(config, market_prices, features, labels, xgboost_study["params"], settings, context.log.info)
         oos_dates = scores["xgboost"].dropna().index.get_level_values("date").unique()
         if len(oos_dates) == 0:
             raise ValueError(

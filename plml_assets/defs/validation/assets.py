@@ -10,11 +10,11 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.selection.assets import selector_for
-from plml_assets.defs.shared import TRAINING_RETRY, XGBoostConfig, fail_fast_on_bad_input, split_for, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, training_window
 from plml_assets.lib.metrics import summarize_folds
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
-from plml_assets.lib.training import cross_validate, fold_assignments, folds_from_assignments
+from plml_assets.lib.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 SCHEMES = ("walk_forward", "kfold")
@@ -55,19 +55,16 @@ def cv_splits(
     )
 
 
-class CVResultsConfig(XGBoostConfig):
-    gap_bound: float = Field(default=0.10, description="flag overfitting when train rank IC exceeds validation rank IC by more than this")
-
-
 @dg.asset(
     group_name="validation",
     kinds={"xgboost"},
     retry_policy=TRAINING_RETRY,
-    description="XGBoost metrics per fold and aggregate for each CV scheme, with an overfitting flag; feature selection is re-run inside every fold on its training rows.",
+    description="The features every CV fold selects on its own fitting rows (selection re-run inside each fold), "
+    "computed once and shared by every family's study and CV results, so no CV score is flattered by features "
+    "chosen on its test dates.",
 )
-def xgboost_cv_results(
+def cv_fold_features(
     context: dg.AssetExecutionContext,
-    config: CVResultsConfig,
     features: pd.DataFrame,
     labels: pd.DataFrame,
     cv_splits: pd.DataFrame,
@@ -84,52 +81,114 @@ def xgboost_cv_results(
                 f"{split.describe()['train_start']}..{split.describe()['train_end']}: re-materialize cv_splits"
             )
         select = selector_for(X, y, selection, settings)
-        params = config.params(settings)
-        if not 0 <= config.gap_bound <= 2:
-            raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
-        frames = []
+        dates = X.index.get_level_values("date").to_numpy()
+        parts = []
         for scheme in SCHEMES:
-            folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
-            context.log.info(f"{scheme}: {len(folds)} folds on {len(X):,} rows x {X.shape[1]} features")
-            per_fold, _ = cross_validate(
-                params, X, y, folds, settings.horizon, config.gap_bound, select=select, log=context.log.info
-            )
-            per_fold.insert(0, "scheme", scheme)
-            frames.append(per_fold)
-        results = pd.concat(frames, ignore_index=True)
-        results["params"] = json.dumps(params, sort_keys=True)
-        chosen = pd.Series([f for fs in results["features"] for f in fs.split(",") if f]).value_counts()
-        stability = (chosen / len(results)).rename("share_of_folds").to_frame()
-        metadata: dict[str, object] = {}
-        for scheme, block in results.groupby("scheme"):
-            agg = summarize_folds(block[[f"valid_{m}" for m in METRICS] + ["rank_ic_gap"]].to_dict("records"))
-            for m in METRICS:
-                metadata[f"{scheme}_{m}"] = float(agg[f"valid_{m}_mean"])
-            metadata[f"{scheme}_rank_ic_std"] = float(agg["valid_rank_ic_std"])
-            metadata[f"{scheme}_rank_ic_gap"] = float(agg["rank_ic_gap_mean"])
-            metadata[f"{scheme}_overfit_folds"] = int(block["overfit_flag"].sum())
-        overfit = bool(results["overfit_flag"].any())
-        if overfit:
-            context.log.warning(
-                f"overfitting flag: {int(results['overfit_flag'].sum())} fold(s) with train-validation rank IC gap > {config.gap_bound}"
-            )
-        metadata.update(
-            {
-                "overfit_flag": overfit,
-                "gap_bound": config.gap_bound,
-                "per_fold": dg.MetadataValue.md(
-                    results[["scheme", "fold", "test_start", "test_end", "valid_ic", "valid_rank_ic", "valid_rmse",
-                             "valid_directional_accuracy", "train_rank_ic", "rank_ic_gap", "best_iteration"]]
-                    .round(4).to_markdown(index=False)
-                ),
-                "fold_plot": dg.MetadataValue.md(markdown_image(fold_metrics_plot(results), "rank IC per fold")),
-                "feature_stability": dg.MetadataValue.md(stability.head(40).round(2).to_markdown()),
-                "features_per_fold": float(results["n_features"].mean()),
-                "seconds": round(time.perf_counter() - start, 1),
-                "params": dg.MetadataValue.json(params),
-            }
+            for k, (train_idx, _) in enumerate(folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme]), start=1):
+                try:
+                    fit_mask, _ = early_stopping_split(dates[train_idx], settings.horizon)
+                except ValueError as exc:
+                    raise ValueError(f"{scheme} fold {k}: {exc}; use fewer folds or more history") from exc
+                chosen = select(train_idx[fit_mask])
+                parts.append(pd.DataFrame({"scheme": scheme, "fold": k, "feature": chosen, "rank": np.arange(1, len(chosen) + 1)}))
+                context.log.info(f"cv_fold_features: {scheme} fold {k}: {len(chosen)} features on {int(fit_mask.sum()):,} fitting rows")
+        table = pd.concat(parts, ignore_index=True)
+    n_folds = table.groupby(["scheme", "fold"]).ngroups
+    stability = (table["feature"].value_counts() / n_folds).rename("share_of_folds").to_frame()
+    return dg.Output(
+        table,
+        metadata={
+            "folds": n_folds,
+            "features_per_fold": float(table.groupby(["scheme", "fold"]).size().mean()),
+            "feature_stability": dg.MetadataValue.md(stability.head(40).round(2).to_markdown()),
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+    )
+
+
+class CVResultsConfig(dg.Config):
+    gap_bound: float = Field(default=0.10, description="flag overfitting when train rank IC exceeds validation rank IC by more than this")
+
+
+def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{family}_cv_results",
+        group_name="validation",
+        kinds={family if family in ("xgboost", "lightgbm") else "pytorch"},
+        retry_policy=TRAINING_RETRY,
+        ins={"study": dg.AssetIn(f"{family}_study")},
+        description=f"{family} with the parameters of {family}_study: metrics per fold and aggregate for each CV scheme, "
+        "with an overfitting flag; each fold uses the features it selected on its own training rows. The walk-forward "
+        "numbers are optimistic when the study searched on those folds; the holdout is the honest number.",
+    )
+    def _cv_results(
+        context: dg.AssetExecutionContext,
+        config: CVResultsConfig,
+        features: pd.DataFrame,
+        labels: pd.DataFrame,
+        cv_splits: pd.DataFrame,
+        cv_fold_features: pd.DataFrame,
+        study: dict,
+        settings: ExperimentSettings,
+    ) -> dg.Output[pd.DataFrame]:
+        with fail_fast_on_bad_input():
+            start = time.perf_counter()
+            if not 0 <= config.gap_bound <= 2:
+                raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
+            X, y, _ = training_window(features, labels, settings)
+            params = study["params"]
+            frames = []
+            for scheme in SCHEMES:
+                folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
+                context.log.info(f"{family} {scheme}: {len(folds)} folds on {len(X):,} rows")
+                per_fold, _ = cross_validate(
+                    params, X, y, folds, settings.horizon, config.gap_bound, log=context.log.info,
+                    family=family, fold_columns=fold_columns(cv_fold_features, scheme),
+                )
+                per_fold.insert(0, "scheme", scheme)
+                frames.append(per_fold)
+            results = pd.concat(frames, ignore_index=True)
+            results.insert(0, "family", family)
+            results["params"] = json.dumps(params, sort_keys=True)
+        return dg.Output(results, metadata=cv_results_metadata(context, results, config.gap_bound, params, start))
+
+    return _cv_results
+
+
+def cv_results_metadata(context, results: pd.DataFrame, gap_bound: float, params: dict, start: float) -> dict[str, object]:
+    metadata: dict[str, object] = {}
+    for scheme, block in results.groupby("scheme"):
+        agg = summarize_folds(block[[f"valid_{m}" for m in METRICS] + ["rank_ic_gap"]].to_dict("records"))
+        for m in METRICS:
+            metadata[f"{scheme}_{m}"] = float(agg[f"valid_{m}_mean"])
+        metadata[f"{scheme}_rank_ic_std"] = float(agg["valid_rank_ic_std"])
+        metadata[f"{scheme}_rank_ic_gap"] = float(agg["rank_ic_gap_mean"])
+        metadata[f"{scheme}_overfit_folds"] = int(block["overfit_flag"].sum())
+    overfit = bool(results["overfit_flag"].any())
+    if overfit:
+        context.log.warning(
+            f"overfitting flag: {int(results['overfit_flag'].sum())} fold(s) with train-validation rank IC gap > {gap_bound}"
         )
-        return dg.Output(results, metadata=metadata)
+    metadata.update(
+        {
+            "overfit_flag": overfit,
+            "gap_bound": gap_bound,
+            "per_fold": dg.MetadataValue.md(
+                results[["scheme", "fold", "test_start", "test_end", "valid_ic", "valid_rank_ic", "valid_rmse",
+                         "valid_directional_accuracy", "train_rank_ic", "rank_ic_gap", "best_iteration", "fit_seconds"]]
+                .round(4).to_markdown(index=False)
+            ),
+            "fold_plot": dg.MetadataValue.md(markdown_image(fold_metrics_plot(results), "rank IC per fold")),
+            "features_per_fold": float(results["n_features"].mean()),
+            "fit_seconds_total": float(results["fit_seconds"].sum()),
+            "seconds": round(time.perf_counter() - start, 1),
+            "params": dg.MetadataValue.json(params),
+        }
+    )
+    return metadata
+
+
+CV_RESULTS = [build_cv_results_asset(family) for family in FAMILIES]
 
 
 def cv_summary(results: pd.DataFrame, scheme: str = "walk_forward") -> dict[str, float]:
@@ -139,7 +198,7 @@ def cv_summary(results: pd.DataFrame, scheme: str = "walk_forward") -> dict[str,
     return out
 
 
-class CPCVConfig(XGBoostConfig):
+class CPCVConfig(dg.Config):
     n_groups: int = Field(default=6, description="CPCV date groups N (quick profile: 4)")
     n_test_groups: int = Field(default=2, description="test groups k per split: C(N, k) splits, C(N-1, k-1) backtest paths")
     cost_bps: float = Field(default=5.0, description="transaction cost per side of the path portfolios")
@@ -150,7 +209,7 @@ class CPCVConfig(XGBoostConfig):
     group_name="validation",
     kinds={"xgboost"},
     retry_policy=TRAINING_RETRY,
-    description="Combinatorial Purged CV on the training window: every split refits (with its own feature selection), "
+    description="Combinatorial Purged CV on the training window with the parameters of xgboost_study: every split refits (with its own feature selection), "
     "the out-of-sample predictions recombine into backtest paths, each traded long-short net of costs.",
 )
 def cpcv_paths(
@@ -159,6 +218,7 @@ def cpcv_paths(
     market_prices: pd.DataFrame,
     features: pd.DataFrame,
     labels: pd.DataFrame,
+    xgboost_study: dict,
     settings: ExperimentSettings,
     selection: SelectionSettings,
 ) -> dg.Output[pd.DataFrame]:
@@ -177,7 +237,7 @@ def cpcv_paths(
         folds = list(splitter.split(X, y, groups=dates))
         predictions: list[pd.Series] = []
         per_split, _ = cross_validate(
-            config.params(settings), X, y, folds, settings.horizon, gap_bound=2.0,
+            xgboost_study["params"], X, y, folds, settings.horizon, gap_bound=2.0,
             select=selector_for(X, y, selection, settings), log=context.log.info, fold_predictions=predictions,
         )
         table, stats = bt.cpcv_path_backtests(

@@ -1,0 +1,254 @@
+"""Optuna studies: one per model family, over the purged CV folds, stored in the Optuna RDB."""
+
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, training_window
+from plml_assets.lib import tuning
+from plml_assets.lib.models.registry import resolve_params
+from plml_assets.lib.plots import markdown_image
+from plml_assets.lib.training import folds_from_assignments
+from plml_assets.resources.mlflow_registry import MlflowRegistry
+from plml_assets.resources.optuna_storage import OptunaStorage
+from plml_assets.resources.settings import ExperimentSettings
+
+#: Trials per study (COMPLETE + PRUNED) by profile, and a wall-clock cap per materialization that
+#: normally never binds (the trial budget keeps results reproducible; the cap bounds a slow machine).
+#: Measured on the embedded panel, one 2-core machine: a boosting trial over 5 walk-forward folds
+#: costs ~5 s, a sequence-net trial ~20 s.
+DEFAULT_BUDGETS = {
+    "full": {"xgboost": (16, 240.0), "lightgbm": (16, 240.0), "lstm": (5, 300.0), "gru": (5, 300.0)},
+    "quick": {"xgboost": (6, 90.0), "lightgbm": (6, 90.0), "lstm": (2, 120.0), "gru": (2, 120.0)},
+}
+
+
+class StudyConfig(dg.Config):
+    n_trials: int | None = Field(
+        default=None, description="trials the study holds when done (COMPLETE + PRUNED), counted across resumes "
+        "and workers; None: the family's default for the profile (0: no search, the defaults are used)"
+    )
+    timeout_s: float | None = Field(default=None, description="wall-clock cap of this materialization in seconds; None: the family's default")
+    sampler: str = Field(default="tpe", description="'tpe' (Bayesian, constant liar for parallel workers) or 'random'")
+    pruner: str = Field(default="median", description="'median', 'hyperband' (resource: folds) or 'none'")
+    metric: str = Field(default="rank_ic", description="per-fold validation metric averaged by the objective: 'rank_ic' or 'ic'")
+    objectives: list[str] = Field(
+        default=["rank_ic"], description="['rank_ic'] (single objective), or multi-objective ['rank_ic', 'gap'] / "
+        "['rank_ic', 'turnover']: the Pareto front is reported and PickRule chooses the trial"
+    )
+    pick_bound: float = Field(default=0.1, description="multi-objective: highest metric among Pareto trials with gap/turnover <= this")
+    scheme: str = Field(default="walk_forward", description="CV scheme of cv_splits the objective runs on: 'walk_forward' or 'kfold'")
+    search_space: str = Field(default="", description="JSON search space replacing the family's default, e.g. "
+                              '{"max_depth": {"type": "int", "low": 2, "high": 6}}')
+    fixed_params: str = Field(default="", description="JSON hyper-parameters fixed during the search and in the final model")
+    study_name: str = Field(default="", description="Optuna study name; default: derived from the family, data, folds and "
+                            "search setup, so a re-run resumes the same study and new data starts a new one")
+    worker: int = Field(default=0, description="index of this worker when several processes share the study (distinct seeds)")
+
+
+def _digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (pd.DataFrame, pd.Series)):
+            h.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
+            if isinstance(part, pd.DataFrame):
+                h.update(",".join(map(str, part.columns)).encode())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fixed: dict, settings: ExperimentSettings):
+    if config.scheme not in ("walk_forward", "kfold"):
+        raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
+    return tuning.cv_objective(
+        tuning.family_fit_predict(family, settings.horizon, **fixed), X, y, folds, settings.horizon,
+        metric=config.metric, objectives=config.objectives, fold_columns=columns,
+    )
+
+
+def _log_study_run(
+    mlflow_registry: MlflowRegistry, context: dg.AssetExecutionContext, family: str, result: tuning.StudyResult,
+    frame: pd.DataFrame, plots: dict[str, bytes], summary: dict, space: tuning.SearchSpace,
+) -> str:
+    """One MLflow run per study materialization: the trial table, plots and chosen parameters
+    (not a nested run per trial: the trials live in the Optuna storage; see lib/tuning)."""
+    with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
+        with mlflow.start_run(
+            experiment_id=mlflow_registry.experiment_id(), run_name=f"{family}-study-{context.run.run_id[:8]}",
+            tags={"plml.kind": "study", "plml.family": family, "plml.study_name": summary["study_name"],
+                  "dagster.run_id": context.run.run_id, "dagster.asset": f"{family}_study"},
+        ) as run:
+            mlflow.log_params({f"best.{k}": v for k, v in summary["tuned_params"].items()}
+                              | {"n_trials_budget": summary["n_trials"], "sampler": summary["sampler"],
+                                 "pruner": summary["pruner"], "objectives": ",".join(summary["objectives"])})
+            mlflow.log_metrics({k: float(v) for k, v in summary["best_values"].items()}
+                               | {f"trials_{k.lower()}": float(v) for k, v in summary["counts"].items()})
+            mlflow.log_text(frame.to_csv(index=False), "trials.csv")
+            mlflow.log_dict(space.to_dict(), "search_space.json")
+            mlflow.log_dict(summary, "study.json")
+            for name, png in plots.items():
+                (Path(tmp) / f"{name}.png").write_bytes(png)
+                mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
+            return run.info.run_id
+
+
+def build_study_asset(family: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{family}_study",
+        group_name="tuning",
+        kinds={"optuna", family if family in ("xgboost", "lightgbm") else "pytorch"},
+        retry_policy=TRAINING_RETRY,
+        description=f"Optuna search over the {family} hyper-parameters: mean validation rank IC over the purged CV "
+        "folds of cv_splits (each fold on the features it selected on its own training rows), pruned fold by "
+        "fold, resumable from the Optuna storage. Outputs the parameters every later {family} asset uses.",
+    )
+    def _study(
+        context: dg.AssetExecutionContext,
+        config: StudyConfig,
+        features: pd.DataFrame,
+        labels: pd.DataFrame,
+        cv_splits: pd.DataFrame,
+        cv_fold_features: pd.DataFrame,
+        settings: ExperimentSettings,
+        optuna_storage: OptunaStorage,
+        mlflow_registry: MlflowRegistry,
+    ) -> dg.Output[dict]:
+        with fail_fast_on_bad_input():
+            start = time.perf_counter()
+            default_trials, default_timeout = DEFAULT_BUDGETS[settings.profile][family]
+            n_trials = default_trials if config.n_trials is None else config.n_trials
+            timeout = default_timeout if config.timeout_s is None else config.timeout_s
+            if n_trials < 0 or (timeout is not None and timeout <= 0):
+                raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
+            fixed = json_object(config.fixed_params, "fixed_params")
+            space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
+                     if config.search_space.strip() else tuning.DEFAULT_SPACES[family])
+            clash = sorted(set(fixed) & set(space.names))
+            if clash:
+                raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")
+            base = resolve_params(family, overrides=fixed, quick=settings.quick, seed=settings.seed)
+            fixed_during_search = {k: v for k, v in base.items() if k not in space.names}
+            X, y, _ = training_window(features, labels, settings)
+            assignments = cv_splits[cv_splits["scheme"] == config.scheme]
+            folds = folds_from_assignments(X, assignments)
+            columns = fold_columns(cv_fold_features, config.scheme)
+            objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
+            name = config.study_name or (
+                f"{mlflow_registry.model_name}-{family}-"
+                + _digest(y, X.index.to_frame(index=False).tail(1), assignments, cv_fold_features, space.to_dict(),
+                          fixed_during_search, config.objectives, config.metric, settings.horizon)
+            )
+            defaults = {k: v for k, v in base.items() if k in space.names}
+            try:
+                space.check_params(defaults)
+                enqueue = [defaults] if len(defaults) == len(space) else []
+            except ValueError as exc:
+                context.log.warning(f"{family}_study: the default configuration is outside the search space ({exc}); not enqueued")
+                enqueue = []
+            context.log.info(
+                f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(folds)} {config.scheme} folds on "
+                f"{len(X):,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {config.objectives}, "
+                f"storage {optuna_storage.display_url()}"
+            )
+            rule = tuning.PickRule(bound=config.pick_bound) if len(config.objectives) > 1 else None
+            result = tuning.run_study(
+                objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
+                sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
+                seed=settings.seed, worker=config.worker, enqueue=enqueue, pick_rule=rule, log=context.log.info,
+            )
+        study = result.study
+        tuned = result.best_params if result.best is not None else {}
+        params = resolve_params(family, tuned=tuned, overrides=fixed, quick=settings.quick, seed=settings.seed)
+        frame = tuning.trials_frame(study, rule)
+        names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+        best_values = dict(zip(names, result.best.values)) if result.best is not None else {}
+        counts = {state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL")} if len(frame) else {}
+        plots: dict[str, bytes] = {}
+        if result.best is not None:
+            plots["optimization_history"] = tuning.plot_optimization_history(study)
+            importances = tuning.param_importances(study, seed=settings.seed)
+            if len(importances):
+                plots["param_importances"] = tuning.plot_param_importances(importances)
+            if len(study.directions) > 1:
+                plots["pareto_front"] = tuning.plot_pareto_front(study, rule)
+        else:
+            importances = pd.Series(dtype=float)
+            context.log.warning(f"{family}_study: no trial completed; the {family} defaults are used")
+        summary = {
+            "family": family,
+            "study_name": name,
+            "storage": optuna_storage.display_url(),
+            "n_trials": n_trials,
+            "counts": counts,
+            "sampler": config.sampler,
+            "pruner": config.pruner,
+            "objectives": list(config.objectives),
+            "metric": config.metric,
+            "scheme": config.scheme,
+            "pick_rule": rule.describe() if rule else f"highest mean validation {config.metric}",
+            "best_trial": result.best.number if result.best is not None else None,
+            "best_values": best_values,
+            "tuned_params": tuned,
+            "default_value": _default_value(frame, defaults, names[0]),
+            "params": params,
+            "search_space": space.to_dict(),
+            "ran_this_time": result.ran,
+        }
+        mlflow_run_id = _log_study_run(mlflow_registry, context, family, result, frame, plots, summary, space)
+        summary["mlflow_run_id"] = mlflow_run_id
+        summary["seconds"] = round(time.perf_counter() - start, 1)
+        shown = [c for c in frame.columns if c in ("number", "state", "last_step", "duration_s", "picked", *names)
+                 or c.startswith("param_")]
+        metadata = {
+            "study_name": name,
+            "best_trial": summary["best_trial"] if summary["best_trial"] is not None else -1,
+            **{f"best_{k}": float(v) for k, v in best_values.items()},
+            "default_config_value": summary["default_value"] if summary["default_value"] is not None else float("nan"),
+            "trials_complete": counts.get("COMPLETE", 0),
+            "trials_pruned": counts.get("PRUNED", 0),
+            "trials_failed": counts.get("FAIL", 0),
+            "trials_run_now": int(sum(result.ran.values())),
+            "pruned_share": counts.get("PRUNED", 0) / max(len(frame), 1),
+            "best_params": dg.MetadataValue.json(tuned),
+            "params_used": dg.MetadataValue.json(params),
+            "pick_rule": summary["pick_rule"],
+            "trials": dg.MetadataValue.md(frame[shown].round(4).head(60).to_markdown(index=False) if len(frame) else "no trials"),
+            "param_importances": dg.MetadataValue.json({k: round(float(v), 4) for k, v in importances.items()}),
+            "storage": summary["storage"],
+            "mlflow_run_id": mlflow_run_id,
+            "seconds": summary["seconds"],
+        }
+        for plot_name, png in plots.items():
+            metadata[plot_name] = dg.MetadataValue.md(markdown_image(png, plot_name.replace("_", " ")))
+        return dg.Output(summary, metadata=metadata)
+
+    return _study
+
+
+def _default_value(frame: pd.DataFrame, defaults: dict, objective: str) -> float | None:
+    """The objective of the enqueued default configuration, to show what the search bought."""
+    if frame.empty or not defaults:
+        return None
+    mask = np.ones(len(frame), dtype=bool)
+    for key, value in defaults.items():
+        column = f"param_{key}"
+        if column not in frame:
+            return None
+        mask &= frame[column].astype(object).eq(value).to_numpy()
+    rows = frame[mask & (frame["state"] == "COMPLETE").to_numpy()]
+    column = objective if objective in rows else "value"
+    if rows.empty or column not in rows:
+        return None
+    return float(rows[column].iloc[0])
+
+
+STUDIES = [build_study_asset(family) for family in FAMILIES]
