@@ -123,6 +123,17 @@ def early_stopping_split(dates: np.ndarray, horizon: int, fraction: float = 0.15
     return dates < fit_end, dates >= stop_start
 
 
+def spread_dates(rows: np.ndarray, dates: np.ndarray, max_dates: int | None) -> np.ndarray:
+    """The rows (positions, sorted) of at most ``max_dates`` of their dates, spread evenly from the
+    first to the last date (whole cross-sections, so per-date metrics stay meaningful)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    unique = np.unique(dates[rows])
+    if max_dates is None or len(unique) <= max_dates:
+        return rows
+    keep = unique[np.unique(np.linspace(0, len(unique) - 1, max_dates).round().astype(int))]
+    return rows[np.isin(dates[rows], keep)]
+
+
 def best_iteration(model: Model) -> int:
     """The boosting round (trees, 0-based) or epoch (nets, 0-based) early stopping kept."""
     if hasattr(model, "best_iteration_"):
@@ -170,8 +181,10 @@ def predict_rows(model: Model, X: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     wanted = dates[rows]
     first = unique[max(int(np.searchsorted(unique, wanted.min())) - lookback, 0)]
     span = np.flatnonzero((dates >= first) & (dates <= wanted.max()))
-    preds = np.asarray(model.predict(X.iloc[span]), dtype="float64")
-    return preds[np.searchsorted(span, rows)]
+    positions = np.searchsorted(span, rows)
+    if hasattr(model, "predict_positions"):  # scores only the requested rows; the rest is history
+        return np.asarray(model.predict_positions(X.iloc[span], positions), dtype="float64")
+    return np.asarray(model.predict(X.iloc[span]), dtype="float64")[positions]
 
 
 def cross_validate(
@@ -186,6 +199,7 @@ def cross_validate(
     fold_predictions: list[pd.Series] | None = None,
     family: str = "xgboost",
     fold_columns: Sequence[Sequence[str]] | None = None,
+    train_eval_dates: int | None = 250,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Fit one ``family`` model per fold and evaluate it on the fold's test dates. Returns
     (per-fold metrics, out-of-fold predictions).
@@ -194,7 +208,10 @@ def cross_validate(
     chosen beforehand on them, or ``select`` called with the fitting positions; neither uses every
     column), its target clipping and its early stopping (on the purged tail of its training dates).
     When ``fold_predictions`` is a list, each fold's test predictions are appended to it (CPCV
-    tests each date several times).
+    tests each date several times). The in-sample (train) metrics behind the overfitting gap are
+    measured on at most ``train_eval_dates`` fitting dates spread evenly over the fitting window
+    (None: all), the same for every family: scoring every training row of a sequence net costs more
+    than fitting it.
     """
     if fold_columns is not None and len(fold_columns) != len(folds):
         raise ValueError(f"{len(fold_columns)} fold column lists for {len(folds)} folds")
@@ -220,12 +237,13 @@ def cross_validate(
             columns = select(fit_idx) if select is not None else list(X.columns)
         Xf = X[columns]
         model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon)
-        pred_train = predict_rows(model, Xf, fit_idx)
+        eval_idx = spread_dates(fit_idx, dates, train_eval_dates)
+        pred_train = predict_rows(model, Xf, eval_idx)
         pred_test = predict_rows(model, Xf, test_idx)
         oof.iloc[test_idx] = pred_test
         if fold_predictions is not None:
             fold_predictions.append(pd.Series(pred_test, index=X.index[test_idx], name=f"fold_{k}"))
-        train_m = evaluate_predictions(y_values[fit_idx], pred_train, dates[fit_idx])
+        train_m = evaluate_predictions(y_values[eval_idx], pred_train, dates[eval_idx])
         test_m = evaluate_predictions(y_values[test_idx], pred_test, dates[test_idx])
         gap = overfitting_gap(train_m, test_m, metric="rank_ic", bound=gap_bound)
         row = {

@@ -69,7 +69,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from plml_assets.lib.metrics import evaluate_predictions
 from plml_assets.lib.models.registry import model_class
-from plml_assets.lib.training import fit_model
+from plml_assets.lib.training import fit_model, predict_rows, spread_dates
 
 __all__ = [
     "DEFAULT_SPACES",
@@ -79,6 +79,7 @@ __all__ = [
     "SearchSpace",
     "StudyResult",
     "cv_objective",
+    "FamilyFitPredict",
     "family_fit_predict",
     "make_storage",
     "open_study",
@@ -335,20 +336,33 @@ DEFAULT_SPACES["gru"] = SearchSpace(list(DEFAULT_SPACES["lstm"].params))
 # ---------------------------------------------------------------------------------------------
 
 
-def family_fit_predict(family: str, horizon: int, **fixed: Any) -> FitPredict:
+class FamilyFitPredict:
     """``fit_predict`` for :func:`cv_objective` with any family of ``lib.models`` (``"xgboost"``,
     ``"lightgbm"``, ``"lstm"``, ``"gru"``), fitted by ``training.fit_model``, the recipe of the CV
     and the final model: target clipped at quantiles of the fitting rows, early stopping on the
     purged tail of the training dates. ``fixed`` (e.g. ``nthread=1, n_estimators=200``) is merged
-    under every trial's parameters. Sequence models window ``X_eval`` on its own rows, which is
-    why the objective passes each fold's training rows before its test rows by default."""
-    model_class(family)(**fixed)  # an unknown family or a bad fixed value fails now, not in trial 1
+    under every trial's parameters.
 
-    def fit_predict(params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series, X_eval: pd.DataFrame) -> np.ndarray:
-        model, _ = fit_model(family, {**fixed, **params}, X_train, y_train, horizon)
-        return np.asarray(model.predict(X_eval), dtype="float64")
+    Besides the plain ``fit_predict(params, X_train, y_train, X_eval)`` contract it exposes
+    :meth:`fit`, which the objective prefers: it then scores only the rows it needs with
+    ``training.predict_rows`` on the fold's whole frame, so a sequence net's test rows see their
+    feature history and its in-sample rows are not all scored."""
 
-    return fit_predict
+    def __init__(self, family: str, horizon: int, **fixed: Any) -> None:
+        model_class(family)(**fixed)  # an unknown family or a bad fixed value fails now, not in trial 1
+        self.family, self.horizon, self.fixed = family, horizon, fixed
+
+    def fit(self, params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series):
+        model, _ = fit_model(self.family, {**self.fixed, **params}, X_train, y_train, self.horizon)
+        return model
+
+    def __call__(self, params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series, X_eval: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.fit(params, X_train, y_train).predict(X_eval), dtype="float64")
+
+
+def family_fit_predict(family: str, horizon: int, **fixed: Any) -> FamilyFitPredict:
+    """:class:`FamilyFitPredict` for ``family``."""
+    return FamilyFitPredict(family, horizon, **fixed)
 
 
 def xgboost_fit_predict(horizon: int, **fixed: Any) -> FitPredict:
@@ -425,6 +439,7 @@ class CVObjective:
         objectives: Sequence[str] | None = None,
         track_gap: bool = True,
         fold_columns: Sequence[Sequence[str]] | None = None,
+        train_eval_dates: int | None = 250,
     ) -> None:
         if metric not in ("rank_ic", "ic"):
             raise ValueError(f"metric must be 'rank_ic' or 'ic', got {metric!r}")
@@ -452,6 +467,7 @@ class CVObjective:
         else:
             self._fold_X = [X] * len(folds)
         self.fit_predict, self.X, self.y, self.folds, self.horizon = fit_predict, X, y, folds, horizon
+        self.train_eval_dates = train_eval_dates
         self.metric = metric
         self.names = names
         self.directions = tuple(OBJECTIVE_DIRECTIONS[n] for n in names)
@@ -467,22 +483,32 @@ class CVObjective:
         nan_folds = 0
         start = time.perf_counter()
         for k, (train_idx, test_idx) in enumerate(self.folds, start=1):
-            eval_idx = np.union1d(train_idx, test_idx) if self.track_gap else test_idx
             X = self._fold_X[k - 1]
-            preds = np.asarray(
-                self.fit_predict(dict(params), X.iloc[train_idx], self.y.iloc[train_idx], X.iloc[eval_idx]),
-                dtype="float64",
-            ).ravel()
+            if hasattr(self.fit_predict, "fit"):
+                # A model comes back: score only the test rows and a spread of training dates, each
+                # row with its feature history (sequence nets), see FamilyFitPredict.
+                in_sample = spread_dates(train_idx, self.dates, self.train_eval_dates) if self.track_gap else train_idx[:0]
+                eval_idx = np.union1d(in_sample, test_idx)
+                model = self.fit_predict.fit(dict(params), X.iloc[train_idx], self.y.iloc[train_idx])
+                preds = predict_rows(model, X, eval_idx)
+            else:
+                eval_idx = np.union1d(train_idx, test_idx) if self.track_gap else test_idx
+                preds = np.asarray(
+                    self.fit_predict(dict(params), X.iloc[train_idx], self.y.iloc[train_idx], X.iloc[eval_idx]),
+                    dtype="float64",
+                ).ravel()
             if len(preds) != len(eval_idx):
                 raise ValueError(f"fit_predict returned {len(preds)} predictions for {len(eval_idx)} rows")
             in_test = np.isin(eval_idx, test_idx)
+            in_train = ~in_test
             valid = evaluate_predictions(self._y[test_idx], preds[in_test], self.dates[test_idx])[self.metric]
             if math.isnan(valid):  # constant predictions order nothing: no skill, not an error
                 nan_folds += 1
                 valid = 0.0
             valid_scores.append(float(valid))
             if self.track_gap:
-                train = evaluate_predictions(self._y[train_idx], preds[~in_test], self.dates[train_idx])[self.metric]
+                train_rows = eval_idx[in_train]
+                train = evaluate_predictions(self._y[train_rows], preds[in_train], self.dates[train_rows])[self.metric]
                 train_scores.append(0.0 if math.isnan(train) else float(train))
             if "turnover" in self.names:
                 turnover = prediction_turnover(pd.Series(preds[in_test], index=self.X.index[test_idx]))
@@ -524,6 +550,7 @@ def cv_objective(
     objectives: Sequence[str] | None = None,
     track_gap: bool = True,
     fold_columns: Sequence[Sequence[str]] | None = None,
+    train_eval_dates: int | None = 250,
 ) -> CVObjective:
     """The mean validation ``metric`` (per-date rank IC by default) over purged ``folds``.
 
@@ -538,8 +565,10 @@ def cv_objective(
     pruned when the study's pruner says so (never after the last fold: its value is then final). ``objectives=("rank_ic", "gap")`` (gap minimized) or
     ``("rank_ic", "turnover")`` make it multi-objective, never pruned. ``fold_columns[k]`` restricts
     fold ``k`` to the features chosen on its own training rows (e.g. the ``cv_fold_features`` asset).
+    With a :class:`FamilyFitPredict` the in-sample metric is measured on at most ``train_eval_dates``
+    training dates spread over the window, as in ``training.cross_validate``.
     """
-    return CVObjective(fit_predict, X, y, folds, horizon, metric, objectives, track_gap, fold_columns)
+    return CVObjective(fit_predict, X, y, folds, horizon, metric, objectives, track_gap, fold_columns, train_eval_dates)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -379,6 +379,11 @@ class SequenceModel(Model):
             first = torch.from_numpy(starts).to(device)
             steps = torch.arange(self.window, device=device)
             labels = torch.from_numpy(np.nan_to_num(target).astype(np.float32)).to(device)
+            if self.epoch_samples is not None and len(valid_rows) > self.epoch_samples:
+                # The early-stopping loss on a fixed seeded subset: the same rows every epoch, at
+                # the cost of an epoch's training sample rather than of the whole slice.
+                pick = np.random.default_rng(self.seed).choice(len(valid_rows), self.epoch_samples, replace=False)
+                valid_rows = np.sort(valid_rows[pick])
             fit_rows = torch.from_numpy(train_rows).to(device)
             stop_rows = torch.from_numpy(valid_rows).to(device)
 
@@ -439,6 +444,11 @@ class SequenceModel(Model):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """One score per row of ``X``, each from the window of its symbol's rows in ``X`` ending at it."""
+        return self.predict_positions(X, None)
+
+    def predict_positions(self, X: pd.DataFrame, positions: np.ndarray | None) -> np.ndarray:
+        """Scores of the rows at ``positions`` of ``X`` only (all rows when None), each windowed over
+        ``X``: the other rows serve as history and cost nothing to score."""
         self._check_fitted()
         _check_panel_index(X, "X")
         X = X.set_axis([str(c) for c in X.columns], axis=1)
@@ -450,10 +460,14 @@ class SequenceModel(Model):
         layout = torch.from_numpy(windows.padded).to(device)
         first = torch.from_numpy(windows.starts).to(device)
         steps = torch.arange(self.window, device=device)
+        wanted = (torch.arange(len(windows)) if positions is None
+                  else torch.from_numpy(np.asarray(positions, dtype=np.int64))).to(device)
+        if len(wanted) == 0:
+            return np.empty(0, dtype=np.float64)
         self.network_.eval()
         out = []
         with torch.no_grad(), _threads(self.num_threads):
-            for rows in torch.split(torch.arange(len(windows), device=device), PREDICT_BATCH_ROWS):
+            for rows in torch.split(wanted, PREDICT_BATCH_ROWS):
                 out.append(self.network_(layout[first[rows].unsqueeze(1) + steps]).cpu().numpy())
         return np.concatenate(out).astype(np.float64) * self.target_std_ + self.target_mean_
 
