@@ -16,9 +16,17 @@ from plml_assets_tests.conftest import SLICE_SYMBOLS, slice_resources
 pytestmark = pytest.mark.slow
 
 
-def _materialize(resources, instance, run_config=None):
+FAMILIES = ("xgboost", "lightgbm", "lstm", "gru")
+ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
+# The XGBoost family feeds the registry; the other families only model_comparison. Tests about the
+# registry re-run this part alone (the whole graph runs once, in first_run).
+XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_")) and k != "model_comparison"]
+
+
+def _materialize(resources, instance, run_config=None, selection=None):
     return dg.materialize(
-        [*ASSETS, *CHECKS], resources=resources, instance=instance, raise_on_error=False, run_config=run_config
+        [*ASSETS, *CHECKS], resources=resources, instance=instance, raise_on_error=False, run_config=run_config,
+        selection=selection,
     )
 
 
@@ -37,8 +45,40 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     resources, result = first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert {"market_prices", "labels", "features", "feature_selection", "cv_splits", "xgboost_cv_results",
-            "xgboost_model", "registered_model", "backtest", "cpcv_paths", "validation_report"} <= materialized
+    assert {"market_prices", "labels", "features", "feature_selection", "cv_splits", "cv_fold_features",
+            "registered_model", "backtest", "cpcv_paths", "validation_report", "model_comparison"} <= materialized
+    for family in FAMILIES:  # one lineage shape per family
+        assert {f"{family}_study", f"{family}_cv_results", f"{family}_model"} <= materialized
+
+    # Studies: the trial budget was spent, the parameters every later asset uses come from the study,
+    # and one MLflow run holds the trial table and plots.
+    for family in FAMILIES:
+        study = json.loads((plml_home / "assets" / f"{family}_study.json").read_text())
+        expected = 6 if family in ("xgboost", "lightgbm") else 2  # quick-profile budgets
+        assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == expected
+        assert set(study["tuned_params"]) <= set(study["params"]) and study["best_trial"] is not None
+        for key, value in study["tuned_params"].items():
+            assert study["params"][key] == value
+        run = registry.client().get_run(study["mlflow_run_id"])
+        assert run.data.tags["plml.kind"] == "study" and run.data.tags["plml.family"] == family
+        trials = pd.read_csv(registry.client().download_artifacts(study["mlflow_run_id"], "trials.csv"))
+        assert len(trials[trials["state"].isin(["COMPLETE", "PRUNED"])]) == expected
+        cv_family = pd.read_parquet(plml_home / "assets" / f"{family}_cv_results.parquet")
+        assert json.loads(cv_family["params"].iloc[0]) == json.loads(json.dumps(study["params"]))
+        model_family = json.loads((plml_home / "assets" / f"{family}_model.json").read_text())
+        assert model_family["family"] == family and model_family["tags"]["plml.cv_params_match"] == "true"
+        assert model_family["model_bytes"] > 0
+
+    # Every family on the same folds and holdout, side by side.
+    comparison = pd.read_parquet(plml_home / "assets" / "model_comparison.parquet")
+    assert sorted(comparison["family"]) == sorted(FAMILIES)
+    for col in ("walk_forward_rank_ic_mean", "walk_forward_rank_ic_std", "kfold_rank_ic_mean", "holdout_rank_ic",
+                "fit_seconds", "model_kib", "study_trials"):
+        assert comparison[col].notna().all(), col
+    xgb_row = comparison.set_index("family").loc["xgboost"]
+    xgb_cv = pd.read_parquet(plml_home / "assets" / "xgboost_cv_results.parquet")
+    assert xgb_row["walk_forward_rank_ic_mean"] == pytest.approx(
+        xgb_cv.loc[xgb_cv["scheme"] == "walk_forward", "valid_rank_ic"].mean())
 
     # Every blocking data check ran and passed on the real slice.
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -100,8 +140,11 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     if registry.alias_version("champion") is None:
         registry.promote("1", reason="test setup: make v1 the champion")
-    second = _materialize(resources, instance)
+    second = _materialize(resources, instance, selection=XGBOOST_CHAIN)
     gate = _gate(second)
+    # The study resumed from the Optuna storage: its budget was already spent, nothing was re-searched.
+    study = json.loads((plml_home / "assets" / "xgboost_study.json").read_text())
+    assert study["ran_this_time"] == {} and study["best_trial"] is not None
     # Seeded end to end: the same data and config give the same model, so the margin is exactly zero.
     assert "champion v1" in gate.description and "margin +0.0000" in gate.description
     assert not gate.passed
@@ -145,7 +188,7 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
     oracle_version = _register_reversed_oracle(registry, prices)
     # This test is about the comparison with the champion: let a 'fail' validation verdict through.
     lenient = {"ops": {"registered_model_promotion_gate": {"config": {"block_on_validation_fail": False}}}}
-    result = _materialize(resources, instance, run_config=lenient)
+    result = _materialize(resources, instance, run_config=lenient, selection=XGBOOST_CHAIN)
     gate = _gate(result)
     assert gate.passed, gate.description
     assert f"champion v{oracle_version}" in gate.description
@@ -168,12 +211,12 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
 
 def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instance):
     resources = slice_resources(plml_home)
-    bad = {"ops": {"xgboost_cv_results": {"config": {"learning_rate": 5.0}}}}
-    result = _materialize(resources, instance, run_config=bad)
+    bad = {"ops": {"xgboost_study": {"config": {"fixed_params": '{"n_estimators": -3}'}}}}
+    result = _materialize(resources, instance, run_config=bad, selection=XGBOOST_CHAIN)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert failure.step_key == "xgboost_cv_results"  # the first asset that reads the XGBoost config
-    assert "learning_rate=5.0" in str(failure.event_specific_data.error)
+    assert failure.step_key == "xgboost_study"  # the asset that reads the XGBoost hyper-parameters
+    assert "n_estimators=-3" in str(failure.event_specific_data.error)
     # Bad input is not transient: no retry was spent on it.
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert MlflowRegistry(tracking_uri=f"sqlite:///{plml_home / 'mlflow.db'}", model_name="plml_test_model").versions() == []
@@ -186,7 +229,7 @@ def test_bad_prices_stop_the_whole_graph_before_anything_is_registered(plml_home
     path = tmp_path / "bad.parquet"
     panel.to_parquet(path)
     resources = slice_resources(plml_home, source=str(path))
-    result = _materialize(resources, instance)
+    result = _materialize(resources, instance, selection=XGBOOST_CHAIN)
     assert not result.success
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     assert [e.check_name for e in failed] == ["prices_prices"]

@@ -117,11 +117,12 @@ def test_champion_scores_raw_prices_in_a_fresh_process(readme_run, tmp_path):
     latest = feats.xs(dates[-1], level="date")[model_out["features"]]
     registry = _registry(home)
     from plml_assets.lib.models.xgboost_model import XGBoostModel
+    from plml_assets.lib.serving import MODEL_ARTIFACT
     import mlflow
 
     with registry.tracking():
         local = mlflow.artifacts.download_artifacts("models:/plml_model@champion", dst_path=str(tmp_path / "m"))
-    booster = XGBoostModel.load(Path(local) / "artifacts" / "xgboost_model")
+    booster = XGBoostModel.load(Path(local) / "artifacts" / MODEL_ARTIFACT)
     expected = pd.Series(booster.predict(latest), index=latest.index)
     got = rows.set_index("symbol")["score"].reindex(expected.index)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4, atol=1e-6)
@@ -188,8 +189,13 @@ def test_doctor_with_optuna_on_real_postgresql(tmp_path):
     assert report["optuna"] == {"ok": True, "url": url, "detail": "reachable and writable"}
 
 
-def test_killed_materialize_run_can_be_rerun(tmp_path):
-    """Kill `dagster asset materialize` mid-CV (SIGKILL to its process group), then run it again."""
+def test_killed_materialize_run_resumes_its_study_and_completes(tmp_path):
+    """Kill `dagster asset materialize` in the middle of the XGBoost study (SIGKILL to its process
+    group), run it again: the study resumes from the Optuna storage without losing or repeating
+    finished trials, and the rest of the graph completes."""
+    import optuna
+    from optuna.trial import TrialState
+
     panel = load_embedded()
     sub = panel[panel.index.get_level_values("symbol").isin(SLICE_SYMBOLS)]
     dates = sub.index.get_level_values("date")
@@ -199,15 +205,16 @@ def test_killed_materialize_run_can_be_rerun(tmp_path):
     home = tmp_path / "plml"
     env = _env(home, PLML_PRICES=str(csv), PLML_PROFILE="quick", PLML_HOLDOUT_DAYS="120", DAGSTER_HOME=str(tmp_path / "dh"))
     (tmp_path / "dh").mkdir()
-    cmd = [str(BIN / "dagster"), "asset", "materialize", "--select", "*", "-m", "plml_assets.definitions"]
+    n_trials = 8
+    cmd = [str(BIN / "dagster"), "asset", "materialize", "--select", "*registered_model", "-m", "plml_assets.definitions",
+           "--config-json", json.dumps({"ops": {"xgboost_study": {"config": {"n_trials": n_trials}}}})]
     victim = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen = []
     deadline = time.time() + 600
     killed = False
     for line in victim.stdout:  # type: ignore[union-attr]
         seen.append(line)
-        if 'Started execution of step "xgboost_cv_results"' in line:
-            time.sleep(1.0)
+        if re.search(r"xgboost_study - trial 2 (COMPLETE|PRUNED)", line):
             os.killpg(victim.pid, signal.SIGKILL)
             killed = True
             break
@@ -215,8 +222,13 @@ def test_killed_materialize_run_can_be_rerun(tmp_path):
             break
     victim.wait(timeout=60)
     assert killed, "".join(seen[-30:])
-    assert not (home / "assets" / "xgboost_model.json").exists()
+    assert not (home / "assets" / "xgboost_study.json").exists()
     assert _registry(home).versions() == []
+    storage = f"sqlite:///{home / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    before = {t.number: t.params for t in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+              if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    assert len(before) >= 3
 
     rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     output = rerun.stdout + rerun.stderr
@@ -227,5 +239,16 @@ def test_killed_materialize_run_can_be_rerun(tmp_path):
     registry = _registry(home)
     assert [v.version for v in registry.versions()] == ["1"]
     assert registry.alias_version("challenger").version == "1"
+    # The study went on from where it was killed: finished trials kept, none repeated, budget exact.
+    assert f"{len(before)} of {n_trials} trials done" in output
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    assert {t.number: t.params for t in finished if t.number in before} == before
+    assert sum(t.state == TrialState.FAIL for t in trials) <= 1  # the trial the kill interrupted, if any
+    keys = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(keys) == len(set(keys))
+    study_out = json.loads((home / "assets" / "xgboost_study.json").read_text())
+    assert study_out["counts"]["COMPLETE"] + study_out["counts"]["PRUNED"] == n_trials
     # No half-written asset files were left behind by the killed run.
     assert not list((home / "assets").glob("**/*.tmp"))

@@ -180,3 +180,36 @@ def test_refuses_an_input_without_a_price_column_used_in_training(fitted, prices
     scorer.model_ = model
     with pytest.raises(ValueError, match=r"trained on price columns \['close', 'volume'\]; the input lacks \['volume'\]"):
         scorer.score(prices)
+
+
+# ---- any family -----------------------------------------------------------------------------
+
+
+def test_a_sequence_net_scores_the_latest_date_with_its_window_of_history(prices, tmp_path):
+    """The GRU reads `window` dates of feature history: scoring only the latest date must give what
+    scoring every date gives on that date, and the artefact round trip (load_context) is the same."""
+    from types import SimpleNamespace
+
+    from plml_assets.lib.models.registry import make_model
+    from plml_assets.lib.serving import MODEL_ARTIFACT
+
+    features, _ = build_features(prices)
+    columns = ["ret_5d", "ret_20d", "vol_20d"]
+    y = excess_returns(forward_returns(prices, HORIZON))
+    known = y.notna().to_numpy()
+    model = make_model("gru", window=8, hidden_size=8, max_epochs=2, seed=1).fit((features.loc[known, columns], y[known]))
+    scorer = PanelScorer(columns, HORIZON, ["close"], family="gru")
+    scorer.model_ = model
+    latest = scorer.score(prices)
+    every = scorer.score(prices, all_dates=True)
+    last_date = prices.index.get_level_values("date").max()
+    expected = every[every["date"] == last_date].reset_index(drop=True)
+    np.testing.assert_allclose(latest["score"].to_numpy(), expected["score"].to_numpy(), rtol=1e-5)
+    assert latest["score"].std() > 0
+
+    model.save(tmp_path / MODEL_ARTIFACT)
+    reloaded = PanelScorer(columns, HORIZON, ["close"], family="gru")
+    reloaded.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(tmp_path / MODEL_ARTIFACT)}))
+    np.testing.assert_allclose(reloaded.score(prices)["score"].to_numpy(), latest["score"].to_numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown model family 'catboost'"):
+        PanelScorer(columns, HORIZON, ["close"], family="catboost")

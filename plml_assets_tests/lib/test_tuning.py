@@ -345,6 +345,7 @@ WORKER = textwrap.dedent(
     from plml_assets.lib.tuning import SearchSpace, cv_objective, run_study, xgboost_fit_predict
 
     url, name, n_trials, worker, pad, sync = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+    grace = int(sys.argv[7]) if len(sys.argv) > 7 else 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = np.random.default_rng(0)
     dates = pd.bdate_range("2015-01-05", periods=300, name="date")
@@ -366,26 +367,32 @@ WORKER = textwrap.dedent(
         while not Path(sync + ".go").exists():
             time.sleep(0.02)
     result = run_study(objective, space, storage_url=url, study_name=name, sampler="tpe", pruner="median", n_trials=n_trials,
-                       seed=5, worker=worker, heartbeat_interval=1, grace_period=2)
+                       seed=5, worker=worker, heartbeat_interval=1, grace_period=grace)
     print("ran", result.ran)
     """
 )
 
 
-def worker_command(tmp_path: Path, url: str, name: str, n_trials: int, worker: int = 0, pad: float = 0.25, sync: str = "-"):
+def worker_command(tmp_path: Path, url: str, name: str, n_trials: int, worker: int = 0, pad: float = 0.25, sync: str = "-",
+                   grace: int = 2):
     script = tmp_path / "hpo_worker.py"
     if not script.exists():
         script.write_text(WORKER)
-    return [sys.executable, str(script), url, name, str(n_trials), str(worker), str(pad), sync]
+    return [sys.executable, str(script), url, name, str(n_trials), str(worker), str(pad), sync, str(grace)]
 
 
 def worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def test_a_killed_run_resumes_to_exactly_the_budget_and_its_trial_is_marked_failed(tmp_path, sqlite_url):
+@pytest.mark.parametrize("reaper", ["heartbeat", "dead_local_process"])
+def test_a_killed_run_resumes_to_exactly_the_budget_and_its_trial_is_marked_failed(tmp_path, sqlite_url, reaper):
+    """The killed trial is found either by its stale heartbeat (another host's worker) or, on the
+    same host, at once because its process is gone (the grace period is then far away)."""
     n_trials, name = 6, "resume"
-    proc = subprocess.Popen(worker_command(tmp_path, sqlite_url, name, n_trials), env=worker_env(),
+    grace = 2 if reaper == "heartbeat" else 600
+    # pad=0.6 s per fold: a trial is mostly asleep, so the kill lands inside it even on a loaded machine.
+    proc = subprocess.Popen(worker_command(tmp_path, sqlite_url, name, n_trials, pad=0.6, grace=grace), env=worker_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     storage = optuna.storages.RDBStorage(sqlite_url)
     deadline, killed_number = time.monotonic() + 60, None
@@ -410,8 +417,9 @@ def test_a_killed_run_resumes_to_exactly_the_budget_and_its_trial_is_marked_fail
     assert before[killed_number].state == TrialState.RUNNING  # nobody has noticed yet
     done_before = {t.number: t.params for t in before if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
 
-    time.sleep(3.2)  # let the killed trial's heartbeat (every 1 s) age past the 2 s grace period
-    rerun = subprocess.run(worker_command(tmp_path, sqlite_url, name, n_trials), env=worker_env(),
+    if reaper == "heartbeat":
+        time.sleep(3.2)  # let the killed trial's heartbeat (every 1 s) age past the 2 s grace period
+    rerun = subprocess.run(worker_command(tmp_path, sqlite_url, name, n_trials, pad=0.6, grace=grace), env=worker_env(),
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
 

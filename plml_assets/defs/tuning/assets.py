@@ -26,7 +26,7 @@ from plml_assets.resources.settings import ExperimentSettings
 #: Measured on the embedded panel, one 2-core machine: a boosting trial over 5 walk-forward folds
 #: costs ~5 s, a sequence-net trial ~20 s.
 DEFAULT_BUDGETS = {
-    "full": {"xgboost": (16, 240.0), "lightgbm": (16, 240.0), "lstm": (5, 300.0), "gru": (5, 300.0)},
+    "full": {"xgboost": (16, 240.0), "lightgbm": (16, 240.0), "lstm": (4, 300.0), "gru": (4, 300.0)},
     "quick": {"xgboost": (6, 90.0), "lightgbm": (6, 90.0), "lstm": (2, 120.0), "gru": (2, 120.0)},
 }
 
@@ -67,11 +67,11 @@ def _digest(*parts: object) -> str:
 
 
 def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fixed: dict, settings: ExperimentSettings):
-    if config.scheme not in ("walk_forward", "kfold"):
-        raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
+    # The first objective is the CV metric, whichever of 'rank_ic' / 'ic' the list names.
+    objectives = [config.metric if o in ("rank_ic", "ic") else o for o in config.objectives]
     return tuning.cv_objective(
         tuning.family_fit_predict(family, settings.horizon, **fixed), X, y, folds, settings.horizon,
-        metric=config.metric, objectives=config.objectives, fold_columns=columns,
+        metric=config.metric, objectives=objectives, fold_columns=columns,
     )
 
 
@@ -127,6 +127,8 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             default_trials, default_timeout = DEFAULT_BUDGETS[settings.profile][family]
             n_trials = default_trials if config.n_trials is None else config.n_trials
             timeout = default_timeout if config.timeout_s is None else config.timeout_s
+            if config.scheme not in ("walk_forward", "kfold"):
+                raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
             if n_trials < 0 or (timeout is not None and timeout <= 0):
                 raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
             fixed = json_object(config.fixed_params, "fixed_params")
@@ -145,7 +147,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             name = config.study_name or (
                 f"{mlflow_registry.model_name}-{family}-"
                 + _digest(y, X.index.to_frame(index=False).tail(1), assignments, cv_fold_features, space.to_dict(),
-                          fixed_during_search, config.objectives, config.metric, settings.horizon)
+                          fixed_during_search, list(objective.names), config.metric, settings.horizon)
             )
             defaults = {k: v for k, v in base.items() if k in space.names}
             try:
@@ -156,10 +158,11 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                 enqueue = []
             context.log.info(
                 f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(folds)} {config.scheme} folds on "
-                f"{len(X):,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {config.objectives}, "
+                f"{len(X):,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {list(objective.names)}, "
                 f"storage {optuna_storage.display_url()}"
             )
-            rule = tuning.PickRule(bound=config.pick_bound) if len(config.objectives) > 1 else None
+            rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
+                    if len(objective.names) > 1 else None)
             result = tuning.run_study(
                 objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
                 sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
@@ -191,7 +194,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             "counts": counts,
             "sampler": config.sampler,
             "pruner": config.pruner,
-            "objectives": list(config.objectives),
+            "objectives": list(objective.names),
             "metric": config.metric,
             "scheme": config.scheme,
             "pick_rule": rule.describe() if rule else f"highest mean validation {config.metric}",

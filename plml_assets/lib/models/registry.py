@@ -43,9 +43,9 @@ DEFAULT_PARAMS: dict[str, dict[str, object]] = {
                  "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 5.0, "early_stopping_rounds": 40,
                  "n_jobs": 1},
     "lstm": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
-             "max_epochs": 10, "patience": 3, "epoch_samples": 50_000, "num_threads": 1},
+             "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1},
     "gru": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
-            "max_epochs": 10, "patience": 3, "epoch_samples": 50_000, "num_threads": 1},
+             "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1},
 }
 
 #: The quick profile's budget: upper bounds on the parameters that set the cost of one fit.
