@@ -1,0 +1,74 @@
+"""The model_comparison table on a dataset: every family tuned, cross-validated and held out.
+
+Materializes the asset graph up to ``model_comparison`` in process (a fresh PLML_HOME under
+``--home``), with the given study budgets, and prints the table as markdown plus the wall time of
+each step. Run it on the embedded panel and on sp500_5yr::
+
+    python benchmarks/model_comparison.py --prices embedded --profile quick
+    python benchmarks/model_comparison.py --prices ../shared/data/sp500_5yr.csv.gz --profile quick \\
+        --tree-trials 3 --net-trials 1
+
+Numbers go to docs/benchmarks.md by hand, with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prices", default="embedded", help="'embedded' or a CSV/Parquet panel path")
+    parser.add_argument("--profile", default="quick", choices=["quick", "full"])
+    parser.add_argument("--tree-trials", type=int, default=None, help="xgboost/lightgbm study budget (default: the profile's)")
+    parser.add_argument("--net-trials", type=int, default=None, help="lstm/gru study budget (default: the profile's)")
+    parser.add_argument("--home", default=None, help="PLML_HOME for this run (default: a new temp folder)")
+    args = parser.parse_args()
+
+    home = Path(args.home or tempfile.mkdtemp(prefix="plml_comparison_"))
+    os.environ.update({"PLML_HOME": str(home), "PLML_PRICES": args.prices, "PLML_PROFILE": args.profile})
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+
+    import dagster as dg
+    import pandas as pd
+
+    from plml_assets.definitions import ASSETS, CHECKS, build_resources
+
+    config = {}
+    for family, trials in (("xgboost", args.tree_trials), ("lightgbm", args.tree_trials), ("lstm", args.net_trials), ("gru", args.net_trials)):
+        if trials is not None:
+            config[f"{family}_study"] = {"config": {"n_trials": trials}}
+    start = time.perf_counter()
+    with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
+        result = dg.materialize(
+            [*ASSETS, *CHECKS], resources=build_resources(), instance=instance, run_config={"ops": config},
+            selection=dg.AssetSelection.assets("model_comparison").upstream(),
+        )
+        steps = {}
+        for event in result.all_events:
+            if event.event_type_value == "STEP_START":
+                steps[event.step_key] = event.timestamp
+            elif event.event_type_value == "STEP_SUCCESS":
+                steps[event.step_key] = event.timestamp - steps[event.step_key]
+    wall = time.perf_counter() - start
+    table = pd.read_parquet(home / "assets" / "model_comparison.parquet").set_index("family")
+    shown = table[["walk_forward_rank_ic_mean", "walk_forward_rank_ic_std", "kfold_rank_ic_mean", "kfold_rank_ic_std",
+                   "holdout_rank_ic", "holdout_ic", "walk_forward_gap", "fit_seconds", "cv_fit_seconds", "model_kib",
+                   "study_trials", "study_pruned", "study_best"]]
+    print(f"\nprices={args.prices} profile={args.profile} wall {wall:.0f} s, home {home}\n")
+    print(shown.round(4).to_markdown())
+    print("\nstep seconds:")
+    for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"  {step:24s} {seconds:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
