@@ -27,7 +27,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import xgboost as xgb
+
+try:  # the GPU machine may lack it: its CUDA wheel (132 MB) is too big to carry there
+    import xgboost as xgb
+except ImportError:
+    xgb = None
+try:
+    import lightgbm  # noqa: F401
+    HAS_LIGHTGBM = True
+except ImportError:
+    HAS_LIGHTGBM = False
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,8 +51,8 @@ from plml_assets.lib.training import early_stopping_split, excess_returns  # noq
 HORIZON = 5
 
 
-def load_data(rows: int) -> tuple[tuple[pd.DataFrame, pd.Series], tuple[pd.DataFrame, pd.Series]]:
-    panel = load_embedded()
+def load_data(rows: int, panel_path: str | None = None) -> tuple[tuple[pd.DataFrame, pd.Series], tuple[pd.DataFrame, pd.Series]]:
+    panel = pd.read_parquet(panel_path) if panel_path else load_embedded()
     features, _ = build_features(panel)
     target = excess_returns(forward_returns(panel, HORIZON)).reindex(features.index)
     known = target.notna().to_numpy()
@@ -54,7 +63,7 @@ def load_data(rows: int) -> tuple[tuple[pd.DataFrame, pd.Series], tuple[pd.DataF
 
 
 def xgboost_has_cuda() -> bool:
-    return bool(xgb.build_info().get("USE_CUDA", False))
+    return xgb is not None and bool(xgb.build_info().get("USE_CUDA", False))
 
 
 def plan(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, dict[str, object]]]:
@@ -62,12 +71,13 @@ def plan(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, dict[str,
     trees = {"n_estimators": args.trees, "early_stopping_rounds": 0}
     net = {"window": args.window, "hidden_size": args.hidden, "num_layers": args.layers, "batch_size": args.batch,
            "max_epochs": args.epochs, "patience": 0, "lr": 1e-3}
-    runs: list[tuple[str, str, dict[str, object]]] = [
-        ("xgboost", "cpu", {**trees, "max_depth": 6, "nthread": cpu_threads, "device": "cpu"}),
-    ]
+    runs: list[tuple[str, str, dict[str, object]]] = []
+    if xgb is not None:
+        runs.append(("xgboost", "cpu", {**trees, "max_depth": 6, "nthread": cpu_threads, "device": "cpu"}))
     if cuda and xgboost_has_cuda():
         runs.append(("xgboost", "cuda", {**trees, "max_depth": 6, "nthread": cpu_threads, "device": "cuda"}))
-    runs.append(("lightgbm", "cpu", {**trees, "num_leaves": 63, "n_jobs": cpu_threads, "device": "cpu"}))
+    if HAS_LIGHTGBM:
+        runs.append(("lightgbm", "cpu", {**trees, "num_leaves": 63, "n_jobs": cpu_threads, "device": "cpu"}))
     for family in ("lstm", "gru"):
         runs.append((family, "cpu", {**net, "device": "cpu"}))
         if cuda:
@@ -99,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--panel", default=None, help="a Parquet (date, symbol) price panel instead of the embedded one")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="CPU threads of every CPU path: xgboost nthread, lightgbm n_jobs, torch "
                              "(default: all cores)")
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     cuda = torch.cuda.is_available()
-    print(f"python {platform.python_version()}, torch {torch.__version__}, xgboost {xgb.__version__}, "
+    print(f"python {platform.python_version()}, torch {torch.__version__}, "
+          f"xgboost {xgb.__version__ if xgb is not None else 'not installed'}, lightgbm {'yes' if HAS_LIGHTGBM else 'not installed'}, "
           f"{os.cpu_count()} CPU cores, {args.threads} CPU thread(s) per model")
     if cuda:
         print(f"CUDA available: {torch.cuda.get_device_name(0)}; xgboost built with CUDA: {xgboost_has_cuda()}")
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA not available here: timing the CPU paths only")
 
     start = time.perf_counter()
-    train, valid = load_data(args.rows)
+    train, valid = load_data(args.rows, args.panel)
     print(f"data: {len(train[0]):,} fit rows, {len(valid[0]):,} early-stopping rows, {train[0].shape[1]} features "
           f"({time.perf_counter() - start:.1f} s to load and build features)")
     warm_up(train, valid, cuda)
@@ -137,6 +149,24 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"family": family, "device": device, "work": work, "fit_s": t1 - t0,
                      "predict_s": t2 - t1, "valid_rank_ic": metrics["rank_ic"]})
         print(f"  {family:8s} {device:4s} fit {t1 - t0:7.2f} s  predict {t2 - t1:6.2f} s", flush=True)
+        if device == "cuda" and family in ("lstm", "gru"):
+            # A net trained on the GPU must serve on a CPU-only host: save, load (weights_only, CPU), compare.
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save(tmp)
+                on_cpu = type(model).load(tmp)
+            reloaded = on_cpu.predict(valid[0])
+            gap = float(abs(reloaded - pred).max())
+            spread = float(pred.std())
+            agree = float(pd.Series(reloaded).corr(pd.Series(pred), method="spearman"))
+            print(f"  {family:8s} trained on cuda, reloaded on cpu ({on_cpu.device_}): max prediction difference "
+                  f"{gap:.2e} (prediction std {spread:.2e}), rank correlation {agree:.6f}")
+            # cuDNN (TF32 matmuls on Hopper) and the CPU kernels round differently: bound the
+            # difference by the spread of the scores, which is what ranks the universe.
+            if gap > 0.02 * spread + 1e-7 or agree < 0.999:
+                print(f"FAILED: {family} predictions differ after the CPU reload", file=sys.stderr)
+                return 1
 
     table = pd.DataFrame(rows)
     cpu_fit = table[table["device"] == "cpu"].set_index("family")["fit_s"]

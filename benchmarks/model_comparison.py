@@ -51,12 +51,8 @@ def main() -> int:
             [*ASSETS, *CHECKS], resources=build_resources(), instance=instance, run_config={"ops": config},
             selection=dg.AssetSelection.assets("model_comparison").upstream(),
         )
-        steps = {}
-        for event in result.all_events:
-            if event.event_type_value == "STEP_START":
-                steps[event.step_key] = event.timestamp
-            elif event.event_type_value == "STEP_SUCCESS":
-                steps[event.step_key] = event.timestamp - steps[event.step_key]
+        steps = {e.step_key: e.event_specific_data.duration_ms / 1000 for e in result.all_events
+                 if e.event_type_value == "STEP_SUCCESS"}
     wall = time.perf_counter() - start
     table = pd.read_parquet(home / "assets" / "model_comparison.parquet").set_index("family")
     shown = table[["walk_forward_rank_ic_mean", "walk_forward_rank_ic_std", "kfold_rank_ic_mean", "kfold_rank_ic_std",

@@ -4,21 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plml_assets.lib.models.base import Model
-from plml_assets.lib.models.lightgbm_model import LightGBMModel
-from plml_assets.lib.models.sequence import GRUModel, LSTMModel
-from plml_assets.lib.models.xgboost_model import XGBoostModel
+import importlib
+from collections.abc import Iterator, Mapping
 
-MODEL_FAMILIES: dict[str, type[Model]] = {
-    cls.family: cls for cls in (XGBoostModel, LightGBMModel, LSTMModel, GRUModel)
+from plml_assets.lib.models.base import Model
+
+# Imported on first use: serving an XGBoost model need not import torch (seconds), and a machine
+# without one of the libraries can still use the others.
+_LOCATIONS = {
+    "xgboost": ("plml_assets.lib.models.xgboost_model", "XGBoostModel"),
+    "lightgbm": ("plml_assets.lib.models.lightgbm_model", "LightGBMModel"),
+    "lstm": ("plml_assets.lib.models.sequence", "LSTMModel"),
+    "gru": ("plml_assets.lib.models.sequence", "GRUModel"),
 }
 
 
+class _Families(Mapping[str, type[Model]]):
+    """family name -> model class, importing each adapter module when first asked for."""
+
+    def __getitem__(self, family: str) -> type[Model]:
+        module, name = _LOCATIONS[family]
+        return getattr(importlib.import_module(module), name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_LOCATIONS)
+
+    def __len__(self) -> int:
+        return len(_LOCATIONS)
+
+
+MODEL_FAMILIES: Mapping[str, type[Model]] = _Families()
+
+
 def model_class(family: str) -> type[Model]:
-    try:
-        return MODEL_FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(MODEL_FAMILIES)}") from None
+    if family not in _LOCATIONS:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(_LOCATIONS)}")
+    return MODEL_FAMILIES[family]
 
 
 def make_model(family: str, **params: object) -> Model:
