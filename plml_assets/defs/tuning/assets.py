@@ -146,7 +146,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
             name = config.study_name or (
                 f"{mlflow_registry.model_name}-{family}-"
-                + _digest(y, X.index.to_frame(index=False).tail(1), assignments, cv_fold_features, space.to_dict(),
+                + _digest(y, X, assignments, cv_fold_features, space.to_dict(),
                           fixed_during_search, list(objective.names), config.metric, settings.horizon)
             )
             defaults = {k: v for k, v in base.items() if k in space.names}
