@@ -29,3 +29,21 @@ def code_version() -> str:
 
 def feature_list_hash(features: list[str]) -> str:
     return hashlib.sha256("\n".join(features).encode()).hexdigest()[:12]
+
+
+def content_digest(*parts: object) -> str:
+    """A short digest of DataFrames/Series (values, index and column names) and JSON-able values,
+    e.g. to name an Optuna study after exactly the data and setup it searched on."""
+    import json
+
+    import pandas as pd
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (pd.DataFrame, pd.Series)):
+            h.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
+            if isinstance(part, pd.DataFrame):
+                h.update(",".join(map(str, part.columns)).encode())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]

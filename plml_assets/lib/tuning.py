@@ -91,6 +91,7 @@ __all__ = [
     "plot_pareto_front",
     "prediction_turnover",
     "run_study",
+    "trial_value_of",
     "trials_frame",
     "xgboost_fit_predict",
 ]
@@ -975,6 +976,24 @@ def trials_frame(study: optuna.Study, rule: PickRule | None = None) -> pd.DataFr
         row["picked"] = t.number == picked
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def trial_value_of(frame: pd.DataFrame, params: Mapping[str, Any], objective: str) -> float | None:
+    """The ``objective`` of the COMPLETE trial run with exactly ``params`` in a :func:`trials_frame`
+    (e.g. the enqueued default configuration, to show what a search bought); None if there is none."""
+    if frame.empty or not params:
+        return None
+    mask = np.ones(len(frame), dtype=bool)
+    for key, value in params.items():
+        column = f"param_{key}"
+        if column not in frame:
+            return None
+        mask &= frame[column].astype(object).eq(value).to_numpy()
+    rows = frame[mask & (frame["state"] == "COMPLETE").to_numpy()]
+    column = objective if objective in rows else "value"
+    if rows.empty or column not in rows:
+        return None
+    return float(rows[column].iloc[0])
 
 
 def _fallback_importances(trials: Sequence[FrozenTrial], target: Callable[[FrozenTrial], float],

@@ -550,3 +550,19 @@ def test_plots_are_png_bytes(tpe_result, pareto_result):
         assert png.startswith(PNG) and len(png) > 5_000
     with pytest.raises(ValueError, match="needs 2 objectives"):
         plot_pareto_front(tpe_result.study)
+
+
+def test_trial_value_of_finds_the_complete_trial_run_with_given_parameters():
+    from plml_assets.lib.tuning import trial_value_of
+
+    frame = pd.DataFrame({
+        "state": ["COMPLETE", "PRUNED", "COMPLETE"],
+        "rank_ic": [0.01, float("nan"), 0.03],
+        "param_max_depth": [5, 3, 3],
+        "param_learning_rate": [0.1, 0.05, 0.05],
+    })
+    assert trial_value_of(frame, {"max_depth": 3, "learning_rate": 0.05}, "rank_ic") == 0.03
+    assert trial_value_of(frame, {"max_depth": 5, "learning_rate": 0.1}, "rank_ic") == 0.01
+    assert trial_value_of(frame, {"max_depth": 4, "learning_rate": 0.1}, "rank_ic") is None
+    assert trial_value_of(frame, {"subsample": 0.8}, "rank_ic") is None  # not a searched parameter
+    assert trial_value_of(frame.iloc[:0], {"max_depth": 5}, "rank_ic") is None

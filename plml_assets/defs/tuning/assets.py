@@ -1,14 +1,11 @@
 """Optuna studies: one per model family, over the purged CV folds, stored in the Optuna RDB."""
 
-import hashlib
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
 import mlflow
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -16,6 +13,7 @@ from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_i
 from plml_assets.lib import tuning
 from plml_assets.lib.models.registry import resolve_params
 from plml_assets.lib.plots import markdown_image
+from plml_assets.lib.provenance import content_digest
 from plml_assets.lib.training import folds_from_assignments
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
@@ -52,18 +50,6 @@ class StudyConfig(dg.Config):
     study_name: str = Field(default="", description="Optuna study name; default: derived from the family, data, folds and "
                             "search setup, so a re-run resumes the same study and new data starts a new one")
     worker: int = Field(default=0, description="index of this worker when several processes share the study (distinct seeds)")
-
-
-def _digest(*parts: object) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, (pd.DataFrame, pd.Series)):
-            h.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
-            if isinstance(part, pd.DataFrame):
-                h.update(",".join(map(str, part.columns)).encode())
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:12]
 
 
 def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fixed: dict, settings: ExperimentSettings):
@@ -146,7 +132,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
             name = config.study_name or (
                 f"{mlflow_registry.model_name}-{family}-"
-                + _digest(y, X, assignments, cv_fold_features, space.to_dict(),
+                + content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
                           fixed_during_search, list(objective.names), config.metric, settings.horizon)
             )
             defaults = {k: v for k, v in base.items() if k in space.names}
@@ -201,7 +187,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             "best_trial": result.best.number if result.best is not None else None,
             "best_values": best_values,
             "tuned_params": tuned,
-            "default_value": _default_value(frame, defaults, names[0]),
+            "default_value": tuning.trial_value_of(frame, defaults, names[0]),
             "params": params,
             "search_space": space.to_dict(),
             "ran_this_time": result.ran,
@@ -235,23 +221,6 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         return dg.Output(summary, metadata=metadata)
 
     return _study
-
-
-def _default_value(frame: pd.DataFrame, defaults: dict, objective: str) -> float | None:
-    """The objective of the enqueued default configuration, to show what the search bought."""
-    if frame.empty or not defaults:
-        return None
-    mask = np.ones(len(frame), dtype=bool)
-    for key, value in defaults.items():
-        column = f"param_{key}"
-        if column not in frame:
-            return None
-        mask &= frame[column].astype(object).eq(value).to_numpy()
-    rows = frame[mask & (frame["state"] == "COMPLETE").to_numpy()]
-    column = objective if objective in rows else "value"
-    if rows.empty or column not in rows:
-        return None
-    return float(rows[column].iloc[0])
 
 
 STUDIES = [build_study_asset(family) for family in FAMILIES]
