@@ -31,6 +31,7 @@ from plml_assets.lib.tuning import (
     _make_pruner,
     cv_objective,
     family_fit_predict,
+    make_storage,
     param_importances,
     pick_trial,
     plot_optimization_history,
@@ -418,7 +419,15 @@ def test_a_killed_run_resumes_to_exactly_the_budget_and_its_trial_is_marked_fail
     done_before = {t.number: t.params for t in before if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
 
     if reaper == "heartbeat":
-        time.sleep(3.2)  # let the killed trial's heartbeat (every 1 s) age past the 2 s grace period
+        # Wait (bounded) until Optuna itself deems the killed trial's heartbeat stale: the check
+        # fail_stale_trials runs, without its side effect, so the re-run is still the one to reap it.
+        watcher = make_storage(sqlite_url, heartbeat_interval=1, grace_period=2)
+        study_id = watcher.get_study_id_from_name(name)
+        killed_id = before[killed_number]._trial_id
+        deadline = time.monotonic() + 20
+        while killed_id not in watcher._get_stale_trial_ids(study_id):
+            assert time.monotonic() < deadline, "the killed trial's heartbeat never went stale"
+            time.sleep(0.1)
     rerun = subprocess.run(worker_command(tmp_path, sqlite_url, name, n_trials, pad=0.6, grace=grace), env=worker_env(),
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
