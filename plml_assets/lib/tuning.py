@@ -903,7 +903,10 @@ def _pid_alive(pid: int) -> bool:
 def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the RUNNING trials started on this host by a process that no longer exists (a
     killed run), so that a re-run resumes at once instead of waiting for their heartbeats to go
-    stale. Trials of other hosts are left to the heartbeat. Returns the trial numbers marked."""
+    stale. Trials of other hosts are left to the heartbeat, and so is a trial killed in the instant
+    between its creation by Optuna and its first line, which writes the worker label: it cannot be
+    attributed, counts as running elsewhere until its heartbeat goes stale, and the re-run after that
+    completes the budget. Returns the trial numbers marked."""
     host = socket.gethostname()
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -403,7 +403,9 @@ def test_a_killed_run_resumes_to_exactly_the_budget_and_its_trial_is_marked_fail
                 trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
             except KeyError:  # not created yet
                 trials = []
-            running = [t for t in trials if t.state == TrialState.RUNNING]
+            # Kill only once the running trial carries its worker label: a trial killed in the instant
+            # between its creation and that label is left to the heartbeat (see fail_dead_local_trials).
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
             if sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 2 and running:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_number = running[0].number
