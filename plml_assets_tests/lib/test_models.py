@@ -161,6 +161,8 @@ def test_learns_a_planted_signal(family):
 BAD_PARAMS = [
     ("xgboost", "learning_rate", 0.0),
     ("xgboost", "max_depth", 0),
+    ("xgboost", "scaling", "zscore"),
+    ("lightgbm", "scaling", None),
     ("lightgbm", "num_leaves", 1),
     ("lightgbm", "learning_rate", -0.1),
     ("lightgbm", "subsample", 1.5),
@@ -177,6 +179,7 @@ BAD_PARAMS = [
     ("gru", "patience", -1),
     ("gru", "device", "gpu"),
     ("gru", "weight_decay", -1e-3),
+    ("gru", "scaling", "robust"),
 ]
 
 

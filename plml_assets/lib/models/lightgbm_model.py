@@ -15,6 +15,8 @@ reused Dataset. Dataset-level settings (``max_bin``) are therefore fixed at cons
 not hyper-parameters of the model. A validation Dataset is binned with its training Dataset's bins
 (``reference``) and belongs to that training Dataset: do not pair it with another. Raw values are
 kept (``free_raw_data=False``) so that :meth:`LightGBMModel.predict_matrix` can score a Dataset.
+Pre-built Datasets bypass the ``scaling`` hyper-parameter, so ``fit_matrix`` refuses a model with
+scaling; :meth:`LightGBMModel.fit` scales (scaler fitted on the training rows) and builds them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class LightGBMModel(Model):
     _PARAM_NAMES = (
         "n_estimators", "learning_rate", "num_leaves", "max_depth", "min_child_samples", "subsample",
         "subsample_freq", "colsample_bytree", "reg_lambda", "early_stopping_rounds", "n_jobs", "seed", "device",
+        "scaling",
     )
 
     def __init__(
@@ -67,6 +70,7 @@ class LightGBMModel(Model):
         n_jobs: int = 1,
         seed: int = 0,
         device: str = "cpu",
+        scaling: str = "none",
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -81,6 +85,7 @@ class LightGBMModel(Model):
         self.n_jobs = n_jobs
         self.seed = seed
         self.device = device
+        self.scaling = scaling
         self._validate()
 
     def _validate(self) -> None:
@@ -99,6 +104,7 @@ class LightGBMModel(Model):
             "n_jobs": lambda v: _whole(v) and v >= 1,
             "seed": lambda v: _whole(v) and v >= 0,
             "device": lambda v: v in _DEVICES,
+            "scaling": self._valid_scaling,
         }
         bad = []
         for name, check in checks.items():
@@ -156,11 +162,17 @@ class LightGBMModel(Model):
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         X, y = train
-        dtrain = self.matrix(X, y)
-        dvalid = self.matrix(*valid, reference=dtrain) if valid is not None else None
-        return self.fit_matrix(dtrain, dvalid)
+        dtrain = self.matrix(self._fit_scaling(X), y)  # the scaler learns from the training rows only
+        dvalid = (self.matrix(self._apply_scaling(valid[0]), valid[1], reference=dtrain)
+                  if valid is not None else None)
+        return self._fit_matrix(dtrain, dvalid)
 
     def fit_matrix(self, dtrain: lgb.Dataset, dvalid: lgb.Dataset | None = None) -> Self:
+        """Fit on pre-built Datasets (no scaling: a model with ``scaling`` set must use :meth:`fit`)."""
+        self._no_scaling("fit_matrix")
+        return self._fit_matrix(dtrain, dvalid)
+
+    def _fit_matrix(self, dtrain: lgb.Dataset, dvalid: lgb.Dataset | None = None) -> Self:
         start = time.perf_counter()
         history: dict[str, dict[str, list[float]]] = {}
         callbacks = [lgb.record_evaluation(history)]
@@ -192,11 +204,11 @@ class LightGBMModel(Model):
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         self._check_fitted()
         self._check_columns(X)
-        return self.predict_matrix(X[self.feature_names_].to_numpy(dtype="float32"))
+        return self.predict_matrix(self._apply_scaling(X[self.feature_names_]).to_numpy(dtype="float32"))
 
     def predict_matrix(self, data: lgb.Dataset | np.ndarray) -> np.ndarray:
         """Scores for a Dataset from :meth:`matrix` or a float matrix whose columns are
-        ``feature_names_`` in order."""
+        ``feature_names_`` in order, of already scaled features (raw ones when ``scaling="none"``)."""
         self._check_fitted()
         values = data.get_data() if isinstance(data, lgb.Dataset) else data
         return np.asarray(
@@ -228,6 +240,7 @@ class LightGBMModel(Model):
             "best_iteration": self.best_iteration_,
         }
         (folder / "model_meta.json").write_text(json.dumps(meta, indent=2))
+        self._save_scaling(folder)
         return model_file
 
     @classmethod
@@ -242,4 +255,5 @@ class LightGBMModel(Model):
         model.feature_names_ = list(meta["feature_names"])
         model.best_iteration_ = int(meta["best_iteration"])
         model.n_rounds_ = booster.current_iteration()
+        model._restore_scaling(folder, meta["params"])
         return model

@@ -55,18 +55,22 @@ def load_model(family: str, path: str | Path) -> Model:
 #: The settings plml fits each family with when nothing is tuned or overridden: 1 thread (on 2
 #: shared cores a second thread was measured up to 10x slower under contention), a boosting budget
 #: that early stopping cuts, and for the sequence nets a per-epoch sample of windows so an epoch
-#: costs the same on 20 symbols as on 500.
+#: costs the same on 20 symbols as on 500. ``scaling`` (``lib.scaling``, fitted on the training
+#: rows, carried in the model): none for the trees, which split on order (a monotone transform
+#: changes at most their clipped tails); robust_z for the nets, whose mean/std standardization
+#: alone lets a heavy-tailed feature's outliers inflate its deviation and squash the bulk of its
+#: values towards 0.
 DEFAULT_PARAMS: dict[str, dict[str, object]] = {
     "xgboost": {"n_estimators": 400, "learning_rate": 0.05, "max_depth": 5, "min_child_weight": 50.0,
                 "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 5.0, "early_stopping_rounds": 40,
-                "nthread": 1},
+                "nthread": 1, "scaling": "none"},
     "lightgbm": {"n_estimators": 400, "learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 50,
                  "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 5.0, "early_stopping_rounds": 40,
-                 "n_jobs": 1},
+                 "n_jobs": 1, "scaling": "none"},
     "lstm": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
-             "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1},
+             "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1, "scaling": "robust_z"},
     "gru": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
-             "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1},
+             "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1, "scaling": "robust_z"},
 }
 
 #: The quick profile's budget: upper bounds on the parameters that set the cost of one fit.

@@ -8,10 +8,12 @@ symbol has no row is skipped, as the features and labels count trading days. A r
 channel, the mask (1 for a real row, 0 for padding), so the network can tell padding from a
 feature at its mean. Every row gets a prediction, padded or not.
 
-Scaling. Each feature is standardized with a mean and standard deviation fitted on the training
-rows alone and stored in the model; NaN (and +/-inf) then become 0, the training mean, and values
-are clipped to +/-``FEATURE_CLIP_SD`` deviations so that one wild value cannot saturate a cell.
-The target is standardized the same way (training rows' mean and deviation) and clipped to
+Scaling. The ``scaling`` hyper-parameter (``lib.scaling``, shared with every family through
+``Model._fit_scaling``/``_apply_scaling``) is applied first, fitted on the training rows. Then
+each feature is standardized with a mean and standard deviation fitted on the training rows alone
+and stored in the model; NaN (and +/-inf) then become 0, the training mean, and values are
+clipped to +/-``FEATURE_CLIP_SD`` deviations so that one wild value cannot saturate a cell. The
+target is standardized the same way (training rows' mean and deviation) and clipped to
 +/-``target_clip_sd`` deviations for the MSE loss; predictions are mapped back to target units.
 
 History. :meth:`SequenceModel.predict` builds each row's window from the rows of ``X`` alone: pass
@@ -208,6 +210,7 @@ class SequenceModel(Model):
     _PARAM_NAMES = (
         "window", "hidden_size", "num_layers", "dropout", "lr", "batch_size", "max_epochs", "patience",
         "grad_clip", "weight_decay", "target_clip_sd", "epoch_samples", "num_threads", "seed", "device",
+        "scaling",
     )
 
     def __init__(
@@ -227,6 +230,7 @@ class SequenceModel(Model):
         num_threads: int | None = 1,
         seed: int = 0,
         device: str = "auto",
+        scaling: str = "none",
     ) -> None:
         if not hasattr(type(self), "cell"):
             raise TypeError("SequenceModel is a base class: use LSTMModel or GRUModel")
@@ -245,6 +249,7 @@ class SequenceModel(Model):
         self.num_threads = num_threads
         self.seed = seed
         self.device = device
+        self.scaling = scaling
         self._validate()
 
     def _validate(self) -> None:
@@ -265,6 +270,7 @@ class SequenceModel(Model):
             "num_threads": lambda v: v is None or (_whole(v) and v >= 1),
             "seed": lambda v: _whole(v) and v >= 0,
             "device": _valid_device,
+            "scaling": self._valid_scaling,
         }
         bad = _invalid_params(self, checks)
         if bad:
@@ -290,7 +296,7 @@ class SequenceModel(Model):
         z = np.where(np.isfinite(z), z, 0.0)
         return np.clip(z, -FEATURE_CLIP_SD, FEATURE_CLIP_SD).astype(np.float32)
 
-    def _fit_scaler(self, X: pd.DataFrame) -> None:
+    def _fit_standardizer(self, X: pd.DataFrame) -> None:
         values = X.to_numpy(dtype=np.float64)
         values = np.where(np.isfinite(values), values, np.nan)
         seen = np.isfinite(values).any(axis=0)
@@ -315,8 +321,8 @@ class SequenceModel(Model):
         if len(y) != len(X):
             raise ValueError(f"train X has {len(X)} rows but y has {len(y)}")
         self.feature_names_ = [str(c) for c in X.columns]
-        X = X.set_axis(self.feature_names_, axis=1)
-        self._fit_scaler(X)
+        X = self._fit_scaling(X.set_axis(self.feature_names_, axis=1))  # on the training rows only
+        self._fit_standardizer(X)
         known = np.isfinite(y)
         if not known.any():
             raise ValueError("train y has no finite value: nothing to fit")
@@ -334,7 +340,7 @@ class SequenceModel(Model):
             missing = [c for c in self.feature_names_ if c not in Xv.columns.astype(str)]
             if missing:
                 raise ValueError(f"valid X lacks feature column(s) {missing[:10]}")
-            frames.append(Xv.set_axis([str(c) for c in Xv.columns], axis=1)[self.feature_names_])
+            frames.append(self._apply_scaling(Xv.set_axis([str(c) for c in Xv.columns], axis=1)[self.feature_names_]))
             targets.append(yv)
         combined = pd.concat(frames) if len(frames) > 1 else X
         z_target = self._scaled_target(np.concatenate(targets))
@@ -455,7 +461,7 @@ class SequenceModel(Model):
         self._check_columns(X)
         if len(X) == 0:
             return np.empty(0, dtype=np.float64)
-        windows = self._windows(X)
+        windows = self._windows(self._apply_scaling(X))
         device = torch.device(self.device_)
         layout = torch.from_numpy(windows.padded).to(device)
         first = torch.from_numpy(windows.starts).to(device)
@@ -492,6 +498,7 @@ class SequenceModel(Model):
             "history": self.history_,
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        self._save_scaling(folder)
         return folder / STATE_FILE
 
     @classmethod
@@ -511,6 +518,7 @@ class SequenceModel(Model):
         model.best_epoch_ = int(meta["best_epoch"])
         model.n_epochs_ = int(meta["n_epochs"])
         model.history_ = meta["history"]
+        model._restore_scaling(folder, meta["params"])
         network = model._network()
         network.load_state_dict(torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu"))
         network.eval()

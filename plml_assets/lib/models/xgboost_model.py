@@ -30,6 +30,7 @@ class XGBoostModel(Model):
         nthread: int = 1,
         seed: int = 0,
         device: str = "cpu",
+        scaling: str = "none",
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -42,6 +43,7 @@ class XGBoostModel(Model):
         self.nthread = nthread
         self.seed = seed
         self.device = device
+        self.scaling = scaling
         self._validate()
 
     def _validate(self) -> None:
@@ -56,6 +58,7 @@ class XGBoostModel(Model):
             "early_stopping_rounds": self.early_stopping_rounds >= 0,
             "nthread": isinstance(self.nthread, int) and self.nthread >= 1,
             "device": self.device == "cpu" or str(self.device).startswith("cuda"),
+            "scaling": self._valid_scaling(self.scaling),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -68,7 +71,7 @@ class XGBoostModel(Model):
             k: getattr(self, k)
             for k in (
                 "n_estimators", "learning_rate", "max_depth", "min_child_weight", "subsample",
-                "colsample_bytree", "reg_lambda", "early_stopping_rounds", "nthread", "seed", "device",
+                "colsample_bytree", "reg_lambda", "early_stopping_rounds", "nthread", "seed", "device", "scaling",
             )
         }
 
@@ -96,11 +99,16 @@ class XGBoostModel(Model):
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         X, y = train
-        dtrain = self.matrix(X, y)
-        dvalid = self.matrix(*valid) if valid is not None else None
-        return self.fit_matrix(dtrain, dvalid)
+        dtrain = self.matrix(self._fit_scaling(X), y)  # the scaler learns from the training rows only
+        dvalid = self.matrix(self._apply_scaling(valid[0]), valid[1]) if valid is not None else None
+        return self._fit_matrix(dtrain, dvalid)
 
     def fit_matrix(self, dtrain: xgb.DMatrix, dvalid: xgb.DMatrix | None = None) -> Self:
+        """Fit on pre-built DMatrices (no scaling: a model with ``scaling`` set must use :meth:`fit`)."""
+        self._no_scaling("fit_matrix")
+        return self._fit_matrix(dtrain, dvalid)
+
+    def _fit_matrix(self, dtrain: xgb.DMatrix, dvalid: xgb.DMatrix | None = None) -> Self:
         start = time.perf_counter()
         evals = [(dtrain, "train")] + ([(dvalid, "valid")] if dvalid is not None else [])
         history: dict[str, dict[str, list[float]]] = {}
@@ -124,9 +132,10 @@ class XGBoostModel(Model):
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         self._check_fitted()
         self._check_columns(X)
-        return self.predict_matrix(self.matrix(X[self.feature_names_]))
+        return self.predict_matrix(self.matrix(self._apply_scaling(X[self.feature_names_])))
 
     def predict_matrix(self, dmat: xgb.DMatrix) -> np.ndarray:
+        """Scores of a DMatrix of already scaled features (raw ones when ``scaling="none"``)."""
         self._check_fitted()
         return self.booster_.predict(dmat, iteration_range=(0, self.best_iteration_ + 1)).astype("float64")
 
@@ -142,6 +151,7 @@ class XGBoostModel(Model):
         self.booster_.save_model(folder / "model.ubj")
         meta = {"params": self.get_params(), "feature_names": self.feature_names_, "best_iteration": self.best_iteration_}
         (folder / "model_meta.json").write_text(json.dumps(meta, indent=2))
+        self._save_scaling(folder)
         return folder / "model.ubj"
 
     @classmethod
@@ -158,4 +168,5 @@ class XGBoostModel(Model):
         model.feature_names_ = list(meta["feature_names"])
         model.best_iteration_ = int(meta["best_iteration"])
         model.n_rounds_ = booster.num_boosted_rounds()
+        model._restore_scaling(folder, meta["params"])
         return model
