@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 
 import matplotlib
 
@@ -94,4 +95,29 @@ def family_comparison_plot(per_fold: pd.DataFrame, holdout: pd.Series, metric: s
         ax.set_title(f"{scheme} folds")
     axes[0][0].set_ylabel(f"validation {metric}")
     axes[0][0].legend(fontsize=7)
+    return to_png(fig)
+
+
+def importance_stability_plot(summary_by_family: Mapping[str, pd.DataFrame], top: int = 15) -> bytes:
+    """Mean within-date permutation importance over CV folds (bars) with its std over folds (error
+    bars), the ``top`` features of each family, one panel per family: a bar whose error bar crosses
+    zero is a feature the folds do not agree on. Takes ``summarize_importances`` tables."""
+    families = list(summary_by_family) or ["(none)"]
+    rows = max([min(top, len(s)) for s in summary_by_family.values()] + [1])
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 0.28 * rows + 1.4), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        summary = summary_by_family.get(family, pd.DataFrame())
+        if len(summary) == 0 or "permutation_mean" not in summary:
+            ax.text(0.5, 0.5, "no importances", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(family)
+            continue
+        block = summary.dropna(subset=["permutation_mean"]).sort_values("permutation_mean", ascending=False).head(top)
+        block = block.iloc[::-1]  # largest on top
+        std = block["permutation_std"].fillna(0.0).to_numpy() if "permutation_std" in block else None
+        ax.barh([str(f) for f in block.index], block["permutation_mean"].to_numpy(), xerr=std,
+                color="tab:green", ecolor="black", capsize=2)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"{family}: top {len(block)} features")
+        ax.set_xlabel("rank-IC drop when shuffled within date")
+        ax.tick_params(axis="y", labelsize=7)
     return to_png(fig)
