@@ -8,6 +8,8 @@ from plml_assets.defs.backtest import assets as backtest_assets
 from plml_assets.defs.comparison import assets as comparison_assets
 from plml_assets.defs.data import assets as data_assets
 from plml_assets.defs.data import checks as data_checks
+from plml_assets.defs.ensemble import assets as ensemble_assets
+from plml_assets.defs.importance import assets as importance_assets
 from plml_assets.defs.registry import assets as registry_assets
 from plml_assets.defs.selection import assets as selection_assets
 from plml_assets.defs.training import assets as training_assets
@@ -55,7 +57,7 @@ def build_resources() -> dict[str, object]:
 
 ASSETS = dg.load_assets_from_modules(
     [data_assets, selection_assets, validation_assets, tuning_assets, backtest_assets, training_assets,
-     comparison_assets, registry_assets]
+     comparison_assets, ensemble_assets, importance_assets, registry_assets]
 )
 CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
 

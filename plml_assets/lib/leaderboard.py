@@ -205,3 +205,25 @@ def validate_against_baseline(table: pd.DataFrame, selection: Selection, baselin
     selection.validation = (f"{selection.winner} {verb} the baseline {baseline} on {metric}: {value:.4f} vs {reference:.4f}"
                             + ("" if passed else "; nothing new is promoted"))
     return selection
+
+
+def fold_rank_ics(scores: pd.Series, y: pd.Series, fold_of_row: pd.Series) -> list[float]:
+    """Mean per-date rank IC of ``scores`` on each fold's rows (folds in ascending order)."""
+    from plml_assets.lib.metrics import evaluate_predictions
+
+    frame = pd.DataFrame({"score": scores, "y": y, "fold": fold_of_row}).dropna(subset=["fold"])
+    return [
+        float(evaluate_predictions(block["y"].to_numpy(), block["score"].to_numpy(), block.index.get_level_values("date"))["rank_ic"])
+        for _, block in frame.groupby("fold", sort=True)
+    ]
+
+
+def long_short_returns(scores: pd.Series, prices: pd.DataFrame, *, quantile: float = 0.2, cost_bps: float = 5.0) -> tuple[pd.Series, float]:
+    """Daily net returns of the long-short quantile portfolio traded on ``scores`` over the dates
+    they cover, and its annualized net Sharpe."""
+    from plml_assets.lib import backtest as bt
+
+    dates = scores.index.get_level_values("date").unique()
+    run = bt.run_backtest(scores, prices, construction="long_short", quantile=quantile, cost_bps=cost_bps, dates=dates)
+    net = run.result["net_return"]
+    return net[net.index.isin(dates)], float(run.metrics["sharpe"])

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from plml_assets.lib import prices as price_lib
+from plml_assets.lib.feature_generation import apply_recipes, recipe_lookback
 from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION, build_features
 from plml_assets.lib.models.registry import load_model, model_class
 
@@ -51,7 +52,50 @@ def as_panel(frame: pd.DataFrame) -> pd.DataFrame:
     return panel
 
 
+def history_days(recipes: dict[str, dict] | None) -> int:
+    """Rows of history per symbol that features (base and generated) need to be complete."""
+    return FEATURE_LOOKBACK_DAYS + (recipe_lookback(recipes) if recipes else 0)
+
+
+def model_features(prices: pd.DataFrame, selected: list[str], recipes: dict[str, dict] | None) -> pd.DataFrame:
+    """The ``selected`` columns rebuilt from raw prices: base features by the training code, generated
+    ones by their recipes, exactly as the ``features`` asset computed them."""
+    base, _ = build_features(prices)
+    wanted = {name: recipe for name, recipe in (recipes or {}).items() if name in set(selected)}
+    if wanted:
+        base = pd.concat([base, apply_recipes(base, wanted)], axis=1)
+    missing = [c for c in selected if c not in base.columns]
+    if missing:
+        raise ValueError(f"the model reads feature(s) {missing[:10]} that neither the base features nor its recipes produce")
+    return base[selected]
+
+
+def _latest_rows(X: pd.DataFrame) -> pd.Timestamp:
+    dates = X.index.get_level_values("date")
+    latest = dates.max()
+    on_latest = int((dates == latest).sum())
+    if on_latest < 3:
+        raise ValueError(
+            f"only {on_latest} symbol(s) have a price on the latest date {latest.date()}: "
+            "cross-sectional features need at least 3; pass the whole universe up to one common date"
+        )
+    return latest
+
+
+def _predict(model, X: pd.DataFrame, latest: pd.Timestamp | None) -> np.ndarray:
+    """Scores of every row of ``X`` (``latest`` None) or of the rows of date ``latest``; a model that
+    reads feature history (sequence nets) is given its look-back dates too."""
+    if latest is None:
+        return np.asarray(model.predict(X), dtype="float64")
+    dates = X.index.get_level_values("date")
+    recent = dates.unique().sort_values()[-(model.lookback_dates + 1):]
+    scored = X[dates.isin(recent)]
+    return np.asarray(model.predict(scored), dtype="float64")[scored.index.get_level_values("date") == latest]
+
+
 class PanelScorer(mlflow.pyfunc.PythonModel):
+    """One model of any family behind the raw-price interface."""
+
     def __init__(
         self,
         selected_features: list[str],
@@ -59,9 +103,12 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         feature_columns: list[str],
         training_symbols: list[str] | None = None,
         family: str = "xgboost",
+        recipes: dict[str, dict] | None = None,
     ) -> None:
         model_class(family)  # unknown family: fail when logging, not when serving
         self.family = family
+        # Only the generated features this model reads; their inputs are base features.
+        self.recipes = {name: recipe for name, recipe in (recipes or {}).items() if name in set(selected_features)}
         self.selected_features = list(selected_features)
         self.horizon = int(horizon)
         self.feature_columns = list(feature_columns)  # price columns present in training
@@ -71,6 +118,13 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.model_ = load_model(getattr(self, "family", "xgboost"), Path(context.artifacts[MODEL_ARTIFACT]))
 
+    def members(self) -> dict[str, tuple[object, list[str]]]:
+        """name -> (fitted model, the feature columns it reads)."""
+        return {self.family: (self.model_, self.selected_features)}
+
+    def combine(self, scores: pd.DataFrame) -> np.ndarray:
+        return scores.iloc[:, 0].to_numpy()
+
     def score(self, panel: pd.DataFrame, all_dates: bool = False) -> pd.DataFrame:
         panel = as_panel(panel)
         absent = [c for c in self.feature_columns if c not in panel.columns]
@@ -78,31 +132,20 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
             raise ValueError(
                 f"the model was trained on price columns {self.feature_columns}; the input lacks {absent}"
             )
-        features, _ = build_features(panel[self.feature_columns])
-        X = features[self.selected_features]
+        members = self.members()
+        needed = list(dict.fromkeys(c for _, columns in members.values() for c in columns))
+        features = model_features(panel[self.feature_columns], needed, getattr(self, "recipes", {}))
         # rows of history each row was scored with (its own row included)
         history = panel.groupby(level="symbol").cumcount().add(1)
-        if all_dates:
-            scores = self.model_.predict(X)
-        else:
-            dates = X.index.get_level_values("date")
-            latest = dates.max()
-            on_latest = dates == latest
-            if on_latest.sum() < 3:
-                raise ValueError(
-                    f"only {int(on_latest.sum())} symbol(s) have a price on the latest date {latest.date()}: "
-                    "cross-sectional features need at least 3; pass the whole universe up to one common date"
-                )
-            # A model that reads feature history (sequence nets) gets its look-back dates too.
-            recent = dates.unique().sort_values()[-(self.model_.lookback_dates + 1):]
-            scored = X[dates.isin(recent)]
-            scores = self.model_.predict(scored)[scored.index.get_level_values("date") == latest]
-            X = X[on_latest]
-        out = X.index.to_frame(index=False)
-        out["score"] = np.asarray(scores, dtype="float64")
+        latest = None if all_dates else _latest_rows(features)
+        index = features.index if latest is None else features.index[features.index.get_level_values("date") == latest]
+        scores = pd.DataFrame({name: _predict(model, features[columns], latest) for name, (model, columns) in members.items()},
+                              index=index)
+        out = index.to_frame(index=False)
+        out["score"] = np.asarray(self.combine(scores), dtype="float64")
         # Features with look-backs longer than a symbol's history are NaN: say so per row instead
         # of silently serving a weaker score.
-        out["full_history"] = history.reindex(X.index).ge(FEATURE_LOOKBACK_DAYS).to_numpy()
+        out["full_history"] = history.reindex(index).ge(history_days(getattr(self, "recipes", {}))).to_numpy()
         if self.training_symbols:
             out["in_training_universe"] = out["symbol"].isin(self.training_symbols).to_numpy()
         return out
@@ -110,3 +153,49 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         all_dates = bool((params or {}).get("all_dates", False))
         return self.score(model_input, all_dates=all_dates)
+
+
+def member_artifact(name: str) -> str:
+    return f"member_{name}"
+
+
+class EnsembleScorer(PanelScorer):
+    """Several single models behind the same raw-price interface: features are rebuilt once (base
+    and every member's generated features), each member scores its own columns, and the fitted
+    ensemble rule (``plml_assets.lib.ensemble.EnsembleFit``) combines the scores per date."""
+
+    def __init__(
+        self,
+        members: dict[str, dict],
+        ensemble: dict,
+        horizon: int,
+        feature_columns: list[str],
+        training_symbols: list[str] | None = None,
+        recipes: dict[str, dict] | None = None,
+    ) -> None:
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {list(members)}")
+        for name, member in members.items():
+            model_class(member["family"])
+            if not member.get("features"):
+                raise ValueError(f"ensemble member {name!r} lists no features")
+        self.member_specs = {name: {"family": m["family"], "features": list(m["features"])} for name, m in members.items()}
+        self.ensemble = dict(ensemble)
+        needed = {c for m in members.values() for c in m["features"]}
+        super().__init__(sorted(needed), horizon, feature_columns, training_symbols, family=next(iter(members.values()))["family"],
+                         recipes=recipes)
+        self.family = "ensemble"
+
+    def load_context(self, context) -> None:
+        self.models_ = {
+            name: load_model(spec["family"], Path(context.artifacts[member_artifact(name)]))
+            for name, spec in self.member_specs.items()
+        }
+
+    def members(self) -> dict[str, tuple[object, list[str]]]:
+        return {name: (self.models_[name], spec["features"]) for name, spec in self.member_specs.items()}
+
+    def combine(self, scores: pd.DataFrame) -> np.ndarray:
+        from plml_assets.lib.ensemble import EnsembleFit
+
+        return EnsembleFit.from_dict(self.ensemble).combine(scores).reindex(scores.index).to_numpy()

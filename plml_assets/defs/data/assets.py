@@ -1,10 +1,13 @@
 """Prices in, labels and features out."""
 
 
+import json
 import time
 
 import dagster as dg
+import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from plml_assets.lib import prices as price_lib
 from plml_assets.lib.features import FEATURE_SET_VERSION, build_features
@@ -64,15 +67,15 @@ def labels(context: dg.AssetExecutionContext, market_prices: pd.DataFrame, setti
     )
 
 
-@dg.asset(group_name="data", kinds={"pandas"}, description="Vectorized panel features without look-ahead.")
-def features(context: dg.AssetExecutionContext, market_prices: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+@dg.asset(group_name="data", kinds={"pandas"}, description="The hand-written base features: vectorized, without look-ahead.")
+def base_features(context: dg.AssetExecutionContext, market_prices: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     start = time.perf_counter()
     frame, skipped = build_features(market_prices)
     elapsed = time.perf_counter() - start
     for group, reason in skipped.items():
-        context.log.info(f"features: skipped group {group!r}: {reason}")
+        context.log.info(f"base_features: skipped group {group!r}: {reason}")
     missing = frame.isna().mean().sort_values(ascending=False)
-    context.log.info(f"features: {frame.shape[1]} features on {len(frame):,} rows in {elapsed:.1f} s")
+    context.log.info(f"base_features: {frame.shape[1]} features on {len(frame):,} rows in {elapsed:.1f} s")
     return dg.Output(
         frame,
         metadata={
@@ -85,3 +88,77 @@ def features(context: dg.AssetExecutionContext, market_prices: pd.DataFrame) -> 
             "features": ", ".join(frame.columns),
         },
     )
+
+
+class FeatureGenerationConfig(dg.Config):
+    spec: str = Field(
+        default="",
+        description="JSON object overriding GenerationSpec fields: base (feature names), lags, rolling_windows, rolling_stats "
+        "(mean/std/z), diffs, ewm_spans, cross_sectional (rank/z/demean), interactions (product/ratio), top_k. "
+        "'' = the defaults; '{\"base\": []}' with no interactions generates nothing.",
+    )
+    enabled: bool = Field(default=True, description="False: the model features are the base features alone")
+
+
+@dg.multi_asset(
+    group_name="data",
+    outs={
+        "features": dg.AssetOut(
+            kinds={"pandas"},
+            description="Model features: the base features plus those generated from declared primitives (lags, rolling "
+            "mean/std/z-score, differences, EWMs, per-date rank/z-score/demeaning, interactions among the top-k). "
+            "Selection downstream keeps only those that help under the purged CV.",
+        ),
+        "feature_recipes": dg.AssetOut(
+            description="name -> primitive, inputs and parameters of every generated feature: the registered pyfunc "
+            "rebuilds them from raw prices with these recipes.",
+        ),
+    },
+)
+def generated_features(
+    context: dg.AssetExecutionContext,
+    config: FeatureGenerationConfig,
+    base_features: pd.DataFrame,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+):
+    from plml_assets.defs.shared import fail_fast_on_bad_input, json_object, training_window
+    from plml_assets.lib.feature_generation import GenerationSpec, generate, recipe_lookback
+    from plml_assets.lib.metrics import per_date_ic
+
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        spec = GenerationSpec.from_dict(json_object(config.spec, "spec"))
+        if config.enabled:
+            # Interactions pair the base features that matter most, judged on the training window
+            # only (|mean per-date rank IC| with the label before the purged holdout).
+            X, y, _ = training_window(base_features, labels, settings)
+            dates = X.index.get_level_values("date")
+            importance = {
+                name: abs(float(np.nanmean(per_date_ic(y.to_numpy(), X[name].to_numpy(), dates, method="spearman"))))
+                for name in X.columns
+            }
+            frame, recipes = generate(base_features, spec, importance)
+        else:
+            frame, recipes = base_features, {}
+    by_primitive = pd.Series([r["primitive"] for r in recipes.values()], dtype=object).value_counts().to_dict()
+    context.log.info(
+        f"features: {base_features.shape[1]} base + {len(recipes)} generated ({by_primitive}) on {len(frame):,} rows "
+        f"in {time.perf_counter() - start:.1f} s; recipes need {recipe_lookback(recipes)} more days of history"
+    )
+    yield dg.Output(frame, output_name="features", metadata={
+        "feature_count": int(frame.shape[1]),
+        "base_count": int(base_features.shape[1]),
+        "generated_count": len(recipes),
+        "generated_by_primitive": dg.MetadataValue.json(by_primitive),
+        "seconds": round(time.perf_counter() - start, 2),
+    })
+    yield dg.Output({"recipes": recipes, "spec": spec.to_dict(), "lookback_days": recipe_lookback(recipes)},
+                    output_name="feature_recipes", metadata={
+        "generated_count": len(recipes),
+        "recipes": dg.MetadataValue.md(
+            pd.DataFrame([{"feature": n, "primitive": r["primitive"], "inputs": ", ".join(r["inputs"]),
+                           "params": json.dumps(r.get("params", {}))} for n, r in recipes.items()]).to_markdown(index=False)
+            if recipes else "none"),
+        "lookback_days": recipe_lookback(recipes),
+    })

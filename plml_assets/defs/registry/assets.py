@@ -32,67 +32,86 @@ def score_holdout(model_uri: str, prices: pd.DataFrame, labels: pd.DataFrame, se
 @dg.asset(
     group_name="registry",
     kinds={"mlflow"},
-    description="The trained model as a new MLflow registry version with alias 'challenger'.",
+    output_required=False,
+    description="The leaderboard's pick (a single model or an ensemble) as a new MLflow registry version with alias "
+    "'challenger'. When the leaderboard picked nothing, nothing is registered and everything downstream is skipped.",
 )
 def registered_model(
     context: dg.AssetExecutionContext,
-    xgboost_model: dict,
+    model_leaderboard: dict,
     market_prices: pd.DataFrame,
     labels: pd.DataFrame,
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
-) -> dg.Output[dict]:
+):
+    selection = model_leaderboard["selection"]
+    winner = model_leaderboard.get("winner")
+    if winner is None:
+        context.log.warning(f"registered_model: nothing to register: {selection['reason']}")
+        return
     client = mlflow_registry.client()
     name = mlflow_registry.model_name
-    run_id = xgboost_model["run_id"]
+    run_id = winner["run_id"]
     existing = [v for v in mlflow_registry.versions() if v.run_id == run_id]
     if existing:  # a re-run after a killed run: reuse the version instead of registering twice
         version = existing[-1].version
         context.log.info(f"registered_model: run {run_id} is already version {version} of {name}")
     else:
         tags = {
-            **xgboost_model["tags"],
-            "plml.features": ",".join(xgboost_model["features"])[:4900],
-            **{f"plml.metric.{k}": f"{v:.6g}" for k, v in xgboost_model["metrics"].items()},
+            **winner["tags"],
+            "plml.candidate": winner["name"],
+            "plml.leaderboard_validated": str(selection["validated"]).lower(),
+            "plml.leaderboard_reason": selection["reason"][:4000],
+            "plml.features": ",".join(winner["features"])[:4900],
+            **{f"plml.metric.{k}": f"{v:.6g}" for k, v in winner["metrics"].items() if isinstance(v, (int, float))},
         }
         with mlflow_registry.tracking():
-            mv = mlflow.register_model(xgboost_model["model_uri"], name, tags=tags)
+            mv = mlflow.register_model(winner["model_uri"], name, tags=tags)
         version = str(mv.version)
         client.update_model_version(name, version, description=(
-            f"XGBoost on {len(xgboost_model['features'])} features, horizon {settings.horizon}d; "
-            f"holdout {xgboost_model['holdout']['holdout_start']}..{xgboost_model['holdout']['holdout_end']} "
-            f"rank IC {xgboost_model['metrics']['holdout_rank_ic']:.4f}"
+            f"{winner['description']}, horizon {settings.horizon}d; chosen by model_leaderboard: {selection['reason']}; "
+            f"holdout {winner['holdout']['holdout_start']}..{winner['holdout']['holdout_end']} "
+            f"rank IC {winner['metrics']['holdout_rank_ic']:.4f}"
         ))
     # Serving parity: the registered pyfunc, rebuilding features from raw prices, must reproduce
     # the holdout metrics measured at training time. A mismatch is training/serving skew.
     served, _ = score_holdout(mlflow_registry.model_uri(version), market_prices, labels, settings, mlflow_registry)
-    trained = xgboost_model["metrics"]["holdout_rank_ic"]
+    trained = winner["metrics"]["holdout_rank_ic"]
     both_undefined = np.isnan(served["rank_ic"]) and np.isnan(trained)  # e.g. a constant model
     skew = 0.0 if both_undefined else abs(served["rank_ic"] - trained)
     if not skew <= PARITY_TOLERANCE:
         raise RuntimeError(
-            f"training/serving skew: registered {name} v{version} scores holdout rank IC {served['rank_ic']:.6f} "
-            f"through the pyfunc but {trained:.6f} at training time"
+            f"training/serving skew: registered {name} v{version} ({winner['name']}) scores holdout rank IC "
+            f"{served['rank_ic']:.6f} through the pyfunc but {trained:.6f} at training time"
         )
     client.set_registered_model_alias(name, CHALLENGER, version)  # only once it serves what it was trained to
-    context.log.info(f"registered_model: {name} v{version} is '{CHALLENGER}', holdout rank IC {served['rank_ic']:.4f} (serving parity ok)")
-    return dg.Output(
+    context.log.info(
+        f"registered_model: {name} v{version} ({winner['name']}) is '{CHALLENGER}', holdout rank IC {served['rank_ic']:.4f} "
+        f"(serving parity ok); leaderboard: {selection['validation']}"
+    )
+    yield dg.Output(
         {
             "name": name,
             "version": version,
+            "candidate": winner["name"],
+            "kind": winner["kind"],
             "run_id": run_id,
             "model_uri": mlflow_registry.model_uri(version),
-            "holdout": xgboost_model["holdout"],
+            "holdout": winner["holdout"],
             "holdout_metrics": {k: float(v) for k, v in served.items()},
+            "leaderboard_validated": bool(selection["validated"]),
+            "leaderboard_validation": selection["validation"],
         },
         metadata={
             "model": name,
             "version": int(version),
+            "candidate": winner["name"],
             "alias": CHALLENGER,
             "model_uri": mlflow_registry.model_uri(version),
             "mlflow_run_id": run_id,
             "holdout_rank_ic": float(served["rank_ic"]),
             "serving_parity_abs_diff": float(skew),
+            "leaderboard_validated": bool(selection["validated"]),
         },
     )
 
@@ -110,6 +129,9 @@ class PromotionGateConfig(dg.Config):
     )
     block_on_validation_fail: bool = Field(
         default=True, description="refuse promotion when validation_report's verdict is 'fail' (PBO, deflated Sharpe, gaps)"
+    )
+    require_leaderboard_validation: bool = Field(
+        default=True, description="refuse promotion when the leaderboard's pick did not beat the baseline on the holdout"
     )
     baseline_window: int = Field(default=20, ge=1, le=250, description="momentum window of the baseline used when there is no champion")
 
@@ -174,6 +196,9 @@ def promotion_gate(
         notes.append(f"validation report: {validation} ({'; '.join(validation_report.get('reasons', [])) or 'no reasons'})")
     if config.block_on_validation_fail and validation == "fail":
         decision = type(decision)(False, decision.margin, decision.reason + "; blocked: the validation report says fail")
+    if config.require_leaderboard_validation and not registered_model.get("leaderboard_validated", False):
+        decision = type(decision)(False, decision.margin, decision.reason + "; blocked by the leaderboard: "
+                                  + registered_model.get("leaderboard_validation", "not validated"))
     verdict = "promote" if decision.passed else "keep"
     description = (
         f"{verdict}: challenger v{registered_model['version']} holdout {config.metric} {challenger_value:.4f} vs "

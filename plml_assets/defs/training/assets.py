@@ -18,12 +18,12 @@ from plml_assets.defs.selection.assets import selected_features
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, split_for
 from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib import prices as price_lib
-from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION
+from plml_assets.lib.features import FEATURE_SET_VERSION
 from plml_assets.lib.baselines import momentum_score
 from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.provenance import code_version, feature_list_hash
-from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer
+from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer, history_days
 from plml_assets.lib.training import best_iteration, design_matrix, fit_model, iteration_word, predict_rows
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
@@ -45,11 +45,11 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def _input_example(prices: pd.DataFrame, n_symbols: int = 25) -> pd.DataFrame:
+def _input_example(prices: pd.DataFrame, recipes: dict | None = None, n_symbols: int = 25) -> pd.DataFrame:
     """Enough symbols and history for real scores (cross-sectional features need several symbols),
     capped so that the example stored with the model stays small."""
     symbols = prices.index.get_level_values("symbol").unique()[:n_symbols]
-    dates = prices.index.get_level_values("date").unique().sort_values()[-(FEATURE_LOOKBACK_DAYS + 5):]
+    dates = prices.index.get_level_values("date").unique().sort_values()[-(history_days(recipes) + 5):]
     sub = prices[prices.index.get_level_values("symbol").isin(symbols) & prices.index.get_level_values("date").isin(dates)]
     return sub.reset_index()
 
@@ -67,39 +67,56 @@ def _device(family: str, requested: str) -> str | None:
 
 
 def build_model_asset(family: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=f"{family}_model",
+    kind = family if family in ("xgboost", "lightgbm") else "pytorch"
+
+    @dg.multi_asset(
+        name=f"{family}_training",
         group_name="training",
-        kinds={family if family in ("xgboost", "lightgbm") else "pytorch", "mlflow"},
+        outs={
+            f"{family}_model": dg.AssetOut(
+                kinds={kind, "mlflow"},
+                description=f"{family} with the parameters of {family}_study, trained on all data before the holdout window, "
+                "evaluated on the holdout, logged to MLflow as a pyfunc that rebuilds its features from raw prices.",
+            ),
+            f"{family}_holdout_predictions": dg.AssetOut(
+                kinds={kind},
+                description=f"{family}_model's scores on every holdout row (the model never saw those dates): what "
+                "ensembles combine and the leaderboard trades.",
+            ),
+        },
         retry_policy=TRAINING_RETRY,
         ins={"study": dg.AssetIn(f"{family}_study"), "cv_results": dg.AssetIn(f"{family}_cv_results")},
-        description=f"{family} with the parameters of {family}_study, trained on all data before the holdout window, "
-        "evaluated on the holdout, logged to MLflow as a pyfunc that rebuilds its features from raw prices.",
     )
     def _model(
         context: dg.AssetExecutionContext,
         config: ModelConfig,
         market_prices: pd.DataFrame,
         features: pd.DataFrame,
+        feature_recipes: dict,
         labels: pd.DataFrame,
         feature_selection: pd.DataFrame,
         cv_results: pd.DataFrame,
         study: dict,
         settings: ExperimentSettings,
         mlflow_registry: MlflowRegistry,
-    ) -> dg.Output[dict]:
+    ):
         with fail_fast_on_bad_input():
-            return train_family_model(
-                family, context, config, market_prices, features, labels, feature_selection, cv_results, study,
-                settings, mlflow_registry,
+            output, holdout = train_family_model(
+                family, context, config, market_prices, features, feature_recipes, labels, feature_selection, cv_results,
+                study, settings, mlflow_registry,
             )
+        yield output
+        yield dg.Output(holdout, output_name=f"{family}_holdout_predictions", metadata={
+            "rows": len(holdout), "dates": int(holdout.index.get_level_values("date").nunique()),
+        })
 
     return _model
 
 
 def train_family_model(
-    family, context, config, market_prices, features, labels, feature_selection, cv_results, study, settings, mlflow_registry,
-) -> dg.Output[dict]:
+    family, context, config, market_prices, features, feature_recipes, labels, feature_selection, cv_results, study, settings,
+    mlflow_registry,
+) -> tuple[dg.Output, pd.DataFrame]:
     start = time.perf_counter()
     asset_name = f"{family}_model"
     y_all, split = split_for(labels, settings)
@@ -171,10 +188,11 @@ def train_family_model(
         "dagster.asset": asset_name,
         "plml.cv_params_match": str(cv_params_match).lower(),
     }
-    example = _input_example(market_prices)
+    example = _input_example(market_prices, feature_recipes["recipes"])
     scorer = PanelScorer(
         columns, settings.horizon, list(market_prices.columns),
         training_symbols=sorted(X_train.index.get_level_values("symbol").unique()), family=family,
+        recipes=feature_recipes["recipes"],
     )
     with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / MODEL_ARTIFACT
@@ -190,7 +208,8 @@ def train_family_model(
             mlflow.log_params({**params, "horizon": settings.horizon, "holdout_days": settings.holdout_days,
                                "n_features": len(columns), "train_rows": len(X_train)})
             mlflow.log_metrics(metrics)
-            mlflow.log_dict({"features": columns, "winsor_clip": list(clip)}, "features.json")
+            mlflow.log_dict({"features": columns, "winsor_clip": list(clip),
+                             "recipes": {c: r for c, r in feature_recipes["recipes"].items() if c in columns}}, "features.json")
             mlflow.log_dict(split.describe(), "holdout_window.json")
             mlflow.log_text(cv_results.to_csv(index=False), "cv_results.csv")
             plots = {"holdout_cumulative_rank_ic": ic_curve, "cv_folds": folds_png}
@@ -227,6 +246,7 @@ def train_family_model(
         "tags": tags,
         "model_bytes": model_bytes,
         "fit_seconds": round(fit_seconds, 3),
+        "training_symbols": scorer.training_symbols,
     }
     metadata = {
         "mlflow_run_id": run_id,
@@ -245,7 +265,8 @@ def train_family_model(
     }
     if importance_png is not None:
         metadata["feature_importance"] = dg.MetadataValue.md(markdown_image(importance_png, "feature importance"))
-    return dg.Output(result, metadata=metadata)
+    holdout_frame = pd.DataFrame({"prediction": hold_pred}, index=X_hold.index)
+    return dg.Output(result, output_name=asset_name, metadata=metadata), holdout_frame
 
 
 MODELS = [build_model_asset(family) for family in FAMILIES]

@@ -111,15 +111,27 @@ class CVResultsConfig(dg.Config):
 
 
 def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=f"{family}_cv_results",
+    kind = family if family in ("xgboost", "lightgbm") else "pytorch"
+
+    @dg.multi_asset(
+        name=f"{family}_cv",
         group_name="validation",
-        kinds={family if family in ("xgboost", "lightgbm") else "pytorch"},
+        outs={
+            f"{family}_cv_results": dg.AssetOut(
+                kinds={kind},
+                description=f"{family} with the parameters of {family}_study: metrics per fold and aggregate for each CV "
+                "scheme, with an overfitting flag; each fold uses the features it selected on its own training rows. The "
+                "walk-forward numbers are optimistic when the study searched on those folds; the holdout is the honest number.",
+            ),
+            f"{family}_oof_predictions": dg.AssetOut(
+                kinds={kind},
+                description=f"{family}'s out-of-fold predictions: every validation row of every fold of both CV schemes, "
+                "scored by the model of that fold (fitted without it). Ensembles and the leaderboard are built from these, "
+                "never from in-sample predictions.",
+            ),
+        },
         retry_policy=TRAINING_RETRY,
         ins={"study": dg.AssetIn(f"{family}_study")},
-        description=f"{family} with the parameters of {family}_study: metrics per fold and aggregate for each CV scheme, "
-        "with an overfitting flag; each fold uses the features it selected on its own training rows. The walk-forward "
-        "numbers are optimistic when the study searched on those folds; the holdout is the honest number.",
     )
     def _cv_results(
         context: dg.AssetExecutionContext,
@@ -130,27 +142,37 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
         cv_fold_features: pd.DataFrame,
         study: dict,
         settings: ExperimentSettings,
-    ) -> dg.Output[pd.DataFrame]:
+    ):
         with fail_fast_on_bad_input():
             start = time.perf_counter()
             if not 0 <= config.gap_bound <= 2:
                 raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
             X, y, _ = training_window(features, labels, settings)
             params = study["params"]
-            frames = []
+            frames, predictions = [], []
             for scheme in SCHEMES:
                 folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
                 context.log.info(f"{family} {scheme}: {len(folds)} folds on {len(X):,} rows")
+                fold_predictions: list[pd.Series] = []
                 per_fold, _ = cross_validate(
                     params, X, y, folds, settings.horizon, config.gap_bound, log=context.log.info,
-                    family=family, fold_columns=fold_columns(cv_fold_features, scheme),
+                    family=family, fold_columns=fold_columns(cv_fold_features, scheme), fold_predictions=fold_predictions,
                 )
                 per_fold.insert(0, "scheme", scheme)
                 frames.append(per_fold)
+                for k, series in enumerate(fold_predictions, start=1):
+                    predictions.append(pd.DataFrame({"scheme": scheme, "fold": k, "prediction": series.to_numpy()}, index=series.index))
             results = pd.concat(frames, ignore_index=True)
             results.insert(0, "family", family)
             results["params"] = json.dumps(params, sort_keys=True)
-        return dg.Output(results, metadata=cv_results_metadata(context, results, config.gap_bound, params, start))
+            oof = pd.concat(predictions)
+        yield dg.Output(results, output_name=f"{family}_cv_results",
+                        metadata=cv_results_metadata(context, results, config.gap_bound, params, start))
+        yield dg.Output(oof, output_name=f"{family}_oof_predictions", metadata={
+            "rows": len(oof),
+            "rows_per_scheme": dg.MetadataValue.json(oof["scheme"].value_counts().to_dict()),
+            "dates": int(oof.index.get_level_values("date").nunique()),
+        })
 
     return _cv_results
 
