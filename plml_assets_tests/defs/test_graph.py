@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from plml_assets.definitions import ASSETS, CHECKS
+from plml_assets.defs.registry.assets import score_holdout
+from plml_assets.lib.ensemble import METHODS
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets_tests.conftest import SLICE_SYMBOLS, slice_resources
 
@@ -18,9 +20,12 @@ pytestmark = pytest.mark.slow
 
 FAMILIES = ("xgboost", "lightgbm", "lstm", "gru")
 ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
-# The XGBoost family feeds the registry; the other families only model_comparison. Tests about the
-# registry re-run this part alone (the whole graph runs once, in first_run).
-XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_")) and k != "model_comparison"]
+# Tests about the registry re-run the XGBoost chain, the ensembles and the leaderboard; the other
+# families' outputs are then read from the first run's storage (the whole graph runs once, in first_run).
+XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_"))
+                 and k not in ("model_comparison", "feature_importance", "feature_generation_report")]
+# Everything the registry needs, from a fresh home.
+REGISTRY_PATH = [k for k in ALL_KEYS if k not in ("model_comparison", "feature_importance", "feature_generation_report")]
 
 
 def _materialize(resources, instance, run_config=None, selection=None):
@@ -45,10 +50,13 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     resources, result = first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert {"market_prices", "labels", "features", "feature_selection", "cv_splits", "cv_fold_features",
-            "registered_model", "backtest", "cpcv_paths", "validation_report", "model_comparison"} <= materialized
+    assert {"market_prices", "labels", "base_features", "features", "feature_recipes", "feature_selection", "cv_splits",
+            "cv_fold_features", "registered_model", "backtest", "cpcv_paths", "validation_report", "model_comparison",
+            "feature_generation_report", "feature_importance", "ensemble_model", "ensemble_predictions",
+            "model_leaderboard"} <= materialized
     for family in FAMILIES:  # one lineage shape per family
-        assert {f"{family}_study", f"{family}_cv_results", f"{family}_model"} <= materialized
+        assert {f"{family}_study", f"{family}_cv_results", f"{family}_oof_predictions", f"{family}_model",
+                f"{family}_holdout_predictions"} <= materialized
 
     # Studies: the trial budget was spent, the parameters every later asset uses come from the study,
     # and one MLflow run holds the trial table and plots.
@@ -80,6 +88,46 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     assert xgb_row["walk_forward_rank_ic_mean"] == pytest.approx(
         xgb_cv.loc[xgb_cv["scheme"] == "walk_forward", "valid_rank_ic"].mean())
 
+    # Generated features: a recipe for every generated column; the report counts them and measures them.
+    recipes = json.loads((plml_home / "assets" / "feature_recipes.json").read_text())["recipes"]
+    feats = pd.read_parquet(plml_home / "assets" / "features.parquet")
+    base = pd.read_parquet(plml_home / "assets" / "base_features.parquet")
+    assert recipes and list(feats.columns) == [*base.columns, *recipes]
+    generation = json.loads((plml_home / "assets" / "feature_generation_report.json").read_text())
+    assert generation["generated"] == len(recipes)
+    assert set(generation["kept_in_final_selection"]) <= set(recipes)
+    assert len(generation["cv_rank_ic_base"]) == len(generation["cv_rank_ic_enlarged"]) == 3
+    assert generation["cv_rank_ic_change"] == pytest.approx(
+        sum(generation["cv_rank_ic_enlarged"]) / 3 - sum(generation["cv_rank_ic_base"]) / 3)
+
+    # Importance: every family on every walk-forward fold; gain for trees only.
+    importance = pd.read_parquet(plml_home / "assets" / "feature_importance.parquet")
+    assert set(importance["family"]) == set(FAMILIES)
+    assert (importance.groupby("family")["fold"].nunique() == 3).all()
+    assert importance.loc[importance["family"].isin(["xgboost", "lightgbm"]), "gain"].notna().all()
+    assert importance.loc[importance["family"].isin(["lstm", "gru"]), "gain"].isna().all()
+    assert importance["permutation"].notna().all()
+
+    # Leaderboard: every family, every ensemble rule and the baseline on the same folds and holdout.
+    board = json.loads((plml_home / "assets" / "model_leaderboard.json").read_text())
+    table = pd.DataFrame(board["table"]).set_index("candidate")
+    assert set(table.index) == {*FAMILIES, *(f"ensemble_{m}" for m in METHODS), "momentum_20d"}
+    assert table[["walk_forward_rank_ic_mean", "holdout_rank_ic", "holdout_sharpe", "oof_sharpe"]].notna().all().all()
+    assert table.loc["xgboost", "walk_forward_rank_ic_mean"] == pytest.approx(
+        xgb_cv.loc[xgb_cv["scheme"] == "walk_forward", "valid_rank_ic"].mean())
+    assert table.loc["xgboost", "configurations"] == 6 and table.loc["ensemble_mean", "configurations"] == 1
+    assert int(table["selected"].sum()) == (board["winner"] is not None)
+    assert board["selection"]["reason"] and board["selection"]["validation"]
+
+    # An ensemble's pyfunc rebuilds every member's features (generated ones included) from raw prices
+    # and serves the holdout scores it was evaluated with.
+    ensembles = json.loads((plml_home / "assets" / "ensemble_model.json").read_text())
+    weighted = ensembles["methods"]["weighted"]
+    assert sum(weighted["fit"]["weights"].values()) == pytest.approx(1.0)
+    labels = pd.read_parquet(plml_home / "assets" / "labels.parquet")
+    served, _ = score_holdout(weighted["model_uri"], resources["price_source"].load(), labels, resources["settings"], registry)
+    assert served["rank_ic"] == pytest.approx(weighted["holdout_metrics"]["rank_ic"], abs=1e-6)
+
     # Every blocking data check ran and passed on the real slice.
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert all(checks[f"prices_{n}"].passed for n in ("schema", "duplicates", "prices", "missing", "ranges", "history"))
@@ -110,10 +158,15 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     assert info.signature is not None and "close" in info.signature.inputs.input_names()
     assert info.saved_input_example_info is not None
 
-    # Registry: version 1 is the challenger, tagged; the gate compared it with the momentum baseline.
+    # Registry: version 1 is the leaderboard's pick, the challenger, tagged; the gate compared it with the
+    # momentum baseline.
+    board = json.loads((plml_home / "assets" / "model_leaderboard.json").read_text())
+    winner = board["winner"]
     v1 = registry.version_info("1")
     assert "challenger" in v1.aliases
-    assert v1.tags["plml.feature_list_hash"] == model_out["feature_list_hash"]
+    assert v1.tags["plml.candidate"] == winner["name"] == board["selection"]["winner"]
+    assert v1.run_id == winner["run_id"]
+    assert v1.tags["plml.leaderboard_validated"] == str(board["selection"]["validated"]).lower()
     assert v1.tags["plml.code_version"]
     gate = _gate(result)
     assert "baseline momentum_20d" in gate.description
@@ -186,9 +239,11 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
     registry: MlflowRegistry = resources["mlflow_registry"]
     prices = resources["price_source"].load()
     oracle_version = _register_reversed_oracle(registry, prices)
-    # This test is about the comparison with the champion: let a 'fail' validation verdict through.
-    lenient = {"ops": {"registered_model_promotion_gate": {"config": {"block_on_validation_fail": False}}}}
-    result = _materialize(resources, instance, run_config=lenient, selection=XGBOOST_CHAIN)
+    # This test is about the comparison with the champion: let a 'fail' validation verdict, and a pick
+    # that does not beat the momentum baseline on this small slice, through.
+    lenient = {"ops": {"registered_model_promotion_gate": {"config": {"block_on_validation_fail": False,
+                                                                       "require_leaderboard_validation": False}}}}
+    result = _materialize(resources, instance, run_config=lenient, selection=REGISTRY_PATH)
     gate = _gate(result)
     assert gate.passed, gate.description
     assert f"champion v{oracle_version}" in gate.description
@@ -206,6 +261,20 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
     assert not again.success
     failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no passing promotion gate" in str(failure.event_specific_data.error)
+    assert registry.alias_version("champion").version == oracle_version
+
+    # A rule no candidate passes: the leaderboard picks nothing, says why, and nothing is registered or promoted.
+    versions = [v.version for v in registry.versions()]
+    strict = {"ops": {"model_leaderboard": {"config": {"max_gap": 0.0}}}}
+    nothing = _materialize(resources, instance, run_config=strict,
+                           selection=["model_leaderboard", "registered_model", "champion_model"])
+    assert nothing.success
+    materialized = {e.materialization.asset_key.to_user_string() for e in nothing.get_asset_materialization_events()}
+    assert materialized == {"model_leaderboard"}
+    board = json.loads((plml_home / "assets" / "model_leaderboard.json").read_text())
+    assert board["winner"] is None and "no candidate passes every criterion" in board["selection"]["reason"]
+    assert all(any("train/validation gap" in f for f in fails) for fails in board["selection"]["failures"].values())
+    assert [v.version for v in registry.versions()] == versions
     assert registry.alias_version("champion").version == oracle_version
 
 

@@ -13,7 +13,7 @@ from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets_tests.conftest import slice_resources
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ["market_prices", "labels", "features", "cv_splits", "cv_fold_features"]
+UPSTREAM = ["market_prices", "labels", "base_features", "features", "feature_recipes", "cv_splits", "cv_fold_features"]
 
 
 @pytest.fixture(scope="module")

@@ -110,20 +110,21 @@ def test_champion_scores_raw_prices_in_a_fresh_process(readme_run, tmp_path):
     assert (rows["date"] == str(dates[-1].date()) + " 00:00:00").all() or (rows["date"].str[:10] == str(dates[-1].date())).all()
     assert np.isfinite(rows["score"]).all() and rows["score"].std() > 0
 
-    # No training/serving skew: the same scores as the trained booster on the features asset
-    # (built from full history); 400 days of history reproduce them to float32 precision.
-    model_out = json.loads((home / "assets" / "xgboost_model.json").read_text())
+    # No training/serving skew: the same scores as the champion's own fitted models on the features
+    # asset (built from full history, generated features included); 400 days of history reproduce
+    # them to float32 precision. The champion is whatever the leaderboard picked: one model or an ensemble.
     feats = pd.read_parquet(home / "assets" / "features.parquet")
-    latest = feats.xs(dates[-1], level="date")[model_out["features"]]
     registry = _registry(home)
-    from plml_assets.lib.models.xgboost_model import XGBoostModel
-    from plml_assets.lib.serving import MODEL_ARTIFACT
     import mlflow
+    from plml_assets.lib.serving import _predict
 
     with registry.tracking():
-        local = mlflow.artifacts.download_artifacts("models:/plml_model@champion", dst_path=str(tmp_path / "m"))
-    booster = XGBoostModel.load(Path(local) / "artifacts" / MODEL_ARTIFACT)
-    expected = pd.Series(booster.predict(latest), index=latest.index)
+        scorer = mlflow.pyfunc.load_model("models:/plml_model@champion").unwrap_python_model()
+    history = feats[feats.index.get_level_values("date") <= dates[-1]]
+    members = scorer.members()
+    scores = pd.DataFrame({name: _predict(model, history[columns], dates[-1]) for name, (model, columns) in members.items()},
+                          index=history.xs(dates[-1], level="date", drop_level=False).index)
+    expected = pd.Series(scorer.combine(scores), index=scores.index.get_level_values("symbol"))
     got = rows.set_index("symbol")["score"].reindex(expected.index)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4, atol=1e-6)
 
