@@ -1,4 +1,4 @@
-"""The model_comparison table on a dataset: every family tuned, cross-validated and held out.
+"""The model_comparison table (and with --leaderboard the model leaderboard) on a dataset.
 
 Materializes the asset graph up to ``model_comparison`` in process (a fresh PLML_HOME under
 ``--home``), with the given study budgets, and prints the table as markdown plus the wall time of
@@ -30,6 +30,8 @@ def main() -> int:
     parser.add_argument("--tree-trials", type=int, default=None, help="xgboost/lightgbm study budget (default: the profile's)")
     parser.add_argument("--net-trials", type=int, default=None, help="lstm/gru study budget (default: the profile's)")
     parser.add_argument("--home", default=None, help="PLML_HOME for this run (default: a new temp folder)")
+    parser.add_argument("--leaderboard", action="store_true",
+                        help="also build the ensembles, model_leaderboard and feature_generation_report, and print them")
     args = parser.parse_args()
 
     home = Path(args.home or tempfile.mkdtemp(prefix="plml_comparison_"))
@@ -49,7 +51,8 @@ def main() -> int:
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         result = dg.materialize(
             [*ASSETS, *CHECKS], resources=build_resources(), instance=instance, run_config={"ops": config},
-            selection=dg.AssetSelection.assets("model_comparison").upstream(),
+            selection=dg.AssetSelection.assets(
+                "model_comparison", *(("model_leaderboard", "feature_generation_report") if args.leaderboard else ())).upstream(),
         )
         steps = {e.step_key: e.event_specific_data.duration_ms / 1000 for e in result.all_events
                  if e.event_type_value == "STEP_SUCCESS"}
@@ -60,6 +63,21 @@ def main() -> int:
                    "study_trials", "study_pruned", "study_best"]]
     print(f"\nprices={args.prices} profile={args.profile} wall {wall:.0f} s, home {home}\n")
     print(shown.round(4).to_markdown())
+    if args.leaderboard:
+        import json
+
+        board = json.loads((home / "assets" / "model_leaderboard.json").read_text())
+        lb = pd.DataFrame(board["table"]).set_index("candidate")
+        print("\nmodel_leaderboard:\n")
+        print(lb[["walk_forward_rank_ic_mean", "walk_forward_rank_ic_std", "positive_folds", "kfold_rank_ic_mean", "gap",
+                  "oof_sharpe", "dsr", "holdout_rank_ic", "holdout_sharpe", "fit_seconds", "configurations", "selected"]]
+              .round(4).to_markdown())
+        print(f"\nselection: {board['selection']['reason']}; {board['selection']['validation']}; "
+              f"PBO of the candidates {board['selection']['pbo']:.3f}")
+        report = json.loads((home / "assets" / "feature_generation_report.json").read_text())
+        print(f"\nfeature generation: {report['generated']} generated, {len(report['kept_in_final_selection'])} kept "
+              f"({report['kept_per_fold']} per fold); walk-forward CV rank IC base {report['cv_rank_ic_base_mean']:.4f} -> "
+              f"enlarged {report['cv_rank_ic_enlarged_mean']:.4f} ({report['cv_rank_ic_change']:+.4f})")
     print("\nstep seconds:")
     for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
         print(f"  {step:24s} {seconds:7.1f}")

@@ -439,7 +439,11 @@ def _permutation_drops(
     config: SelectionConfig,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, float]:
-    """Drop in mean per-date rank-IC on validation rows when each feature is shuffled."""
+    """Drop in mean per-date rank-IC on validation rows when each feature is shuffled across symbols
+    within each date (a shuffle across all rows would also move values between dates, so a feature
+    that only trends over time would look important)."""
+    from plml_assets.lib.importance import shuffle_within_dates
+
     codes, uniques = pd.factorize(dates)
     scorer = _RankIC(labels, codes, len(uniques))
     base = scorer(booster.inplace_predict(features))
@@ -447,7 +451,7 @@ def _permutation_drops(
     for j in range(features.shape[1]):
         original = features[:, j].copy()
         for _ in range(config.permutation_repeats):
-            features[:, j] = original[rng.permutation(original.size)]
+            features[:, j] = shuffle_within_dates(original, codes, rng)
             drops[j] += base - scorer(booster.inplace_predict(features))
         features[:, j] = original
     return drops / config.permutation_repeats, base

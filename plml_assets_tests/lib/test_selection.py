@@ -316,3 +316,23 @@ def test_all_features_dropped_raises_with_reason_counts(panel):
     expected = r"every feature was dropped \(2 near-constant, 1 missing, 1 leakage\)"
     with pytest.raises(ValueError, match=expected):
         select_features(X[["f_flat", "f_const", "f_missing", "f_leak"]], y, folds)
+
+
+def test_permutation_shuffles_within_dates_so_a_date_level_feature_has_no_importance():
+    """A feature equal for every symbol on a date (a market-wide trend) cannot change a date's ranking:
+    shuffled within dates its drop is exactly 0; a shuffle across all rows would carry it between
+    dates and invent an importance."""
+    from plml_assets.lib.selection import _fit, _permutation_drops
+
+    rng = np.random.default_rng(3)
+    n_dates, n_symbols = 120, 12
+    dates = pd.Index(np.repeat(pd.bdate_range("2021-01-01", periods=n_dates), n_symbols))
+    trend = np.repeat(np.linspace(-1, 1, n_dates), n_symbols)
+    signal = rng.standard_normal(n_dates * n_symbols)
+    labels = signal + trend + 0.5 * rng.standard_normal(len(signal))
+    features = np.column_stack([signal, trend]).astype(np.float32)
+    config = SelectionConfig(n_estimators=30, permutation_repeats=2)
+    booster = _fit(features, labels, config)
+    drops, base = _permutation_drops(booster, features.copy(), labels, dates, config, np.random.default_rng(0))
+    assert base > 0.3 and drops[0] > 0.1
+    assert drops[1] == pytest.approx(0.0, abs=1e-12)
