@@ -11,6 +11,7 @@ from plml_assets.defs.data import checks as data_checks
 from plml_assets.defs.ensemble import assets as ensemble_assets
 from plml_assets.defs.importance import assets as importance_assets
 from plml_assets.defs.registry import assets as registry_assets
+from plml_assets.defs.registry.jobs import rollback_champion
 from plml_assets.defs.selection import assets as selection_assets
 from plml_assets.defs.training import assets as training_assets
 from plml_assets.defs.tuning import assets as tuning_assets
@@ -61,4 +62,4 @@ ASSETS = dg.load_assets_from_modules(
 )
 CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
 
-defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=build_resources())
+defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[rollback_champion], resources=build_resources())

@@ -177,6 +177,8 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
     assert len(report["cpcv_path_sharpe"]) == 3  # quick profile: C(3, 1) paths of CPCV(N=4, k=2)
     if report["verdict"] == "fail":  # the gate reads the verdict
         assert not gate.passed and "validation report says fail" in gate.description
+    if not board["selection"]["validated"]:  # the pick did not beat the baseline on the holdout: nothing new is promoted
+        assert not gate.passed and "blocked by the leaderboard" in gate.description
     backtest = pd.read_parquet(plml_home / "assets" / "backtest.parquet")
     assert {"xgboost:long_short", "xgboost:long_only", "ridge:long_short", "momentum_20d:long_only"} <= set(backtest.columns)
     assert backtest.notna().all().all() and len(backtest) > 250

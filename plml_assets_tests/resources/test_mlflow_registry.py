@@ -217,3 +217,19 @@ def test_tracking_restores_mlflows_resolved_uris(registry, monkeypatch, tmp_path
         pass
 
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == uris_before
+
+
+def test_rollback_job_restores_the_previous_champion_and_fails_clearly_without_one(registry):
+    from plml_assets.defs.registry.jobs import rollback_champion
+
+    registry.promote("1", reason="test")
+    registry.promote("2", reason="test")
+    result = rollback_champion.execute_in_process(resources={"mlflow_registry": registry})
+    assert result.success
+    assert result.output_for_node("restore_previous_champion") == {"rolled_back": "2", "champion": "1"}
+    assert registry.alias_version(CHAMPION).version == "1"
+    again = rollback_champion.execute_in_process(resources={"mlflow_registry": registry}, raise_on_error=False)
+    assert not again.success
+    failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no earlier champion to roll back to" in str(failure.event_specific_data.error)
+    assert registry.alias_version(CHAMPION).version == "1"
