@@ -10,6 +10,9 @@ from plml_assets.defs.data import assets as data_assets
 from plml_assets.defs.data import checks as data_checks
 from plml_assets.defs.ensemble import assets as ensemble_assets
 from plml_assets.defs.importance import assets as importance_assets
+from plml_assets.defs.monitoring import assets as monitoring_assets
+from plml_assets.defs.monitoring.schedules import data_refresh_schedule, weekly_retrain_schedule
+from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
 from plml_assets.defs.registry import assets as registry_assets
 from plml_assets.defs.registry.jobs import rollback_champion
 from plml_assets.defs.selection import assets as selection_assets
@@ -58,8 +61,21 @@ def build_resources() -> dict[str, object]:
 
 ASSETS = dg.load_assets_from_modules(
     [data_assets, selection_assets, validation_assets, tuning_assets, backtest_assets, training_assets,
-     comparison_assets, ensemble_assets, importance_assets, registry_assets]
+     comparison_assets, ensemble_assets, importance_assets, monitoring_assets, registry_assets]
 )
 CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
 
-defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[rollback_champion], resources=build_resources())
+# Declarative automation: the data assets and drift_metrics carry AutomationConditions (eager,
+# gated by the blocking price checks); this sensor evaluates them.
+AUTOMATION = dg.AutomationConditionSensorDefinition(
+    "plml_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+)
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[rollback_champion],
+    schedules=[data_refresh_schedule, weekly_retrain_schedule],
+    sensors=[drift_retraining_sensor, AUTOMATION],
+    resources=build_resources(),
+)

@@ -121,3 +121,35 @@ def importance_stability_plot(summary_by_family: Mapping[str, pd.DataFrame], top
         ax.set_xlabel("rank-IC drop when shuffled within date")
         ax.tick_params(axis="y", labelsize=7)
     return to_png(fig)
+
+
+def drift_plot(feature_table: pd.DataFrame, realized_ic: pd.Series | None, thresholds, top: int = 15) -> bytes:
+    """Left: PSI of the ``top`` most drifted features (a ``feature_drift`` table) with the warning and
+    retrain levels of ``thresholds`` (a ``DriftThresholds``); right: cumulative realized rank IC of the
+    champion over dates, when given: a line that stops rising is a signal that stopped working."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.28 * max(min(top, len(feature_table)), 6) + 1.6))
+    psi = pd.to_numeric(feature_table["psi"], errors="coerce").dropna() if "psi" in feature_table else pd.Series(dtype=float)
+    block = psi.sort_values(ascending=False).head(top).iloc[::-1]  # largest on top
+    if len(block):
+        colors = ["tab:red" if v > thresholds.psi_retrain else "tab:orange" if v > thresholds.psi_warn else "tab:blue"
+                  for v in block.to_numpy()]
+        left.barh([str(f) for f in block.index], block.to_numpy(), color=colors)
+        left.tick_params(axis="y", labelsize=7)
+    else:
+        left.text(0.5, 0.5, "no feature PSI", ha="center", va="center", transform=left.transAxes)
+    left.axvline(thresholds.psi_warn, color="tab:orange", ls="--", lw=1, label=f"warn {thresholds.psi_warn}")
+    left.axvline(thresholds.psi_retrain, color="tab:red", ls="--", lw=1, label=f"retrain {thresholds.psi_retrain}")
+    left.set_xlabel("PSI (new data vs the champion's training window)")
+    left.set_title(f"top {len(block)} features by PSI")
+    left.legend(fontsize=7, loc="lower right")
+    ic = realized_ic.dropna() if realized_ic is not None else pd.Series(dtype=float)
+    if len(ic):
+        right.plot(pd.to_datetime(ic.index), ic.cumsum().to_numpy(), color="tab:blue")
+        right.set_title(f"realized rank IC: mean {ic.mean():.4f} over {len(ic)} dates")
+        right.tick_params(axis="x", labelrotation=30)
+    else:
+        right.text(0.5, 0.5, "no labelled dates yet", ha="center", va="center", transform=right.transAxes)
+        right.set_title("realized rank IC")
+    right.axhline(0, color="black", lw=0.8)
+    right.set_ylabel("cumulative rank IC")
+    return to_png(fig)

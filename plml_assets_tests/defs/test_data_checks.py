@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.defs.data.assets import features, labels, market_prices
+from plml_assets.defs.data.assets import base_features, generated_features, labels, market_prices
 from plml_assets.defs.data.checks import market_prices_quality
 from plml_assets.lib.prices import PriceDataError
 from plml_assets_tests.conftest import slice_resources
@@ -34,7 +34,7 @@ def _run(tmp_path: Path, frame: pd.DataFrame, instance, name: str = "prices.csv"
     frame.to_csv(path, index=False)
     resources = slice_resources(tmp_path / "home", source=str(path))
     return dg.materialize(
-        [market_prices, labels, features, market_prices_quality],
+        [market_prices, labels, base_features, generated_features, market_prices_quality],
         resources=resources,
         instance=instance,
         raise_on_error=False,
@@ -52,7 +52,7 @@ def test_clean_real_panel_passes_every_check(tmp_path, embedded_panel, instance)
     assert set(checks) == {f"prices_{n}" for n in ("schema", "duplicates", "prices", "missing", "ranges", "history")}
     assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
     mats = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events() for m in [m.materialization]}
-    assert {"market_prices", "labels", "features"} <= mats
+    assert {"market_prices", "labels", "base_features", "features", "feature_recipes"} <= mats
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_bad_panel_fails_its_check_and_stops_the_graph(tmp_path, embedded_panel,
     assert expected in checks[check].description
     assert not result.success
     mats = {m.materialization.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    assert "labels" not in mats and "features" not in mats  # blocked downstream
+    assert "labels" not in mats and "base_features" not in mats and "features" not in mats  # blocked downstream
 
 
 def test_offending_rows_are_named(tmp_path, embedded_panel, instance):

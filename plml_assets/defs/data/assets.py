@@ -46,7 +46,12 @@ def market_prices(context: dg.AssetExecutionContext, price_source: PriceSource) 
     )
 
 
-@dg.asset(group_name="data", kinds={"pandas"}, description="Forward return over the horizon, per symbol.")
+# New prices move these on their own (declarative automation), once the blocking price checks passed.
+FOLLOW_PRICES = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+@dg.asset(group_name="data", kinds={"pandas"}, automation_condition=FOLLOW_PRICES,
+          description="Forward return over the horizon, per symbol.")
 def labels(context: dg.AssetExecutionContext, market_prices: pd.DataFrame, settings: ExperimentSettings) -> dg.Output[pd.DataFrame]:
     y = forward_returns(market_prices, settings.horizon)
     known = y.dropna()
@@ -67,7 +72,8 @@ def labels(context: dg.AssetExecutionContext, market_prices: pd.DataFrame, setti
     )
 
 
-@dg.asset(group_name="data", kinds={"pandas"}, description="The hand-written base features: vectorized, without look-ahead.")
+@dg.asset(group_name="data", kinds={"pandas"}, automation_condition=FOLLOW_PRICES,
+          description="The hand-written base features: vectorized, without look-ahead.")
 def base_features(context: dg.AssetExecutionContext, market_prices: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     start = time.perf_counter()
     frame, skipped = build_features(market_prices)
@@ -105,11 +111,13 @@ class FeatureGenerationConfig(dg.Config):
     outs={
         "features": dg.AssetOut(
             kinds={"pandas"},
+            automation_condition=FOLLOW_PRICES,
             description="Model features: the base features plus those generated from declared primitives (lags, rolling "
             "mean/std/z-score, differences, EWMs, per-date rank/z-score/demeaning, interactions among the top-k). "
             "Selection downstream keeps only those that help under the purged CV.",
         ),
         "feature_recipes": dg.AssetOut(
+            automation_condition=FOLLOW_PRICES,
             description="name -> primitive, inputs and parameters of every generated feature: the registered pyfunc "
             "rebuilds them from raw prices with these recipes.",
         ),

@@ -1,0 +1,136 @@
+"""Is the champion still trained on the market we score? Feature, prediction and performance drift."""
+
+import time
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from plml_assets.defs.shared import fail_fast_on_bad_input, split_for
+from plml_assets.lib.drift import (DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay,
+                                   prediction_drift, realized_rank_ic, summarize)
+from plml_assets.lib.plots import drift_plot, markdown_image
+from plml_assets.lib.serving import history_days
+from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
+from plml_assets.resources.settings import ExperimentSettings
+
+
+class DriftConfig(dg.Config):
+    recent_days: int = Field(default=60, ge=5, description="newest trading dates compared with the champion's training window")
+    reference_days: int = Field(default=250, ge=20, description="last trading dates of the champion's training window used as reference")
+    bins: int = Field(default=10, ge=2, le=100, description="PSI bins (quantiles of the reference)")
+    psi_warn: float = Field(default=0.1, description="a feature with PSI above this is worth a look")
+    psi_retrain: float = Field(default=0.25, description="a feature with PSI above this has drifted")
+    max_drifted_share: float = Field(default=0.3, description="retrain when more than this share of the champion's features drifted")
+    prediction_psi_retrain: float = Field(default=0.25, description="retrain when the champion's score distribution drifted more than this (PSI)")
+    min_realized_rank_ic: float | None = Field(default=0.0, description="retrain when the realized rank IC on newly labelled dates falls below this")
+    max_decay: float | None = Field(default=0.03, description="retrain when realized rank IC is this much below the champion's holdout rank IC")
+    max_age_days: int | None = Field(default=None, description="retrain when the champion's training data ends more than this many trading days before the newest date")
+    min_dates: int = Field(default=20, ge=1, description="newly labelled dates needed before realized performance is judged")
+
+    def thresholds(self) -> DriftThresholds:
+        return DriftThresholds(
+            psi_warn=self.psi_warn, psi_retrain=self.psi_retrain, max_drifted_share=self.max_drifted_share,
+            prediction_psi_retrain=self.prediction_psi_retrain, min_realized_rank_ic=self.min_realized_rank_ic,
+            max_decay=self.max_decay, max_age_days=self.max_age_days,
+        ).validate()
+
+
+def _no_champion(thresholds: DriftThresholds) -> dg.Output:
+    decision = {"retrain": False, "severity": "ok", "reasons": [], "notes": ["no champion yet: nothing to compare"], "causes": []}
+    return dg.Output({"champion": None, "summary": {}, "decision": decision, "thresholds": thresholds.__dict__},
+                     metadata={"champion": "none", "severity": "ok", "retrain": False,
+                               "decision": dg.MetadataValue.json(decision), "summary": dg.MetadataValue.json({}),
+                               "thresholds": dg.MetadataValue.json(thresholds.__dict__)})
+
+
+@dg.asset(
+    group_name="monitoring",
+    kinds={"mlflow"},
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+    description="The newest data against the champion's training window: PSI and KS per feature, drift of the champion's "
+    "score distribution, realized rank IC on dates labelled since its holdout, the data's age, and the retraining decision "
+    "(lib/drift.decide_retraining) the drift sensor acts on.",
+)
+def drift_metrics(
+    context: dg.AssetExecutionContext,
+    config: DriftConfig,
+    market_prices: pd.DataFrame,
+    features: pd.DataFrame,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+    mlflow_registry: MlflowRegistry,
+) -> dg.Output[dict]:
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        thresholds = config.thresholds()
+        champion = mlflow_registry.alias_version(CHAMPION)
+        if champion is None:
+            context.log.info("drift_metrics: no champion in the registry yet; nothing to compare")
+            return _no_champion(thresholds)
+        train_end = champion.tags.get("plml.train_end")
+        holdout_end = champion.tags.get("plml.holdout_end")
+        if not train_end:
+            raise ValueError(f"champion v{champion.version} has no plml.train_end tag: its training window is unknown")
+        with mlflow_registry.tracking():
+            scorer = mlflow.pyfunc.load_model(mlflow_registry.model_uri(CHAMPION)).unwrap_python_model()
+        columns = list(dict.fromkeys(c for _, cols in scorer.members().values() for c in cols))
+        missing = [c for c in columns if c not in features.columns]
+        if missing:
+            raise ValueError(f"the champion reads feature(s) {missing[:10]} absent from the features asset: re-materialize features")
+        dates = features.index.get_level_values("date")
+        all_dates = dates.unique().sort_values()
+        trained = all_dates[all_dates <= pd.Timestamp(train_end)]
+        if len(trained) == 0:
+            raise ValueError(f"the panel holds no date up to the champion's training end {train_end}")
+        reference_dates = trained[-config.reference_days:]
+        recent_dates = all_dates[-config.recent_days:]
+        feature_table = feature_drift(features.loc[dates.isin(reference_dates), columns],
+                                      features.loc[dates.isin(recent_dates), columns], bins=config.bins, seed=settings.seed)
+        # The champion scores raw prices as the prediction engine would (its own feature pipeline).
+        first = all_dates[max(0, all_dates.get_loc(reference_dates[0]) - history_days(getattr(scorer, "recipes", {})))]
+        panel = market_prices[market_prices.index.get_level_values("date") >= first]
+        scored = scorer.score(panel, all_dates=True).set_index(["date", "symbol"])["score"]
+        score_dates = scored.index.get_level_values("date")
+        prediction = prediction_drift(scored[score_dates.isin(reference_dates)], scored[score_dates.isin(recent_dates)], bins=config.bins)
+        y, _ = split_for(labels, settings)
+        since = pd.Timestamp(holdout_end or train_end)
+        new = scored[score_dates > since]
+        reference_ic = float(champion.tags.get("plml.metric.holdout_rank_ic", "nan"))
+        performance = performance_decay(new, y.reindex(new.index), reference_ic, min_dates=config.min_dates)
+        age = data_age_days(train_end, all_dates)
+        summary = summarize(feature_table, prediction, performance, thresholds, age)
+        decision = decide_retraining(summary, thresholds)
+    realized = realized_rank_ic(new, y.reindex(new.index)) if len(new) else None
+    png = drift_plot(feature_table, realized, thresholds)
+    decision_dict = {"retrain": decision.retrain, "severity": decision.severity, "reasons": decision.reasons,
+                     "notes": decision.notes, "causes": decision.causes}
+    log = context.log.warning if decision.retrain else context.log.info
+    log(f"drift_metrics: champion v{champion.version} ({len(columns)} features), reference "
+        f"{reference_dates[0].date()}..{reference_dates[-1].date()} vs recent {recent_dates[0].date()}..{recent_dates[-1].date()}: "
+        f"{decision.severity}" + (": " + "; ".join(decision.reasons) if decision.reasons else "")
+        + f" ({time.perf_counter() - start:.1f} s)")
+    clean = {k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in summary.items()}
+    windows = {"reference_start": str(reference_dates[0].date()), "reference_end": str(reference_dates[-1].date()),
+               "recent_start": str(recent_dates[0].date()), "recent_end": str(recent_dates[-1].date()),
+               "performance_since": str(since.date())}
+    return dg.Output(
+        {"champion": champion.version, "summary": clean, "decision": decision_dict, "thresholds": thresholds.__dict__,
+         "windows": windows, "prediction": {k: float(v) for k, v in prediction.items()},
+         "performance": {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in performance.items()}},
+        metadata={
+            "champion": f"v{champion.version}",
+            "severity": decision.severity,
+            "retrain": decision.retrain,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons) or "none"),
+            "decision": dg.MetadataValue.json(decision_dict),
+            "summary": dg.MetadataValue.json(clean),
+            "thresholds": dg.MetadataValue.json(thresholds.__dict__),
+            "windows": dg.MetadataValue.json(windows),
+            "feature_psi": dg.MetadataValue.md(feature_table.head(20).round(4).to_markdown()),
+            "plot": dg.MetadataValue.md(markdown_image(png, "feature PSI and realized rank IC")),
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+    )

@@ -1,0 +1,75 @@
+"""The drift sensor on a real Dagster instance: it reads each drift_metrics materialization once and
+requests a retraining run only when lib/drift.decide_retraining says so; schedules and automation."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from plml_assets.defs.monitoring.sensors import RETRAIN_SELECTION, drift_retraining_sensor, latest_drift_record
+from plml_assets.definitions import defs
+from plml_assets.lib.drift import DriftThresholds
+
+THRESHOLDS = DriftThresholds().__dict__
+CALM = {"feature_drift_share": 0.05, "max_feature_psi": 0.12, "top_drifted": ["vol_20d"], "prediction_psi": 0.02,
+        "realized_rank_ic": 0.03, "decay": 0.0, "enough_dates": True, "age_days": 300, "n_features": 20, "n_drifted": 1}
+DRIFTED = {**CALM, "feature_drift_share": 0.6, "max_feature_psi": 1.4, "n_drifted": 12, "top_drifted": ["vol_20d", "ret_20d"]}
+
+
+def _report(instance, summary: dict) -> int:
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "drift_metrics", metadata={"summary": dg.MetadataValue.json(summary), "thresholds": dg.MetadataValue.json(THRESHOLDS),
+                                   "champion": "v1"}))
+    return latest_drift_record(instance).storage_id
+
+
+def _tick(instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    return drift_retraining_sensor(context), context.cursor
+
+
+def test_no_drift_metrics_yet_is_a_skip(instance):
+    result, _ = _tick(instance)
+    assert isinstance(result, dg.SkipReason) and "never been materialized" in result.skip_message
+
+
+def test_drift_requests_one_retraining_run_with_the_reason_then_waits_for_new_metrics(instance):
+    storage_id = _report(instance, DRIFTED)
+    request, cursor = _tick(instance)
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_key == f"drift-{storage_id}" and cursor == str(storage_id)
+    assert request.tags["plml/trigger"] == "drift" and "feature_drift" in request.tags["plml/causes"]
+    assert "12 of 20 features" in request.tags["plml/reason"] and all(isinstance(v, str) for v in request.tags.values())
+    again, _ = _tick(instance, cursor)  # the same materialization is not acted on twice
+    assert isinstance(again, dg.SkipReason) and "no new drift_metrics" in again.skip_message
+    _report(instance, CALM)
+    calm, _ = _tick(instance, cursor)
+    assert isinstance(calm, dg.SkipReason) and "drift_metrics" in calm.skip_message
+
+
+@pytest.mark.parametrize(("change", "cause"), [
+    ({"prediction_psi": 0.6}, "prediction"),
+    ({"realized_rank_ic": -0.04, "decay": 0.07}, "performance"),
+])
+def test_each_kind_of_drift_triggers(instance, change, cause):
+    _report(instance, {**CALM, **change})
+    request, _ = _tick(instance)
+    assert isinstance(request, dg.RunRequest), request
+    assert cause in request.tags["plml/causes"]
+
+
+def test_retraining_targets_everything_but_monitoring_and_schedules_have_a_timezone():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in RETRAIN_SELECTION.resolve(graph)}
+    assert {"features", "xgboost_study", "ensemble_model", "model_leaderboard", "registered_model", "champion_model"} <= keys
+    assert "drift_metrics" not in keys
+    repo = defs.get_repository_def()
+    schedules = {s.name: s for s in repo.schedule_defs}
+    assert schedules["data_refresh"].cron_schedule == "30 18 * * 1-5"
+    assert schedules["weekly_retrain"].cron_schedule == "0 6 * * 6"
+    assert {s.execution_timezone for s in schedules.values()} == {"America/New_York"}
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert sensors["plml_automation"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors["drift_retraining_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
+    automated = {k.to_user_string() for k, node in ((n.key, n) for n in graph.asset_nodes) if node.automation_condition is not None}
+    assert automated == {"labels", "base_features", "features", "feature_recipes", "drift_metrics"}
