@@ -5,6 +5,7 @@
     plml promote VERSION     point 'champion' at VERSION
     plml rollback            move 'champion' back to the previous champion
     plml doctor              check that the Dagster instance, MLflow store and Optuna storage work
+    plml advance [--days N | --to DATE | --clear]   move the simulated 'today' (new prices arrive)
 """
 
 from __future__ import annotations
@@ -179,6 +180,54 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_advance(args: argparse.Namespace) -> int:
+    """Simulate time passing over a fixed panel: prices after the as-of date do not exist yet, so
+    moving it forward makes new data arrive for the data refresh, the automation and the drift sensor."""
+    import pandas as pd
+
+    from plml_assets.lib.prices import PriceDataError
+    from plml_assets.resources.paths import as_of_file
+    from plml_assets.resources.prices import PriceSource
+
+    path = as_of_file()
+    if args.clear:
+        path.unlink(missing_ok=True)
+        print("plml advance: as-of cleared: every date of the source is visible")
+        return 0
+    full = PriceSource(source=os.environ.get("PLML_PRICES", "embedded"), as_of="2262-01-01")
+    try:
+        dates = full.load().index.get_level_values("date").unique().sort_values()
+    except PriceDataError as exc:
+        print(f"plml advance: {exc}", file=sys.stderr)
+        return 2
+    current = PriceSource(source=full.source).effective_as_of()
+    if args.to:
+        try:
+            target = pd.Timestamp(args.to)
+        except ValueError:
+            print(f"plml advance: --to {args.to!r} is not a date", file=sys.stderr)
+            return 2
+    elif args.days is not None:
+        if current is None:
+            print("plml advance: --days needs a starting as-of date: set one first with --to DATE", file=sys.stderr)
+            return 2
+        position = int(dates.searchsorted(pd.Timestamp(current), side="right")) - 1
+        target = dates[min(max(position + args.days, 0), len(dates) - 1)]
+    else:
+        print(f"as of {current}" if current else "as of: not set (every date of the source is visible)")
+        return 0
+    visible = dates[dates <= target]
+    if len(visible) == 0:
+        print(f"plml advance: the source has no date on or before {target.date()} (first {dates[0].date()})", file=sys.stderr)
+        return 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(visible[-1].date()))
+    before = int((dates <= pd.Timestamp(current)).sum()) if current else None
+    change = f" ({len(visible) - before:+d} trading dates)" if before is not None else ""
+    print(f"plml advance: as of {current or 'unset'} -> {visible[-1].date()}{change}; {len(visible)} of {len(dates)} dates visible")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def _doctor_dagster() -> tuple[bool, str, str]:
     from dagster import DagsterInstance
@@ -333,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("doctor", help="check the Dagster instance, MLflow store and Optuna storage")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("advance", help="move the simulated 'today' over the price panel: new data arrives")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--days", type=int, default=None, help="move forward (or back, negative) this many trading dates")
+    group.add_argument("--to", default=None, help="set the as-of date (ISO)")
+    group.add_argument("--clear", action="store_true", help="forget the as-of date: every date is visible")
+    p.set_defaults(func=cmd_advance)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

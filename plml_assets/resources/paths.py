@@ -23,6 +23,11 @@ def default_optuna_storage_url() -> str:
     return f"sqlite:///{plml_home() / 'optuna.db'}"
 
 
+def as_of_file() -> Path:
+    """Where `plml advance` keeps the simulated 'today': prices after it do not exist yet."""
+    return plml_home() / "as_of"
+
+
 def default_asset_dir() -> Path:
     return plml_home() / "assets"
 

@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.lib import prices as price_lib
+from plml_assets.resources.paths import as_of_file
 
 
 class PriceSource(dg.ConfigurableResource):
@@ -19,9 +20,22 @@ class PriceSource(dg.ConfigurableResource):
     symbols: list[str] | None = Field(default=None, description="keep only these symbols (None = all)")
     start_date: str | None = Field(default=None, description="first date kept, ISO format (None = all)")
     end_date: str | None = Field(default=None, description="last date kept, ISO format (None = all)")
+    as_of: str | None = Field(
+        default=None,
+        description="simulated today: dates after it do not exist yet (None: the date in PLML_HOME/as_of written by "
+        "`plml advance`, if any). Advancing it makes new data arrive over a fixed panel.",
+    )
+
+    def effective_as_of(self) -> str | None:
+        if self.as_of:
+            return self.as_of
+        path = as_of_file()
+        return path.read_text().strip() or None if path.exists() else None
 
     def describe_source(self) -> str:
-        return "embedded:skfolio.sp500" if self.source.strip().lower() == "embedded" else str(Path(self.source).resolve())
+        name = "embedded:skfolio.sp500" if self.source.strip().lower() == "embedded" else str(Path(self.source).resolve())
+        as_of = self.effective_as_of()
+        return f"{name} as of {as_of}" if as_of else name
 
     def load(self) -> pd.DataFrame:
         source = self.source.strip()
@@ -53,12 +67,15 @@ class PriceSource(dg.ConfigurableResource):
                 mask &= dates >= pd.Timestamp(self.start_date)
             if self.end_date:
                 mask &= dates <= pd.Timestamp(self.end_date)
+            as_of = self.effective_as_of()
+            if as_of:
+                mask &= dates <= pd.Timestamp(as_of)
         except ValueError as exc:
-            raise price_lib.PriceDataError(f"bad start_date/end_date for the price source: {exc}") from exc
+            raise price_lib.PriceDataError(f"bad start_date/end_date/as_of for the price source: {exc}") from exc
         panel = panel[mask]
         if panel.empty:
             raise price_lib.PriceDataError(
                 f"the price source {self.describe_source()!r} has no rows for symbols={self.symbols} "
-                f"start_date={self.start_date} end_date={self.end_date}"
+                f"start_date={self.start_date} end_date={self.end_date} as_of={self.effective_as_of()}"
             )
         return panel
