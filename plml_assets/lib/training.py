@@ -7,6 +7,7 @@ if ``i + horizon < j``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,30 @@ def fit_model(
     model.fit((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]))
     model.target_clip_ = clip
     return model, fit_mask
+
+
+def update_model(
+    model: Model, X: pd.DataFrame, y: pd.Series, horizon: int, rounds: int | None = None
+) -> tuple[Model, np.ndarray]:
+    """Update a fitted model (a champion) on new rows instead of refitting it: a copy of ``model``
+    continues training (:meth:`Model.fit_incremental`: more trees, or fine-tuning epochs, at most
+    ``rounds``, the family's default when None) with early stopping on the purged tail of the
+    given dates, by :func:`fit_model`'s recipe, except that the target is clipped at the original
+    model's ``target_clip_``: the update keeps the fit's units, as it keeps its scaler. ``X`` must
+    hold exactly the model's feature columns. Returns the updated copy (``model`` is left as it
+    was) and the fitting-row mask."""
+    clip = getattr(model, "target_clip_", None)
+    if clip is None:
+        raise ValueError(
+            f"{type(model).__name__} has no target_clip_: update_model takes a model from fit_model (or one saved "
+            "and loaded since); set model.target_clip_ = (low, high) as used when it was fitted"
+        )
+    fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
+    target = y.clip(*clip)
+    updated = copy.deepcopy(model)
+    updated.fit_incremental((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]), rounds=rounds)
+    updated.target_clip_ = tuple(float(v) for v in clip)
+    return updated, fit_mask
 
 
 def predict_rows(model: Model, X: pd.DataFrame, rows: np.ndarray) -> np.ndarray:

@@ -10,6 +10,15 @@ returns the scaled rows; ``valid`` and ``predict`` inputs go through :meth:`Mode
 ``save`` writes the scaler's state with :meth:`Model._save_scaling` (``SCALER_FILE`` in the model's
 folder) and ``load`` reads it with :meth:`Model._restore_scaling`. A model saved before scaling
 existed has no such file and loads as ``scaling="none"``.
+
+Incremental updates. :meth:`Model.fit_incremental` continues training a fitted model on new rows
+(boosting more trees, or fine-tuning a network) instead of refitting it from scratch. Everything
+fitted at the original ``fit`` that is not the learner itself stays as it was: the feature
+columns, ``scaler_``, a network's feature and target standardization. The new rows must carry
+exactly the fitted feature columns (:meth:`Model._update_frame`). Early stopping on ``valid``
+starts from the model as it was: when no new round or epoch beats it on ``valid``, the update
+keeps the old predictions (the new trees are stored but not used; a network keeps its weights).
+Each update adds one to ``incremental_updates_`` (0 after ``fit``), which ``save``/``load`` carry.
 """
 
 from __future__ import annotations
@@ -42,6 +51,14 @@ class Model(ABC):
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """One score per row of ``X``."""
 
+    def fit_incremental(self, train: Dataset, valid: Dataset | None = None, *, rounds: int | None = None) -> Self:
+        """Continue training this fitted model on ``train`` (new rows) for at most ``rounds`` more
+        boosting rounds or epochs (the family's default when None), early stopping on ``valid``;
+        the scaling and standardization fitted by :meth:`fit` are kept, not refitted. Returns self."""
+        raise NotImplementedError(
+            f"{type(self).__name__} ({getattr(self, 'family', '?')}) has no incremental update: refit it with fit()"
+        )
+
     @abstractmethod
     def save(self, path: str | Path) -> Path:
         """Write the fitted model under the folder ``path``; return the file written."""
@@ -72,6 +89,33 @@ class Model(ABC):
         missing = [c for c in self.feature_names_ if c not in X.columns]
         if missing:
             raise ValueError(f"{type(self).__name__}.predict: input lacks feature column(s) {missing[:10]}")
+
+    def _update_frame(self, X: pd.DataFrame, role: str) -> pd.DataFrame:
+        """``X`` with the fitted feature columns in fitting order, for :meth:`fit_incremental`:
+        the new rows must hold exactly those columns (a missing or extra column is a ValueError
+        naming it; an update cannot change what the model reads)."""
+        self._check_fitted()
+        names = [str(c) for c in X.columns]
+        missing = [c for c in self.feature_names_ if c not in names]
+        extra = [c for c in names if c not in self.feature_names_]
+        if missing or extra:
+            raise ValueError(
+                f"{type(self).__name__}.fit_incremental: {role} X must hold the fitted feature columns exactly; "
+                f"missing {missing[:10]}, extra {extra[:10]}"
+            )
+        return X.set_axis(names, axis=1)[self.feature_names_]
+
+    @staticmethod
+    def _update_budget(rounds: int | None, default: int) -> int:
+        """The rounds/epochs of one incremental update: ``rounds``, or ``default`` when None."""
+        if rounds is None:
+            return int(default)
+        if not (isinstance(rounds, (int, np.integer)) and not isinstance(rounds, bool) and rounds >= 1):
+            raise ValueError(f"rounds must be a whole number >= 1 or None; got {rounds!r}")
+        return int(rounds)
+
+    def _count_update(self) -> None:
+        self.incremental_updates_ = int(getattr(self, "incremental_updates_", 0)) + 1
 
     # --- scaling, shared by every family (see the module docstring) --------------------------------
 

@@ -17,6 +17,11 @@ not hyper-parameters of the model. A validation Dataset is binned with its train
 kept (``free_raw_data=False``) so that :meth:`LightGBMModel.predict_matrix` can score a Dataset.
 Pre-built Datasets bypass the ``scaling`` hyper-parameter, so ``fit_matrix`` refuses a model with
 scaling; :meth:`LightGBMModel.fit` scales (scaler fitted on the training rows) and builds them.
+
+Incremental update (:meth:`LightGBMModel.fit_incremental`): training continues (``init_model``)
+from the rounds that predictions use (those after ``best_iteration_`` were rejected by early
+stopping and are dropped first); the new rows are binned on their own, which only affects the
+new trees' split candidates, since the kept trees split on raw thresholds.
 """
 
 from __future__ import annotations
@@ -198,6 +203,59 @@ class LightGBMModel(Model):
         self.best_iteration_ = (booster.best_iteration or booster.current_iteration()) - 1
         self.n_rounds_ = booster.current_iteration()
         self.history_ = history
+        self.incremental_updates_ = 0
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def default_update_rounds(self) -> int:
+        """Boosting rounds an incremental update adds at most when not told: a quarter of the
+        original budget, at least 10."""
+        return max(self.n_estimators // 4, 10)
+
+    def fit_incremental(self, train: Dataset, valid: Dataset | None = None, *, rounds: int | None = None) -> Self:
+        """Add at most ``rounds`` trees (default :meth:`default_update_rounds`) fitted on ``train``
+        to the kept trees, early stopping on ``valid`` (never worse on ``valid`` than the model as
+        it was); the feature columns and ``scaler_`` stay as fitted. Returns self."""
+        start = time.perf_counter()
+        budget = self._update_budget(rounds, self.default_update_rounds())
+        X, y = train
+        dtrain = self.matrix(self._apply_scaling(self._update_frame(X, "train")), y)
+        dvalid = None
+        if valid is not None:
+            Xv = self._apply_scaling(self._update_frame(valid[0], "valid"))
+            dvalid = self.matrix(Xv, valid[1], reference=dtrain)
+        kept = self.best_iteration_ + 1
+        base = lgb.Booster(model_str=self.booster_.model_to_string(num_iteration=kept))
+        history: dict[str, dict[str, list[float]]] = {}
+        callbacks = [lgb.record_evaluation(history)]
+        valid_sets, valid_names = [dtrain], ["train"]
+        if dvalid is not None:
+            valid_sets.append(dvalid)
+            valid_names.append("valid")
+            if self.early_stopping_rounds:
+                callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
+        booster = lgb.train(
+            self._booster_params(),
+            dtrain,
+            num_boost_round=budget,
+            init_model=base,
+            valid_sets=valid_sets,
+            valid_names=valid_names,
+            callbacks=callbacks,
+            keep_training_booster=True,
+        )
+        best = booster.current_iteration() - 1
+        if dvalid is not None and self.early_stopping_rounds:  # as in fit: 0 keeps every round
+            scores = history["valid"]["l2"]
+            before = (base.predict(Xv.to_numpy(dtype="float32"), num_threads=self.n_jobs)
+                      - np.asarray(valid[1], dtype="float64"))
+            new_best = int(np.argmin(scores))
+            best = kept + new_best if scores[new_best] < float(np.mean(before**2)) else kept - 1
+        self.booster_ = booster
+        self.best_iteration_ = best
+        self.n_rounds_ = booster.current_iteration()
+        self.history_ = history
+        self._count_update()
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -238,7 +296,10 @@ class LightGBMModel(Model):
             "params": self.get_params(),
             "feature_names": self.feature_names_,
             "best_iteration": self.best_iteration_,
+            "incremental_updates": int(getattr(self, "incremental_updates_", 0)),
         }
+        if hasattr(self, "target_clip_"):
+            meta["target_clip"] = [float(v) for v in self.target_clip_]
         (folder / "model_meta.json").write_text(json.dumps(meta, indent=2))
         self._save_scaling(folder)
         return model_file
@@ -255,5 +316,8 @@ class LightGBMModel(Model):
         model.feature_names_ = list(meta["feature_names"])
         model.best_iteration_ = int(meta["best_iteration"])
         model.n_rounds_ = booster.current_iteration()
+        model.incremental_updates_ = int(meta.get("incremental_updates", 0))
+        if "target_clip" in meta:
+            model.target_clip_ = tuple(float(v) for v in meta["target_clip"])
         model._restore_scaling(folder, meta["params"])
         return model

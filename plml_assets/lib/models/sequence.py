@@ -26,6 +26,13 @@ history anyway) and keep the predictions of the rows you need. In :meth:`Sequenc
   look back, so a validation window can hold training rows' features, which are past
   information, but never a label.
 
+Incremental update. :meth:`SequenceModel.fit_incremental` fine-tunes the fitted weights on new
+rows (windowed as in ``fit``) at ``FINE_TUNE_LR_FACTOR`` times ``lr`` with a fresh optimizer,
+reading them through the scaler, feature standardization and target scaling fitted by ``fit``
+(not refitted: the network learnt in those units). The weights it started from compete as epoch
+0 in early stopping. ``best_epoch_`` and ``n_epochs_`` then count the epochs behind the kept
+weights from the fit's kept epoch on, so ``lib.training.best_iteration`` keeps its meaning.
+
 Determinism. ``fit`` seeds torch (in a forked RNG state, so the caller's global RNG is left as it
 was) and shuffles with its own generator; on CPU it runs under
 ``torch.use_deterministic_algorithms(True)``, so two fits with the same seed, data and thread count
@@ -36,6 +43,7 @@ bit-identical.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import warnings
@@ -52,6 +60,9 @@ from torch import nn
 from plml_assets.lib.models.base import Dataset, Model
 
 FEATURE_CLIP_SD = 10.0
+#: An incremental update fine-tunes at this fraction of the model's ``lr``: the weights are
+#: already near a minimum, and a full step would forget the old period within an epoch.
+FINE_TUNE_LR_FACTOR = 0.3
 PREDICT_BATCH_ROWS = 8192
 STATE_FILE = "model.pt"
 META_FILE = "model_meta.json"
@@ -316,20 +327,70 @@ class SequenceModel(Model):
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         start = time.perf_counter()
         X, y = train
-        _check_panel_index(X, "train X")
-        y = np.asarray(y, dtype=np.float64)
-        if len(y) != len(X):
-            raise ValueError(f"train X has {len(X)} rows but y has {len(y)}")
+        y = self._train_target(X, y)
         self.feature_names_ = [str(c) for c in X.columns]
         X = self._fit_scaling(X.set_axis(self.feature_names_, axis=1))  # on the training rows only
         self._fit_standardizer(X)
         known = np.isfinite(y)
-        if not known.any():
-            raise ValueError("train y has no finite value: nothing to fit")
         self.target_mean_ = float(y[known].mean())
         spread = float(y[known].std())
         self.target_std_ = spread if spread > 0 else 1.0
 
+        device = _resolve_device(self.device)
+        trained = self._train(device, *self._layout(X, y, valid))
+        self.network_, self.history_, self.best_epoch_, self.n_epochs_ = trained
+        self.device_ = str(device)
+        self.incremental_updates_ = 0
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def default_update_rounds(self) -> int:
+        """Epochs an incremental update runs at most when not told: a third of ``max_epochs``, at least 1."""
+        return max(1, self.max_epochs // 3)
+
+    def fit_incremental(self, train: Dataset, valid: Dataset | None = None, *, rounds: int | None = None) -> Self:
+        """Fine-tune the fitted network on ``train`` for at most ``rounds`` epochs (default
+        :meth:`default_update_rounds`) at ``lr * FINE_TUNE_LR_FACTOR``, early stopping on ``valid``
+        from the weights as they were (kept when no epoch beats them on ``valid``). The scaler,
+        the feature standardization and the target scaling fitted by :meth:`fit` are kept, so
+        the new rows are read in the same units. Returns self."""
+        start = time.perf_counter()
+        epochs = self._update_budget(rounds, self.default_update_rounds())
+        X, y = train
+        y = self._train_target(X, y)
+        X = self._apply_scaling(self._update_frame(X, "train"))
+        if valid is not None:
+            _check_panel_index(valid[0], "valid X")
+            valid = (self._update_frame(valid[0], "valid"), valid[1])
+        device = _resolve_device(self.device)
+        network = copy.deepcopy(self.network_).to(device)  # self stays as it was should training fail
+        network, history, best_epoch, epochs_run = self._train(
+            device, *self._layout(X, y, valid), network=network, lr=self.lr * FINE_TUNE_LR_FACTOR, max_epochs=epochs,
+        )
+        # Epochs of training behind the kept weights, counted on from the epoch the fit kept.
+        self.n_epochs_ = self.best_epoch_ + epochs_run
+        self.best_epoch_ = self.best_epoch_ + best_epoch
+        self.network_, self.history_ = network, history
+        self.device_ = str(device)
+        self._count_update()
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    @staticmethod
+    def _train_target(X: pd.DataFrame, y: pd.Series | np.ndarray) -> np.ndarray:
+        _check_panel_index(X, "train X")
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(X):
+            raise ValueError(f"train X has {len(X)} rows but y has {len(y)}")
+        if not np.isfinite(y).any():
+            raise ValueError("train y has no finite value: nothing to fit")
+        return y
+
+    def _layout(
+        self, X: pd.DataFrame, y: np.ndarray, valid: Dataset | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The windows of the (scaled) training rows ``X`` and of ``valid`` (raw, scaled here),
+        their standardized targets and the row positions that are training and validation samples."""
         frames, targets = [X], [y]
         if valid is not None:
             Xv, yv = valid
@@ -357,12 +418,7 @@ class SequenceModel(Model):
         else:
             windows = self._windows(combined)
             padded, starts = windows.padded, windows.starts
-
-        device = _resolve_device(self.device)
-        self._train(device, padded, starts, z_target, train_rows, valid_rows)
-        self.device_ = str(device)
-        self.fit_seconds_ = time.perf_counter() - start
-        return self
+        return padded, starts, z_target, train_rows, valid_rows
 
     def _windows(self, X: pd.DataFrame) -> SequenceWindows:
         return SequenceWindows.from_frame(pd.DataFrame(self._scaled(X), index=X.index), self.window)
@@ -373,8 +429,14 @@ class SequenceModel(Model):
 
     def _train(
         self, device: torch.device, padded: np.ndarray, starts: np.ndarray, target: np.ndarray,
-        train_rows: np.ndarray, valid_rows: np.ndarray,
-    ) -> None:
+        train_rows: np.ndarray, valid_rows: np.ndarray, *, network: _RecurrentRegressor | None = None,
+        lr: float | None = None, max_epochs: int | None = None,
+    ) -> tuple[_RecurrentRegressor, dict[str, list[float]], int, int]:
+        """Train ``network`` (a fresh one when None) and return it with its loss history, the
+        epoch whose weights it holds (0: those it started from, kept when no epoch beat them on
+        the validation rows) and the epochs run. ``lr`` and ``max_epochs`` default to the model's."""
+        lr = self.lr if lr is None else lr
+        max_epochs = self.max_epochs if max_epochs is None else max_epochs
         rng_devices = []
         if device.type == "cuda":
             rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -396,8 +458,10 @@ class SequenceModel(Model):
             def windows(rows: torch.Tensor) -> torch.Tensor:
                 return layout[first[rows].unsqueeze(1) + steps]
 
-            network = self._network().to(device)
-            optimizer = torch.optim.AdamW(network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            fine_tune = network is not None
+            if network is None:
+                network = self._network().to(device)
+            optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=self.weight_decay)
             loss_fn = nn.MSELoss()
 
             def valid_loss() -> float:
@@ -410,7 +474,12 @@ class SequenceModel(Model):
 
             history: dict[str, list[float]] = {"train": [], "valid": []}
             best_loss, best_epoch, best_state, stale = np.inf, 0, None, 0
-            for epoch in range(1, self.max_epochs + 1):
+            if fine_tune and len(stop_rows):
+                # A network trained before competes as epoch 0: an update never ends worse on valid.
+                best_loss = valid_loss()
+                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                history["start_valid"] = [best_loss]
+            for epoch in range(1, max_epochs + 1):
                 network.train()
                 order = fit_rows[torch.randperm(len(fit_rows), generator=shuffle).to(device)]
                 if self.epoch_samples is not None:
@@ -441,10 +510,7 @@ class SequenceModel(Model):
             else:
                 best_epoch = epoch  # no validation or early stopping off: the last epoch's weights
         network.eval()
-        self.network_ = network
-        self.history_ = history
-        self.best_epoch_ = best_epoch
-        self.n_epochs_ = epoch
+        return network, history, best_epoch, epoch
 
     # --- predict -------------------------------------------------------------------------------
 
@@ -496,7 +562,10 @@ class SequenceModel(Model):
             "best_epoch": self.best_epoch_,
             "n_epochs": self.n_epochs_,
             "history": self.history_,
+            "incremental_updates": int(getattr(self, "incremental_updates_", 0)),
         }
+        if hasattr(self, "target_clip_"):
+            meta["target_clip"] = [float(v) for v in self.target_clip_]
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         self._save_scaling(folder)
         return folder / STATE_FILE
@@ -518,6 +587,9 @@ class SequenceModel(Model):
         model.best_epoch_ = int(meta["best_epoch"])
         model.n_epochs_ = int(meta["n_epochs"])
         model.history_ = meta["history"]
+        model.incremental_updates_ = int(meta.get("incremental_updates", 0))
+        if "target_clip" in meta:
+            model.target_clip_ = tuple(float(v) for v in meta["target_clip"])
         model._restore_scaling(folder, meta["params"])
         network = model._network()
         network.load_state_dict(torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu"))

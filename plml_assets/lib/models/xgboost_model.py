@@ -1,8 +1,17 @@
-"""XGBoost behind the model interface: hist trees, early stopping on the validation slice."""
+"""XGBoost behind the model interface: hist trees, early stopping on the validation slice.
+
+Incremental update (:meth:`XGBoostModel.fit_incremental`): boosting continues from the trees that
+predictions use (the rounds after ``best_iteration_`` were rejected by early stopping and are
+dropped first), fitting the new trees to the residuals of the kept ones on the new rows. The
+continued booster is rebuilt from its serialized bytes: XGBoost reseeds its row/column sampling
+only when a booster is configured afresh, so continuing an already-configured (e.g. sliced)
+booster with ``subsample < 1`` is not reproducible.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Self
@@ -126,6 +135,54 @@ class XGBoostModel(Model):
         self.best_iteration_ = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
         self.n_rounds_ = booster.num_boosted_rounds()
         self.history_ = history
+        self.incremental_updates_ = 0
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def default_update_rounds(self) -> int:
+        """Boosting rounds an incremental update adds at most when not told: a quarter of the
+        original budget, at least 10."""
+        return max(self.n_estimators // 4, 10)
+
+    def fit_incremental(self, train: Dataset, valid: Dataset | None = None, *, rounds: int | None = None) -> Self:
+        """Add at most ``rounds`` trees (default :meth:`default_update_rounds`) fitted on ``train``
+        to the kept trees, early stopping on ``valid`` (never worse on ``valid`` than the model as
+        it was); the feature columns and ``scaler_`` stay as fitted. Returns self."""
+        start = time.perf_counter()
+        budget = self._update_budget(rounds, self.default_update_rounds())
+        X, y = train
+        dtrain = self.matrix(self._apply_scaling(self._update_frame(X, "train")), y)
+        dvalid = None
+        if valid is not None:
+            dvalid = self.matrix(self._apply_scaling(self._update_frame(valid[0], "valid")), valid[1])
+        kept = self.best_iteration_ + 1
+        base = xgb.Booster(model_file=bytearray(self.booster_[:kept].save_raw("ubj")))
+        evals = [(dtrain, "train")] + ([(dvalid, "valid")] if dvalid is not None else [])
+        history: dict[str, dict[str, list[float]]] = {}
+        booster = xgb.train(
+            self._booster_params(),
+            dtrain,
+            num_boost_round=budget,
+            evals=evals,
+            evals_result=history,
+            early_stopping_rounds=self.early_stopping_rounds if (dvalid is not None and self.early_stopping_rounds) else None,
+            verbose_eval=False,
+            xgb_model=base,
+        )
+        best = booster.num_boosted_rounds() - 1
+        if dvalid is not None and self.early_stopping_rounds:  # as in fit: 0 keeps every round
+            scores = history["valid"]["rmse"]
+            before = base.predict(dvalid).astype("float64") - dvalid.get_label().astype("float64")
+            start_rmse = math.sqrt(float(np.mean(before**2)))
+            new_best = int(np.argmin(scores))
+            best = kept + new_best if scores[new_best] < start_rmse else kept - 1
+        # The booster's own early-stopping record counts new rounds only against each other.
+        booster.set_attr(best_iteration=str(best), best_score=None)
+        self.booster_ = booster
+        self.best_iteration_ = best
+        self.n_rounds_ = booster.num_boosted_rounds()
+        self.history_ = history
+        self._count_update()
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -149,7 +206,10 @@ class XGBoostModel(Model):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         self.booster_.save_model(folder / "model.ubj")
-        meta = {"params": self.get_params(), "feature_names": self.feature_names_, "best_iteration": self.best_iteration_}
+        meta = {"params": self.get_params(), "feature_names": self.feature_names_, "best_iteration": self.best_iteration_,
+                "incremental_updates": int(getattr(self, "incremental_updates_", 0))}
+        if hasattr(self, "target_clip_"):
+            meta["target_clip"] = [float(v) for v in self.target_clip_]
         (folder / "model_meta.json").write_text(json.dumps(meta, indent=2))
         self._save_scaling(folder)
         return folder / "model.ubj"
@@ -168,5 +228,8 @@ class XGBoostModel(Model):
         model.feature_names_ = list(meta["feature_names"])
         model.best_iteration_ = int(meta["best_iteration"])
         model.n_rounds_ = booster.num_boosted_rounds()
+        model.incremental_updates_ = int(meta.get("incremental_updates", 0))
+        if "target_clip" in meta:
+            model.target_clip_ = tuple(float(v) for v in meta["target_clip"])
         model._restore_scaling(folder, meta["params"])
         return model
