@@ -3,6 +3,8 @@ requests a retraining run only when lib/drift.decide_retraining says so; schedul
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -73,3 +75,15 @@ def test_retraining_targets_everything_but_monitoring_and_schedules_have_a_timez
     assert sensors["drift_retraining_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
     automated = {k.to_user_string() for k, node in ((n.key, n) for n in graph.asset_nodes) if node.automation_condition is not None}
     assert automated == {"labels", "base_features", "features", "feature_recipes", "drift_metrics"}
+
+
+def test_retraining_runs_carry_the_configured_run_config(instance, monkeypatch):
+    config = {"ops": {"xgboost_study": {"config": {"n_trials": 12}}}}
+    monkeypatch.setenv("PLML_RETRAIN_RUN_CONFIG", json.dumps(config))
+    _report(instance, DRIFTED)
+    request, _ = _tick(instance)
+    assert request.run_config == config
+    monkeypatch.setenv("PLML_RETRAIN_RUN_CONFIG", "[1, 2]")
+    _report(instance, DRIFTED)
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        _tick(instance)

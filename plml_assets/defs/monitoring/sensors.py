@@ -1,5 +1,8 @@
 """The drift sensor: a retraining run when the latest drift_metrics crosses a threshold."""
 
+import json
+import os
+
 import dagster as dg
 
 from plml_assets.lib.drift import DriftThresholds, decide_retraining
@@ -8,6 +11,21 @@ DRIFT_KEY = dg.AssetKey("drift_metrics")
 #: What a retraining run re-materializes: everything but the monitoring group itself, so the
 #: features, studies, models, ensembles, leaderboard and registry all move to the new data.
 RETRAIN_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring")
+
+
+def retrain_run_config() -> dict:
+    """Run config for the retraining runs this sensor launches, from ``PLML_RETRAIN_RUN_CONFIG`` (JSON,
+    e.g. bigger study budgets, or the gate's tolerances on a small demo panel); empty by default."""
+    raw = os.environ.get("PLML_RETRAIN_RUN_CONFIG", "").strip()
+    if not raw:
+        return {}
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"PLML_RETRAIN_RUN_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"PLML_RETRAIN_RUN_CONFIG must be a JSON object (a Dagster run config), got {type(config).__name__}")
+    return config
 
 
 def latest_drift_record(instance: dg.DagsterInstance):
@@ -45,4 +63,5 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"drift_metrics {event.storage_id}: {decision.severity}"
                              + (": " + "; ".join(decision.reasons) if decision.reasons else ", no threshold crossed"))
     context.log.info(f"retraining: {'; '.join(decision.reasons)}")
-    return dg.RunRequest(run_key=f"drift-{event.storage_id}", tags={**decision.run_tags(), "plml/drift_event": str(event.storage_id)})
+    return dg.RunRequest(run_key=f"drift-{event.storage_id}", run_config=retrain_run_config(),
+                         tags={**decision.run_tags(), "plml/drift_event": str(event.storage_id)})
