@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +32,8 @@ SP500_5YR = REPO.parent / "shared" / "data" / "sp500_5yr.csv.gz"
 # A small real slice of the embedded panel: enough for every step, quick on 2 cores.
 SLICE_SYMBOLS = ["AAPL", "AMD", "BAC", "CVX", "JPM", "KO", "MSFT", "PG"]
 SLICE_START, SLICE_END = "2006-01-01", "2013-12-31"
+# Variables that would point a test's resources at someone's real stores instead of its temp dirs.
+PLML_ENV_VARS = ("PLML_MLFLOW_TRACKING_URI", "PLML_OPTUNA_STORAGE", "PLML_PRICES", "PLML_PROFILE", "MLFLOW_TRACKING_URI")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +55,7 @@ def plml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PLML_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir()
-    for var in ("PLML_MLFLOW_TRACKING_URI", "PLML_OPTUNA_STORAGE", "PLML_PRICES", "PLML_PROFILE", "MLFLOW_TRACKING_URI"):
+    for var in PLML_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -76,3 +89,84 @@ def postgres_url(db: str = "test") -> str | None:
     except Exception:
         return None
     return f"postgresql://{os.environ.get('PGUSER', 'postgres')}@127.0.0.1:5432/{db}"
+
+
+def slice_long_panel(panel: pd.DataFrame, start: str = "2010-01-01") -> pd.DataFrame:
+    """The SLICE_SYMBOLS rows of a (date, symbol) panel from ``start`` on, as a long frame ready for a
+    CSV/Parquet price file (``PLML_PRICES``)."""
+    frame = panel[panel.index.get_level_values("symbol").isin(SLICE_SYMBOLS)].reset_index()
+    return frame[frame["date"] >= start]
+
+
+# ---- `dagster dev` in a subprocess (e2e tests) ------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    """One raw GraphQL request to a local webserver."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@dataclass(frozen=True)
+class DagsterDev:
+    port: int
+    dagster_home: Path
+    plml_home: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@contextlib.contextmanager
+def dagster_dev(workdir: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 180) -> Iterator[DagsterDev]:
+    """``dagster dev`` (webserver + daemon, so queued runs start) through workspace.yaml on a free
+    localhost port, with a temp DAGSTER_HOME (the repo's dagster.yaml) and PLML_HOME under ``workdir``.
+    Yields once the code location serves its asset graph; kills the whole process group on exit."""
+    dev = DagsterDev(free_port(), workdir / "dagster_home", workdir / "plml_home", workdir / "dagster_dev.log")
+    dev.dagster_home.mkdir(parents=True, exist_ok=True)
+    dev.plml_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", dev.dagster_home / "dagster.yaml")
+    full_env = {k: v for k, v in os.environ.items() if k not in PLML_ENV_VARS}
+    full_env.update({"DAGSTER_HOME": str(dev.dagster_home), "PLML_HOME": str(dev.plml_home), **(env or {})})
+    with open(dev.log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
+             "-p", str(dev.port), "-h", "127.0.0.1"],
+            cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.time() + ready_timeout_s
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"dagster dev exited with {proc.returncode}:\n{dev.log_tail()}")
+                try:
+                    if graphql(dev.port, "{ assetNodes { id } }").get("data", {}).get("assetNodes"):
+                        break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    pytest.fail(f"dagster dev served no asset graph in {ready_timeout_s:.0f} s:\n{dev.log_tail()}")
+                time.sleep(2)
+            yield dev
+        finally:
+            # dagster dev shuts its children down on SIGTERM, but the daemon can linger: kill what is left.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

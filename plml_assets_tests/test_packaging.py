@@ -43,7 +43,8 @@ def test_torch_is_the_pinned_cpu_build():
 
 def test_pyproject_pins_match_constraints():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = {re.split(r"[=<>\[ ]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
+    extras = [d for extra in project.get("optional-dependencies", {}).values() for d in extra]
+    deps = {re.split(r"[=<>\[ ]", d, maxsplit=1)[0]: d for d in [*project["dependencies"], *extras]}
     constraints = dict(
         line.split("==") for line in (REPO / "deploy" / "constraints.txt").read_text().splitlines()
         if line and not line.startswith("#")
