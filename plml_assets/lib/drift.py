@@ -269,7 +269,8 @@ class DriftThresholds:
     #: a feature above this PSI counts as drifted.
     psi_retrain: float = 0.25
     #: retrain when more than this share of features is drifted (PSI > psi_retrain).
-    max_drifted_share: float = 0.3
+    # 0.4: on the 20-stock panel, 0.3 flagged half of the calm 60-date windows (benchmarks/drift.py).
+    max_drifted_share: float = 0.4
     #: retrain when the champion's score PSI is above this.
     prediction_psi_retrain: float = 0.25
     #: retrain when the realized rank IC (with enough labelled dates) falls below this...

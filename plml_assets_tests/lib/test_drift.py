@@ -271,7 +271,7 @@ def test_nothing_crossed_is_ok():
     "change, cause, words",
     [
         ({"feature_drift_share": 0.5, "max_feature_psi": 0.9, "n_drifted": 10, "top_drifted": ["ret_5d", "vol_20d"]},
-         "feature_drift", ["feature drift", "10 of 20 features", "50%", "0.25", "30%", "ret_5d, vol_20d"]),
+         "feature_drift", ["feature drift", "10 of 20 features", "50%", "0.25", "40%", "ret_5d, vol_20d"]),
         ({"prediction_psi": 0.4}, "prediction_drift", ["score PSI 0.400", "0.25"]),
         ({"realized_rank_ic": -0.01, "decay": 0.02}, "performance", ["realized rank IC -0.0100", "floor 0.0"]),
         ({"decay": 0.05, "realized_rank_ic": 0.01}, "performance", ["0.0500 below the champion's holdout", "0.03"]),
@@ -378,7 +378,7 @@ def test_summarize_then_decide_end_to_end():
     labels = scores + rng.normal(size=len(scores))
     performance = performance_decay(scores, labels, reference_rank_ic=0.6)
     prediction = prediction_drift(scores, scores + 0.01)
-    thresholds = DriftThresholds()
+    thresholds = DriftThresholds(max_drifted_share=0.3)
     summary = summarize(table, prediction, performance, thresholds, age_days=None)
     assert summary["feature_drift_share"] == pytest.approx(1 / 3)  # shifted only, of 3 common numeric features
     assert summary["n_features"] == 3 and summary["n_drifted"] == 1
