@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -35,18 +36,48 @@ def _materialize(resources, instance, run_config=None, selection=None):
     )
 
 
+@pytest.fixture(scope="module")
+def graph_home(tmp_path_factory):
+    """One whole-graph run shared by the tests that read it, in the order they are written: the first
+    only reads, the second re-runs the registry part, the third feeds newer prices (a whole-graph run
+    costs minutes on 2 cores)."""
+    home = tmp_path_factory.mktemp("graph") / "plml_home"
+    (home / "dagster").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLML_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        for var in ("PLML_MLFLOW_TRACKING_URI", "PLML_OPTUNA_STORAGE", "PLML_PRICES", "PLML_PROFILE", "MLFLOW_TRACKING_URI"):
+            mp.delenv(var, raising=False)
+        with dg.instance_for_test(temp_dir=str(home / "dagster")) as inst:
+            resources = slice_resources(home)
+            result = _materialize(resources, inst)
+            yield home, inst, resources, result
+
+
 @pytest.fixture
-def first_run(plml_home, instance):
-    resources = slice_resources(plml_home)
-    result = _materialize(resources, instance)
+def first_run(graph_home, monkeypatch):
+    home, _, resources, result = graph_home
+    monkeypatch.setenv("PLML_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     return resources, result
+
+
+@pytest.fixture
+def graph_instance(graph_home):
+    return graph_home[1]
+
+
+@pytest.fixture
+def graph_dir(graph_home) -> Path:
+    return graph_home[0]
 
 
 def _gate(result) -> dg.AssetCheckEvaluation:
     return next(e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate")
 
 
-def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_home):
+def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_dir):
+    plml_home = graph_dir
     resources, result = first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
@@ -190,7 +221,8 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, plml_h
         assert champion is None and "champion_model" not in materialized and not result.success
 
 
-def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run, plml_home, instance):
+def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run, graph_dir, graph_instance):
+    plml_home, instance = graph_dir, graph_instance
     resources, first = first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     if registry.alias_version("champion") is None:
@@ -210,6 +242,42 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     m1 = registry.client().get_run(registry.version_info("1").run_id).data.metrics
     m2 = registry.client().get_run(registry.version_info("2").run_id).data.metrics
     assert m1["holdout_rank_ic"] == m2["holdout_rank_ic"]
+
+
+def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(first_run, graph_dir, graph_instance):
+    """Three more years of prices arrive; the data assets and drift_metrics are rebuilt against the
+    champion, and the drift sensor turns drift_metrics' decision into a retraining request or a skip."""
+    from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
+    from plml_assets.definitions import defs
+
+    plml_home, instance = graph_dir, graph_instance
+    resources, _ = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    if registry.alias_version("champion") is None:
+        registry.promote("1", reason="test setup: make v1 the champion")
+    champion = registry.alias_version("champion")
+    later = {**resources, "price_source": slice_resources(plml_home, end_date="2016-12-30")["price_source"]}
+    refresh = ["market_prices", "labels", "base_features", "features", "feature_recipes", "drift_metrics"]
+    result = _materialize(later, instance, selection=refresh)
+    assert result.success
+    drift = json.loads((plml_home / "assets" / "drift_metrics.json").read_text())
+    assert drift["champion"] == champion.version
+    # The reference ends with the champion's holdout (the newest data it was validated on).
+    assert drift["windows"]["reference_end"] == champion.tags["plml.holdout_end"] < drift["windows"]["recent_start"]
+    assert drift["windows"]["recent_end"] == "2016-12-30"
+    summary = drift["summary"]
+    assert 0.0 <= summary["feature_drift_share"] <= 1.0 and summary["max_feature_psi"] >= 0.0
+    assert summary["enough_dates"] is True  # three years of newly labelled dates after the holdout
+    assert summary["age_days"] > 700
+    assert set(drift["decision"]) >= {"retrain", "severity", "reasons"}
+
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    outcome = drift_retraining_sensor(context)
+    if drift["decision"]["retrain"]:
+        assert isinstance(outcome, dg.RunRequest)
+        assert outcome.tags["plml/reason"] == "; ".join(drift["decision"]["reasons"])[:4000]
+    else:
+        assert isinstance(outcome, dg.SkipReason)
 
 
 class ReversedOracle(mlflow.pyfunc.PythonModel):

@@ -226,7 +226,8 @@ def test_killed_materialize_run_resumes_its_study_and_completes(tmp_path):
     assert not (home / "assets" / "xgboost_study.json").exists()
     assert _registry(home).versions() == []
     storage = f"sqlite:///{home / 'optuna.db'}"
-    (summary,) = optuna.get_all_study_summaries(storage)
+    # The registry now reads every family (through the leaderboard): pick the XGBoost study by name.
+    (summary,) = [s for s in optuna.get_all_study_summaries(storage) if "-xgboost-" in s.study_name]
     before = {t.number: t.params for t in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     assert len(before) >= 3
