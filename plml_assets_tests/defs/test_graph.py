@@ -25,8 +25,6 @@ ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
 # families' outputs are then read from the first run's storage (the whole graph runs once, in first_run).
 XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_"))
                  and k not in ("model_comparison", "feature_importance", "feature_generation_report")]
-# Everything the registry needs, from a fresh home.
-REGISTRY_PATH = [k for k in ALL_KEYS if k not in ("model_comparison", "feature_importance", "feature_generation_report")]
 
 
 def _materialize(resources, instance, run_config=None, selection=None):
@@ -39,8 +37,8 @@ def _materialize(resources, instance, run_config=None, selection=None):
 @pytest.fixture(scope="module")
 def graph_home(tmp_path_factory):
     """One whole-graph run shared by the tests that read it, in the order they are written: the first
-    only reads, the second re-runs the registry part, the third feeds newer prices (a whole-graph run
-    costs minutes on 2 cores)."""
+    only reads, the second re-runs the XGBoost chain, the third re-runs the registry against a bad
+    champion, the last feeds newer prices (a whole-graph run costs minutes on 2 cores)."""
     home = tmp_path_factory.mktemp("graph") / "plml_home"
     (home / "dagster").mkdir(parents=True)
     with pytest.MonkeyPatch.context() as mp:
@@ -244,42 +242,6 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     assert m1["holdout_rank_ic"] == m2["holdout_rank_ic"]
 
 
-def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(first_run, graph_dir, graph_instance):
-    """Three more years of prices arrive; the data assets and drift_metrics are rebuilt against the
-    champion, and the drift sensor turns drift_metrics' decision into a retraining request or a skip."""
-    from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
-    from plml_assets.definitions import defs
-
-    plml_home, instance = graph_dir, graph_instance
-    resources, _ = first_run
-    registry: MlflowRegistry = resources["mlflow_registry"]
-    if registry.alias_version("champion") is None:
-        registry.promote("1", reason="test setup: make v1 the champion")
-    champion = registry.alias_version("champion")
-    later = {**resources, "price_source": slice_resources(plml_home, end_date="2016-12-30")["price_source"]}
-    refresh = ["market_prices", "labels", "base_features", "features", "feature_recipes", "drift_metrics"]
-    result = _materialize(later, instance, selection=refresh)
-    assert result.success
-    drift = json.loads((plml_home / "assets" / "drift_metrics.json").read_text())
-    assert drift["champion"] == champion.version
-    # The reference ends with the champion's holdout (the newest data it was validated on).
-    assert drift["windows"]["reference_end"] == champion.tags["plml.holdout_end"] < drift["windows"]["recent_start"]
-    assert drift["windows"]["recent_end"] == "2016-12-30"
-    summary = drift["summary"]
-    assert 0.0 <= summary["feature_drift_share"] <= 1.0 and summary["max_feature_psi"] >= 0.0
-    assert summary["enough_dates"] is True  # three years of newly labelled dates after the holdout
-    assert summary["age_days"] > 700
-    assert set(drift["decision"]) >= {"retrain", "severity", "reasons"}
-
-    context = dg.build_sensor_context(instance=instance, definitions=defs)
-    outcome = drift_retraining_sensor(context)
-    if drift["decision"]["retrain"]:
-        assert isinstance(outcome, dg.RunRequest)
-        assert outcome.tags["plml/reason"] == "; ".join(drift["decision"]["reasons"])[:4000]
-    else:
-        assert isinstance(outcome, dg.SkipReason)
-
-
 class ReversedOracle(mlflow.pyfunc.PythonModel):
     """A deliberately terrible champion: it scores each row with minus its own future return, so its
     holdout rank IC is exactly -1 and any real model must beat it."""
@@ -304,8 +266,12 @@ def _register_reversed_oracle(registry: MlflowRegistry, prices: pd.DataFrame) ->
     return str(mv.version)
 
 
-def test_better_challenger_replaces_the_champion(plml_home, instance):
-    resources = slice_resources(plml_home)
+def test_better_challenger_replaces_the_champion(first_run, graph_dir, graph_instance):
+    """On the shared run's registry (after the re-run test): a deliberately terrible champion is
+    replaced by the leaderboard's pick when the registry part runs again, rolled back, and a rule no
+    candidate passes registers nothing."""
+    plml_home, instance = graph_dir, graph_instance
+    resources, _ = first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     prices = resources["price_source"].load()
     oracle_version = _register_reversed_oracle(registry, prices)
@@ -313,7 +279,7 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
     # that does not beat the momentum baseline on this small slice, through.
     lenient = {"ops": {"registered_model_promotion_gate": {"config": {"block_on_validation_fail": False,
                                                                        "require_leaderboard_validation": False}}}}
-    result = _materialize(resources, instance, run_config=lenient, selection=REGISTRY_PATH)
+    result = _materialize(resources, instance, run_config=lenient, selection=["registered_model", "champion_model"])
     gate = _gate(result)
     assert gate.passed, gate.description
     assert f"champion v{oracle_version}" in gate.description
@@ -346,6 +312,41 @@ def test_better_challenger_replaces_the_champion(plml_home, instance):
     assert all(any("train/validation gap" in f for f in fails) for fails in board["selection"]["failures"].values())
     assert [v.version for v in registry.versions()] == versions
     assert registry.alias_version("champion").version == oracle_version
+
+
+def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(first_run, graph_dir, graph_instance):
+    """Three more years of prices arrive; the data assets and drift_metrics are rebuilt against the
+    champion, and the drift sensor turns drift_metrics' decision into a retraining request or a skip."""
+    from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
+    from plml_assets.definitions import defs
+
+    plml_home, instance = graph_dir, graph_instance
+    resources, _ = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    registry.promote("1", reason="test setup: a real model is the champion (the previous test left the oracle)")
+    champion = registry.alias_version("champion")
+    later = {**resources, "price_source": slice_resources(plml_home, end_date="2016-12-30")["price_source"]}
+    refresh = ["market_prices", "labels", "base_features", "features", "feature_recipes", "drift_metrics"]
+    result = _materialize(later, instance, selection=refresh)
+    assert result.success
+    drift = json.loads((plml_home / "assets" / "drift_metrics.json").read_text())
+    assert drift["champion"] == champion.version
+    # The reference ends with the champion's holdout (the newest data it was validated on).
+    assert drift["windows"]["reference_end"] == champion.tags["plml.holdout_end"] < drift["windows"]["recent_start"]
+    assert drift["windows"]["recent_end"] == "2016-12-30"
+    summary = drift["summary"]
+    assert 0.0 <= summary["feature_drift_share"] <= 1.0 and summary["max_feature_psi"] >= 0.0
+    assert summary["enough_dates"] is True  # three years of newly labelled dates after the holdout
+    assert summary["age_days"] > 700
+    assert set(drift["decision"]) >= {"retrain", "severity", "reasons"}
+
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    outcome = drift_retraining_sensor(context)
+    if drift["decision"]["retrain"]:
+        assert isinstance(outcome, dg.RunRequest)
+        assert outcome.tags["plml/reason"] == "; ".join(drift["decision"]["reasons"])[:4000]
+    else:
+        assert isinstance(outcome, dg.SkipReason)
 
 
 def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instance):

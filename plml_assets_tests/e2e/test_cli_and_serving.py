@@ -207,7 +207,9 @@ def test_killed_materialize_run_resumes_its_study_and_completes(tmp_path):
     env = _env(home, PLML_PRICES=str(csv), PLML_PROFILE="quick", PLML_HOLDOUT_DAYS="120", DAGSTER_HOME=str(tmp_path / "dh"))
     (tmp_path / "dh").mkdir()
     n_trials = 8
-    cmd = [str(BIN / "dagster"), "asset", "materialize", "--select", "*registered_model", "-m", "plml_assets.definitions",
+    # The XGBoost chain up to its model (both outputs of each multi-asset step), not the whole graph.
+    cmd = [str(BIN / "dagster"), "asset", "materialize", "--select", "*xgboost_model,xgboost_oof_predictions,xgboost_holdout_predictions",
+           "-m", "plml_assets.definitions",
            "--config-json", json.dumps({"ops": {"xgboost_study": {"config": {"n_trials": n_trials}}}})]
     victim = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen = []
@@ -224,23 +226,19 @@ def test_killed_materialize_run_resumes_its_study_and_completes(tmp_path):
     victim.wait(timeout=60)
     assert killed, "".join(seen[-30:])
     assert not (home / "assets" / "xgboost_study.json").exists()
-    assert _registry(home).versions() == []
+    assert not (home / "assets" / "xgboost_model.json").exists()
     storage = f"sqlite:///{home / 'optuna.db'}"
-    # The registry now reads every family (through the leaderboard): pick the XGBoost study by name.
-    (summary,) = [s for s in optuna.get_all_study_summaries(storage) if "-xgboost-" in s.study_name]
+    (summary,) = optuna.get_all_study_summaries(storage)
     before = {t.number: t.params for t in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     assert len(before) >= 3
 
     rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     output = rerun.stdout + rerun.stderr
-    # The re-run completes every step; the promotion gate may then refuse the challenger (on this
-    # slice the validation report can say "fail"), which Dagster reports as a failed run.
-    gate_only = "Steps failed: ['registered_model_promotion_gate']" in output
-    assert rerun.returncode == 0 or gate_only, output[-3000:]
-    registry = _registry(home)
-    assert [v.version for v in registry.versions()] == ["1"]
-    assert registry.alias_version("challenger").version == "1"
+    # The re-run completes every step, up to the model logged in MLflow.
+    assert rerun.returncode == 0, output[-3000:]
+    model_out = json.loads((home / "assets" / "xgboost_model.json").read_text())
+    assert _registry(home).client().get_run(model_out["run_id"]).info.status == "FINISHED"
     # The study went on from where it was killed: finished trials kept, none repeated, budget exact.
     assert f"{len(before)} of {n_trials} trials done" in output
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
