@@ -39,7 +39,7 @@ def test_drift_requests_one_retraining_run_with_the_reason_then_waits_for_new_me
     storage_id = _report(instance, DRIFTED)
     request, cursor = _tick(instance)
     assert isinstance(request, dg.RunRequest)
-    assert request.run_key == f"drift-{storage_id}" and cursor == str(storage_id)
+    assert request.run_key == f"drift-{storage_id}" and json.loads(cursor)["drift"] == storage_id
     assert request.tags["plml/trigger"] == "drift" and "feature_drift" in request.tags["plml/causes"]
     assert "12 of 20 features" in request.tags["plml/reason"] and all(isinstance(v, str) for v in request.tags.values())
     again, _ = _tick(instance, cursor)  # the same materialization is not acted on twice
@@ -47,6 +47,26 @@ def test_drift_requests_one_retraining_run_with_the_reason_then_waits_for_new_me
     _report(instance, CALM)
     calm, _ = _tick(instance, cursor)
     assert isinstance(calm, dg.SkipReason) and "drift_metrics" in calm.skip_message
+
+
+def test_one_retrain_per_price_version_and_never_two_at_once(instance):
+    """A retrain that fails or is refused must not start another on the same prices (drift persists),
+    and no second retrain starts while one runs."""
+    instance.report_runless_asset_event(dg.AssetMaterialization("market_prices"))
+    _report(instance, DRIFTED)
+    first, cursor = _tick(instance)
+    assert isinstance(first, dg.RunRequest)
+    _report(instance, DRIFTED)  # the same prices, still drifted (e.g. the challenger was refused)
+    again, cursor = _tick(instance, cursor)
+    assert isinstance(again, dg.SkipReason) and "already ran on these prices" in again.skip_message
+    instance.report_runless_asset_event(dg.AssetMaterialization("market_prices"))  # new prices arrive
+    _report(instance, DRIFTED)
+    run = instance.create_run_for_job(dg.GraphDefinition("busy").to_job(), tags={"plml/trigger": "drift"})
+    busy, cursor = _tick(instance, cursor)
+    assert isinstance(busy, dg.SkipReason) and f"retraining run {run.run_id} is still in progress" in busy.skip_message
+    instance.report_run_failed(run)
+    retried, _ = _tick(instance, cursor)
+    assert isinstance(retried, dg.RunRequest)
 
 
 @pytest.mark.parametrize(("change", "cause"), [
@@ -63,8 +83,8 @@ def test_each_kind_of_drift_triggers(instance, change, cause):
 def test_retraining_targets_everything_but_monitoring_and_schedules_have_a_timezone():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in RETRAIN_SELECTION.resolve(graph)}
-    assert {"features", "xgboost_study", "ensemble_model", "model_leaderboard", "registered_model", "champion_model"} <= keys
-    assert "drift_metrics" not in keys
+    assert {"feature_selection", "xgboost_study", "ensemble_model", "model_leaderboard", "registered_model", "champion_model"} <= keys
+    assert not keys & {"drift_metrics", "market_prices", "labels", "features"}  # a retrain cannot re-trigger itself
     repo = defs.get_repository_def()
     schedules = {s.name: s for s in repo.schedule_defs}
     assert schedules["data_refresh"].cron_schedule == "30 18 * * 1-5"

@@ -1,4 +1,9 @@
-"""The drift sensor: a retraining run when the latest drift_metrics crosses a threshold."""
+"""The drift sensor: a retraining run when the latest drift_metrics crosses a threshold.
+
+One retraining run per price version at most: a retrain that fails, or whose challenger the gate
+refuses, must not start another one on the same data (drift persists until new prices or a new
+champion change it), and no second run starts while one is in progress.
+"""
 
 import json
 import os
@@ -8,9 +13,13 @@ import dagster as dg
 from plml_assets.lib.drift import DriftThresholds, decide_retraining
 
 DRIFT_KEY = dg.AssetKey("drift_metrics")
-#: What a retraining run re-materializes: everything but the monitoring group itself, so the
-#: features, studies, models, ensembles, leaderboard and registry all move to the new data.
-RETRAIN_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring")
+PRICES_KEY = dg.AssetKey("market_prices")
+TRIGGER_TAG = "plml/trigger"
+#: What a retraining run re-materializes: the training side (selection, CV, studies, models,
+#: ensembles, leaderboard, registry), not the data assets, which the refresh and the automation keep
+#: current; so a retrain leaves drift_metrics' inputs untouched and cannot re-trigger itself.
+RETRAIN_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring") - dg.AssetSelection.groups("data")
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def retrain_run_config() -> dict:
@@ -28,10 +37,13 @@ def retrain_run_config() -> dict:
     return config
 
 
-def latest_drift_record(instance: dg.DagsterInstance):
-    """The newest drift_metrics materialization record (storage id and event), or None."""
-    records = instance.fetch_materializations(DRIFT_KEY, limit=1).records
+def latest_record(instance: dg.DagsterInstance, key: dg.AssetKey = DRIFT_KEY):
+    """The newest materialization record of ``key`` (storage id and event), or None."""
+    records = instance.fetch_materializations(key, limit=1).records
     return records[0] if records else None
+
+
+latest_drift_record = latest_record
 
 
 def _metadata_value(record, key: str):
@@ -39,21 +51,37 @@ def _metadata_value(record, key: str):
     return None if value is None else value.value
 
 
+def _cursor(raw: str | None) -> dict:
+    if not raw:
+        return {}
+    if raw.isdigit():  # the first cursor format: the drift storage id alone
+        return {"drift": int(raw)}
+    return json.loads(raw)
+
+
 @dg.sensor(
     name="drift_retraining_sensor",
     target=RETRAIN_SELECTION,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Reads each new materialization of drift_metrics once (the cursor is its storage id) and, when "
-    "lib/drift.decide_retraining says so, requests a run that retrains and re-registers, with the reasons in the run tags.",
+    description="Reads each new materialization of drift_metrics once and, when lib/drift.decide_retraining says so, "
+    "requests a run that retrains and re-registers, with the reasons in the run tags; at most one retrain per price "
+    "version, never two at once.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext):
-    event = latest_drift_record(context.instance)
+    event = latest_record(context.instance)
     if event is None:
         return dg.SkipReason("drift_metrics has never been materialized")
-    if context.cursor and int(context.cursor) >= event.storage_id:
-        return dg.SkipReason(f"no new drift_metrics since materialization {context.cursor}")
-    context.update_cursor(str(event.storage_id))
+    cursor = _cursor(context.cursor)
+    if cursor.get("drift", -1) >= event.storage_id:
+        return dg.SkipReason(f"no new drift_metrics since materialization {cursor['drift']}")
+    active = context.instance.get_run_records(dg.RunsFilter(tags={TRIGGER_TAG: "drift"}, statuses=ACTIVE), limit=1)
+    if active:
+        return dg.SkipReason(f"retraining run {active[0].dagster_run.run_id} is still in progress; drift_metrics "
+                             f"{event.storage_id} will be read when it ends")
+    prices = latest_record(context.instance, PRICES_KEY)
+    data_version = prices.storage_id if prices is not None else 0
+    context.update_cursor(json.dumps({**cursor, "drift": event.storage_id}))
     summary = _metadata_value(event, "summary") or {}
     thresholds = DriftThresholds(**(_metadata_value(event, "thresholds") or {}))
     if not summary:
@@ -62,6 +90,10 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext):
     if not decision.retrain:
         return dg.SkipReason(f"drift_metrics {event.storage_id}: {decision.severity}"
                              + (": " + "; ".join(decision.reasons) if decision.reasons else ", no threshold crossed"))
+    if cursor.get("retrained_data") == data_version:
+        return dg.SkipReason(f"drift persists ({'; '.join(decision.reasons)}) but a retrain already ran on these prices "
+                             f"(market_prices {data_version}); the next one waits for new prices")
+    context.update_cursor(json.dumps({"drift": event.storage_id, "retrained_data": data_version}))
     context.log.info(f"retraining: {'; '.join(decision.reasons)}")
     return dg.RunRequest(run_key=f"drift-{event.storage_id}", run_config=retrain_run_config(),
-                         tags={**decision.run_tags(), "plml/drift_event": str(event.storage_id)})
+                         tags={**decision.run_tags(), "plml/drift_event": str(event.storage_id), "plml/prices": str(data_version)})
