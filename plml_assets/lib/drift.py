@@ -452,3 +452,15 @@ def summarize(
         "enough_dates": bool(performance.get("enough_dates", False)),
         "age_days": int(age_days) if age_days is not None else None,
     }
+
+
+#: Causes an incremental update can answer: the market is the same, the champion is only older or
+#: slipping. A shift in the inputs or in the scores asks for a model fitted from scratch.
+INCREMENTAL_CAUSES = frozenset({"age", "performance"})
+
+
+def retrain_mode(decision: RetrainDecision) -> str:
+    """The retraining policy: 'incremental' (update the champion on the new dates) when every cause of
+    the decision is staleness or a performance slip, 'full' when the features or the scores drifted."""
+    causes = set(decision.causes)
+    return "incremental" if causes and causes <= INCREMENTAL_CAUSES else "full"

@@ -349,6 +349,34 @@ def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(fi
         assert isinstance(outcome, dg.SkipReason)
 
 
+def test_incremental_mode_updates_a_same_family_champion_and_falls_back_otherwise(first_run, graph_dir, graph_instance):
+    """After newer prices (previous test): with the XGBoost model as champion, xgboost_model in
+    'incremental' mode continues its boosting on the dates after its training end, with its features;
+    lightgbm_model, asked the same, cannot update an XGBoost champion and fits from scratch."""
+    plml_home, instance = graph_dir, graph_instance
+    resources, _ = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    old = json.loads((plml_home / "assets" / "xgboost_model.json").read_text())
+    with registry.tracking():
+        version = mlflow.register_model(old["model_uri"], registry.model_name, tags=old["tags"]).version
+    registry.promote(str(version), reason="test: the XGBoost model is the champion")
+    incremental = {"ops": {f"{f}_training": {"config": {"mode": "incremental"}} for f in ("xgboost", "lightgbm")}}
+    later = {**resources, "price_source": slice_resources(plml_home, end_date="2016-12-30")["price_source"]}
+    result = _materialize(later, instance, run_config=incremental, selection=[
+        "xgboost_model", "xgboost_holdout_predictions", "lightgbm_model", "lightgbm_holdout_predictions"])
+    assert result.success
+    new = json.loads((plml_home / "assets" / "xgboost_model.json").read_text())
+    assert new["mode"] == "incremental" and new["tags"]["plml.updated_from"] == str(version)
+    assert new["features"] == old["features"] and new["run_id"] != old["run_id"]
+    params = registry.client().get_run(new["run_id"]).data.params
+    old_params = registry.client().get_run(old["run_id"]).data.params
+    assert int(params["train_rows"]) < int(old_params["train_rows"])  # only the dates after the champion's training end
+    assert new["tags"]["plml.train_end"] > old["tags"]["plml.train_end"]
+    assert json.loads((plml_home / "assets" / "lightgbm_model.json").read_text())["mode"] == "full"
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("incremental update impossible" in m and "not lightgbm" in m for m in logs)
+
+
 def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instance):
     resources = slice_resources(plml_home)
     bad = {"ops": {"xgboost_study": {"config": {"fixed_params": '{"n_estimators": -3}'}}}}

@@ -69,15 +69,19 @@ def test_one_retrain_per_price_version_and_never_two_at_once(instance):
     assert isinstance(retried, dg.RunRequest)
 
 
-@pytest.mark.parametrize(("change", "cause"), [
-    ({"prediction_psi": 0.6}, "prediction"),
-    ({"realized_rank_ic": -0.04, "decay": 0.07}, "performance"),
+@pytest.mark.parametrize(("change", "cause", "mode"), [
+    ({"prediction_psi": 0.6}, "prediction", "full"),
+    ({"realized_rank_ic": -0.04, "decay": 0.07}, "performance", "incremental"),
+    ({"feature_drift_share": 0.6, "realized_rank_ic": -0.04, "decay": 0.07}, "feature_drift", "full"),
 ])
-def test_each_kind_of_drift_triggers(instance, change, cause):
+def test_each_kind_of_drift_triggers_with_the_policy_mode(instance, change, cause, mode):
+    """Staleness or a performance slip is answered by updating the champion; drifted inputs or
+    scores by a full retrain."""
     _report(instance, {**CALM, **change})
     request, _ = _tick(instance)
     assert isinstance(request, dg.RunRequest), request
-    assert cause in request.tags["plml/causes"]
+    assert cause in request.tags["plml/causes"] and request.tags["plml/mode"] == mode
+    assert {request.run_config["ops"][f"{f}_training"]["config"]["mode"] for f in ("xgboost", "lightgbm", "lstm", "gru")} == {mode}
 
 
 def test_retraining_targets_everything_but_monitoring_and_schedules_have_a_timezone():
@@ -98,11 +102,13 @@ def test_retraining_targets_everything_but_monitoring_and_schedules_have_a_timez
 
 
 def test_retraining_runs_carry_the_configured_run_config(instance, monkeypatch):
-    config = {"ops": {"xgboost_study": {"config": {"n_trials": 12}}}}
+    config = {"ops": {"xgboost_study": {"config": {"n_trials": 12}}, "gru_training": {"config": {"mode": "full", "device": "cpu"}}}}
     monkeypatch.setenv("PLML_RETRAIN_RUN_CONFIG", json.dumps(config))
     _report(instance, DRIFTED)
     request, _ = _tick(instance)
-    assert request.run_config == config
+    assert request.run_config["ops"]["xgboost_study"] == config["ops"]["xgboost_study"]
+    assert request.run_config["ops"]["gru_training"] == {"config": {"mode": "full", "device": "cpu"}}  # the env wins
+    assert request.run_config["ops"]["xgboost_training"] == {"config": {"mode": "full"}}  # feature drift: full retrain
     monkeypatch.setenv("PLML_RETRAIN_RUN_CONFIG", "[1, 2]")
     _report(instance, DRIFTED)
     with pytest.raises(ValueError, match="must be a JSON object"):

@@ -10,7 +10,8 @@ import os
 
 import dagster as dg
 
-from plml_assets.lib.drift import DriftThresholds, decide_retraining
+from plml_assets.defs.shared import FAMILIES
+from plml_assets.lib.drift import DriftThresholds, decide_retraining, retrain_mode
 
 DRIFT_KEY = dg.AssetKey("drift_metrics")
 PRICES_KEY = dg.AssetKey("market_prices")
@@ -35,6 +36,19 @@ def retrain_run_config() -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"PLML_RETRAIN_RUN_CONFIG must be a JSON object (a Dagster run config), got {type(config).__name__}")
     return config
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def retrain_request_config(mode: str) -> dict:
+    """The policy's mode for every family's model step, under ``PLML_RETRAIN_RUN_CONFIG`` (which wins)."""
+    policy = {"ops": {f"{family}_training": {"config": {"mode": mode}} for family in FAMILIES}}
+    return _merge(policy, retrain_run_config())
 
 
 def latest_record(instance: dg.DagsterInstance, key: dg.AssetKey = DRIFT_KEY):
@@ -94,6 +108,8 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"drift persists ({'; '.join(decision.reasons)}) but a retrain already ran on these prices "
                              f"(market_prices {data_version}); the next one waits for new prices")
     context.update_cursor(json.dumps({"drift": event.storage_id, "retrained_data": data_version}))
-    context.log.info(f"retraining: {'; '.join(decision.reasons)}")
-    return dg.RunRequest(run_key=f"drift-{event.storage_id}", run_config=retrain_run_config(),
-                         tags={**decision.run_tags(), "plml/drift_event": str(event.storage_id), "plml/prices": str(data_version)})
+    mode = retrain_mode(decision)
+    context.log.info(f"retraining ({mode}): {'; '.join(decision.reasons)}")
+    return dg.RunRequest(run_key=f"drift-{event.storage_id}", run_config=retrain_request_config(mode),
+                         tags={**decision.run_tags(), "plml/mode": mode, "plml/drift_event": str(event.storage_id),
+                               "plml/prices": str(data_version)})

@@ -24,7 +24,7 @@ from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.provenance import code_version, feature_list_hash
 from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer, history_days
-from plml_assets.lib.training import best_iteration, design_matrix, fit_model, iteration_word, predict_rows
+from plml_assets.lib.training import best_iteration, design_matrix, fit_model, iteration_word, predict_rows, update_model
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -54,8 +54,36 @@ def _input_example(prices: pd.DataFrame, recipes: dict | None = None, n_symbols:
     return sub.reset_index()
 
 
+RETRAIN_MODES = ("full", "incremental")
+
+
 class ModelConfig(dg.Config):
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'; trees default to CPU on 'auto'")
+    mode: str = Field(
+        default="full",
+        description="'full': fit from scratch on every training date; 'incremental': update the current champion when it "
+        "is a single model of this family, on the training dates after its own training end, with its features (trees "
+        "continue boosting, nets fine-tune their weights); anything else falls back to a full fit, and says why",
+    )
+
+
+def champion_to_update(family: str, registry: MlflowRegistry, train_dates: pd.DatetimeIndex) -> tuple[object | None, str]:
+    """The champion's fitted model when it can be updated incrementally by ``family``, else the reason."""
+    champion = registry.alias_version("champion")
+    if champion is None:
+        return None, "there is no champion"
+    if champion.tags.get("plml.family") != family:
+        return None, f"the champion v{champion.version} is {champion.tags.get('plml.family', 'unknown')}, not {family}"
+    train_end = champion.tags.get("plml.train_end")
+    if not train_end or not (train_dates > pd.Timestamp(train_end)).any():
+        return None, f"no training date after the champion's training end {train_end}"
+    with registry.tracking():
+        scorer = mlflow.pyfunc.load_model(registry.model_uri("champion")).unwrap_python_model()
+    model = getattr(scorer, "model_", None)
+    if model is None or not hasattr(model, "target_clip_"):
+        return None, f"the champion v{champion.version} carries no updatable model (saved before incremental updates)"
+    model.champion_version_, model.champion_train_end_ = champion.version, train_end
+    return model, ""
 
 
 def _device(family: str, requested: str) -> str | None:
@@ -120,15 +148,29 @@ def train_family_model(
     start = time.perf_counter()
     asset_name = f"{family}_model"
     y_all, split = split_for(labels, settings)
-    columns = selected_features(feature_selection)
+    if config.mode not in RETRAIN_MODES:
+        raise ValueError(f"mode must be one of {RETRAIN_MODES}, got {config.mode!r}")
+    champion, why_not = (None, "") if config.mode == "full" else champion_to_update(family, mlflow_registry, split.train_dates)
+    if config.mode == "incremental" and champion is None:
+        context.log.warning(f"{asset_name}: incremental update impossible ({why_not}): fitting from scratch")
+    columns = list(champion.feature_names_) if champion is not None else selected_features(feature_selection)
     X_train, y_train = design_matrix(features, y_all, columns, split.train_dates)
     X_hold, y_hold = design_matrix(features, y_all, columns, split.holdout_dates)
-    params = dict(study["params"])
+    params = dict(study["params"]) if champion is None else dict(champion.get_params())
     device = _device(family, config.device)
     if device is not None:
         params["device"] = device
     fit_start = time.perf_counter()
-    model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon)
+    if champion is None:
+        model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon)
+        mode = "full"
+    else:
+        new_rows = X_train.index.get_level_values("date") > pd.Timestamp(champion.champion_train_end_)
+        X_train, y_train = X_train[new_rows], y_train[new_rows]
+        model, fit_mask = update_model(champion, X_train, y_train, settings.horizon)
+        mode = "incremental"
+        context.log.info(f"{asset_name}: updating champion v{champion.champion_version_} on {len(X_train):,} new rows "
+                         f"after {champion.champion_train_end_} (its features and parameters)")
     fit_seconds = time.perf_counter() - fit_start
     clip = model.target_clip_
     cv_params = json.loads(cv_results["params"].iloc[0]) if "params" in cv_results else {}
@@ -187,7 +229,10 @@ def train_family_model(
         "dagster.run_id": context.run.run_id,
         "dagster.asset": asset_name,
         "plml.cv_params_match": str(cv_params_match).lower(),
+        "plml.retrain_mode": mode,
     }
+    if champion is not None:
+        tags["plml.updated_from"] = str(champion.champion_version_)
     example = _input_example(market_prices, feature_recipes["recipes"])
     scorer = PanelScorer(
         columns, settings.horizon, list(market_prices.columns),
@@ -247,6 +292,7 @@ def train_family_model(
         "model_bytes": model_bytes,
         "fit_seconds": round(fit_seconds, 3),
         "training_symbols": scorer.training_symbols,
+        "mode": mode,
     }
     metadata = {
         "mlflow_run_id": run_id,
@@ -257,6 +303,7 @@ def train_family_model(
         iteration_word(family) + "s": kept,
         "features_used": len(columns),
         "fit_seconds": round(fit_seconds, 2),
+        "retrain_mode": mode,
         "model_kib": round(model_bytes / 1024, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "params": dg.MetadataValue.json(params),
