@@ -348,6 +348,16 @@ def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(fi
     else:
         assert isinstance(outcome, dg.SkipReason)
 
+    # The features asset may stop generating what the champion reads (here: no generation at all);
+    # drift_metrics rebuilds the champion's features from raw prices with the champion's own recipes.
+    bare = {"ops": {"generated_features": {"config": {"enabled": False}}}}
+    data = ["base_features", "features", "feature_recipes"]
+    assert _materialize(later, instance, run_config=bare, selection=[*data, "drift_metrics"]).success
+    again = json.loads((plml_home / "assets" / "drift_metrics.json").read_text())
+    assert again["summary"]["n_features"] == drift["summary"]["n_features"]
+    assert again["summary"]["max_feature_psi"] == pytest.approx(drift["summary"]["max_feature_psi"])
+    assert _materialize(later, instance, selection=data).success  # generated features back for the next test
+
 
 def test_incremental_mode_updates_a_same_family_champion_and_falls_back_otherwise(first_run, graph_dir, graph_instance):
     """After newer prices (previous test): with the XGBoost model as champion, xgboost_model in

@@ -49,24 +49,34 @@ def test_drift_requests_one_retraining_run_with_the_reason_then_waits_for_new_me
     assert isinstance(calm, dg.SkipReason) and "drift_metrics" in calm.skip_message
 
 
+def _prices(instance, fingerprint: str) -> None:
+    instance.report_runless_asset_event(dg.AssetMaterialization("market_prices", metadata={"fingerprint": fingerprint}))
+
+
 def test_one_retrain_per_price_version_and_never_two_at_once(instance):
     """A retrain that fails or is refused must not start another on the same prices (drift persists),
-    and no second retrain starts while one runs."""
-    instance.report_runless_asset_event(dg.AssetMaterialization("market_prices"))
+    a refresh that brought no new prices is the same version, and no retrain starts while one (drift
+    or weekly) runs."""
+    _prices(instance, "v1")
     _report(instance, DRIFTED)
     first, cursor = _tick(instance)
-    assert isinstance(first, dg.RunRequest)
+    assert isinstance(first, dg.RunRequest) and first.tags["plml/prices"] == "v1"
     _report(instance, DRIFTED)  # the same prices, still drifted (e.g. the challenger was refused)
     again, cursor = _tick(instance, cursor)
     assert isinstance(again, dg.SkipReason) and "already ran on these prices" in again.skip_message
-    instance.report_runless_asset_event(dg.AssetMaterialization("market_prices"))  # new prices arrive
+    _prices(instance, "v1")  # the weekday refresh ran, but no new prices came
     _report(instance, DRIFTED)
-    run = instance.create_run_for_job(dg.GraphDefinition("busy").to_job(), tags={"plml/trigger": "drift"})
-    busy, cursor = _tick(instance, cursor)
-    assert isinstance(busy, dg.SkipReason) and f"retraining run {run.run_id} is still in progress" in busy.skip_message
-    instance.report_run_failed(run)
+    same, cursor = _tick(instance, cursor)
+    assert isinstance(same, dg.SkipReason) and "already ran on these prices" in same.skip_message
+    _prices(instance, "v2")  # new prices arrive
+    _report(instance, DRIFTED)
+    for tags in ({"plml/trigger": "drift"}, {"plml/kind": "full_retrain"}):
+        run = instance.create_run_for_job(dg.GraphDefinition("busy").to_job(), tags=tags)
+        busy, cursor = _tick(instance, cursor)
+        assert isinstance(busy, dg.SkipReason) and f"retraining run {run.run_id} is still in progress" in busy.skip_message
+        instance.report_run_failed(run)
     retried, _ = _tick(instance, cursor)
-    assert isinstance(retried, dg.RunRequest)
+    assert isinstance(retried, dg.RunRequest) and retried.tags["plml/prices"] == "v2"
 
 
 @pytest.mark.parametrize(("change", "cause", "mode"), [

@@ -12,7 +12,7 @@ from plml_assets.defs.shared import fail_fast_on_bad_input, split_for
 from plml_assets.lib.drift import (DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay,
                                    prediction_drift, realized_rank_ic, summarize)
 from plml_assets.lib.plots import drift_plot, markdown_image
-from plml_assets.lib.serving import history_days
+from plml_assets.lib.serving import history_days, model_features
 from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -84,9 +84,9 @@ def drift_metrics(
         with mlflow_registry.tracking():
             scorer = mlflow.pyfunc.load_model(mlflow_registry.model_uri(CHAMPION)).unwrap_python_model()
         columns = list(dict.fromkeys(c for _, cols in scorer.members().values() for c in cols))
-        missing = [c for c in columns if c not in features.columns]
-        if missing:
-            raise ValueError(f"the champion reads feature(s) {missing[:10]} absent from the features asset: re-materialize features")
+        # The champion's own features, rebuilt from raw prices by its own pipeline (its recipes): the
+        # features asset may generate other interactions now than when the champion was trained.
+        features = model_features(market_prices[scorer.feature_columns], columns, getattr(scorer, "recipes", {}))
         dates = features.index.get_level_values("date")
         all_dates = dates.unique().sort_values()
         if config.reference not in ("holdout", "training"):

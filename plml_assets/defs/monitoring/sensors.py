@@ -89,12 +89,16 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext):
     cursor = _cursor(context.cursor)
     if cursor.get("drift", -1) >= event.storage_id:
         return dg.SkipReason(f"no new drift_metrics since materialization {cursor['drift']}")
-    active = context.instance.get_run_records(dg.RunsFilter(tags={TRIGGER_TAG: "drift"}, statuses=ACTIVE), limit=1)
-    if active:
-        return dg.SkipReason(f"retraining run {active[0].dagster_run.run_id} is still in progress; drift_metrics "
-                             f"{event.storage_id} will be read when it ends")
+    for tags in ({TRIGGER_TAG: "drift"}, {"plml/kind": "full_retrain"}):  # drift retrains and the weekly one
+        active = context.instance.get_run_records(dg.RunsFilter(tags=tags, statuses=ACTIVE), limit=1)
+        if active:
+            return dg.SkipReason(f"retraining run {active[0].dagster_run.run_id} is still in progress; drift_metrics "
+                                 f"{event.storage_id} will be read when it ends")
     prices = latest_record(context.instance, PRICES_KEY)
-    data_version = prices.storage_id if prices is not None else 0
+    # The price version is the panel's content fingerprint: a refresh that brought no new prices is
+    # the same version (the storage id when the fingerprint is not recorded).
+    fingerprint = _metadata_value(prices, "fingerprint") if prices is not None else None
+    data_version = str(fingerprint) if fingerprint else (prices.storage_id if prices is not None else 0)
     context.update_cursor(json.dumps({**cursor, "drift": event.storage_id}))
     summary = _metadata_value(event, "summary") or {}
     thresholds = DriftThresholds(**(_metadata_value(event, "thresholds") or {}))

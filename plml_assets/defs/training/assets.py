@@ -24,7 +24,8 @@ from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.provenance import code_version, feature_list_hash
 from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer, history_days
-from plml_assets.lib.training import best_iteration, design_matrix, fit_model, iteration_word, predict_rows, update_model
+from plml_assets.lib.training import (best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word,
+                                     predict_rows, update_model)
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -67,21 +68,31 @@ class ModelConfig(dg.Config):
     )
 
 
-def champion_to_update(family: str, registry: MlflowRegistry, train_dates: pd.DatetimeIndex) -> tuple[object | None, str]:
+def champion_to_update(
+    family: str, registry: MlflowRegistry, train_dates: pd.DatetimeIndex, horizon: int, features: pd.DataFrame
+) -> tuple[object | None, str]:
     """The champion's fitted model when it can be updated incrementally by ``family``, else the reason."""
     champion = registry.alias_version("champion")
     if champion is None:
         return None, "there is no champion"
     if champion.tags.get("plml.family") != family:
         return None, f"the champion v{champion.version} is {champion.tags.get('plml.family', 'unknown')}, not {family}"
+    if champion.tags.get("plml.horizon") != str(horizon):
+        return None, f"the champion v{champion.version} predicts a {champion.tags.get('plml.horizon')}-day horizon, not {horizon}"
     train_end = champion.tags.get("plml.train_end")
-    if not train_end or not (train_dates > pd.Timestamp(train_end)).any():
-        return None, f"no training date after the champion's training end {train_end}"
+    new_dates = train_dates[train_dates > pd.Timestamp(train_end)] if train_end else train_dates[:0]
+    try:
+        early_stopping_split(new_dates.to_numpy(), horizon)
+    except ValueError as exc:
+        return None, f"{len(new_dates)} training date(s) after the champion's training end {train_end}: {exc}"
     with registry.tracking():
         scorer = mlflow.pyfunc.load_model(registry.model_uri("champion")).unwrap_python_model()
     model = getattr(scorer, "model_", None)
     if model is None or not hasattr(model, "target_clip_"):
         return None, f"the champion v{champion.version} carries no updatable model (saved before incremental updates)"
+    missing = [c for c in model.feature_names_ if c not in features.columns]
+    if missing:
+        return None, f"the features asset no longer generates the champion's feature(s) {missing[:5]}"
     model.champion_version_, model.champion_train_end_ = champion.version, train_end
     return model, ""
 
@@ -150,7 +161,7 @@ def train_family_model(
     y_all, split = split_for(labels, settings)
     if config.mode not in RETRAIN_MODES:
         raise ValueError(f"mode must be one of {RETRAIN_MODES}, got {config.mode!r}")
-    champion, why_not = (None, "") if config.mode == "full" else champion_to_update(family, mlflow_registry, split.train_dates)
+    champion, why_not = (None, "") if config.mode == "full" else champion_to_update(family, mlflow_registry, split.train_dates, settings.horizon, features)
     if config.mode == "incremental" and champion is None:
         context.log.warning(f"{asset_name}: incremental update impossible ({why_not}): fitting from scratch")
     columns = list(champion.feature_names_) if champion is not None else selected_features(feature_selection)
