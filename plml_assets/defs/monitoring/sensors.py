@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from plml_assets.defs.shared import FAMILIES
+from plml_assets.defs.shared import FAMILIES, json_object
 from plml_assets.lib.drift import DriftThresholds, decide_retraining, retrain_mode
 
 DRIFT_KEY = dg.AssetKey("drift_metrics")
@@ -26,16 +26,7 @@ ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dagste
 def retrain_run_config() -> dict:
     """Run config for the retraining runs this sensor launches, from ``PLML_RETRAIN_RUN_CONFIG`` (JSON,
     e.g. bigger study budgets, or the gate's tolerances on a small demo panel); empty by default."""
-    raw = os.environ.get("PLML_RETRAIN_RUN_CONFIG", "").strip()
-    if not raw:
-        return {}
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"PLML_RETRAIN_RUN_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"PLML_RETRAIN_RUN_CONFIG must be a JSON object (a Dagster run config), got {type(config).__name__}")
-    return config
+    return json_object(os.environ.get("PLML_RETRAIN_RUN_CONFIG", ""), "PLML_RETRAIN_RUN_CONFIG")
 
 
 def _merge(base: dict, extra: dict) -> dict:
