@@ -91,6 +91,16 @@ class Selection:
         return asdict(self)
 
 
+def _psr(returns: pd.Series | None, periods_per_year: int) -> float:
+    """Probabilistic Sharpe (against 0) of OOF returns; NaN when there are too few of them."""
+    if returns is None:
+        return math.nan
+    clean = returns.dropna()
+    if len(clean) < 8 or not float(clean.std()) > 0:
+        return math.nan
+    return float(of.probabilistic_sharpe_ratio(clean.to_numpy(), periods_per_year=periods_per_year))
+
+
 def _std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -116,6 +126,7 @@ def leaderboard_table(candidates: Mapping[str, Candidate], periods_per_year: int
             "cv_rank_ic_mean": float(np.nanmean(both)),
             "gap": float(c.gap),
             "oof_sharpe": of.sharpe_ratio(c.oof_returns.dropna(), periods_per_year) if c.oof_returns is not None else math.nan,
+            "psr": _psr(c.oof_returns, periods_per_year),
             "holdout_rank_ic": float(c.holdout_rank_ic),
             "holdout_sharpe": float(c.holdout_sharpe),
             "fit_seconds": float(c.fit_seconds),
@@ -205,6 +216,25 @@ def validate_against_baseline(table: pd.DataFrame, selection: Selection, baselin
     selection.validation = (f"{selection.winner} {verb} the baseline {baseline} on {metric}: {value:.4f} vs {reference:.4f}"
                             + ("" if passed else "; nothing new is promoted"))
     return selection
+
+
+def candidate_statistics(table: pd.DataFrame, name: str, pbo: float) -> dict[str, float]:
+    """The overfitting statistics of one leaderboard candidate, keyed as
+    :func:`plml_assets.lib.overfitting.verdict` reads them: the PBO of the candidate set it was
+    picked from, its OOF deflated Sharpe (deflated over every configuration tried) and probabilistic
+    Sharpe, its mean train/validation gap, and the share of its walk-forward folds validating below
+    zero. The same statistics exist for a single model and an ensemble, so one verdict rule judges both."""
+    if name not in table.index:
+        raise ValueError(f"{name!r} is not on the leaderboard ({list(table.index)})")
+    row = pd.to_numeric(table.loc[name].reindex(["dsr", "psr", "gap", "positive_folds", "oof_sharpe"]), errors="coerce")
+    return {
+        "pbo": float(pbo) if pbo is not None else math.nan,
+        "dsr": float(row["dsr"]),
+        "psr": float(row["psr"]),
+        "gap_mean": float(row["gap"]),
+        "share_valid_below_zero": float(1.0 - row["positive_folds"]),
+        "oof_sharpe": float(row["oof_sharpe"]),
+    }
 
 
 def fold_rank_ics(scores: pd.Series, y: pd.Series, fold_of_row: pd.Series) -> list[float]:

@@ -63,6 +63,7 @@ __all__ = [
     "train_validation_gap",
     "trial_sharpe_variance",
     "verdict",
+    "worst_verdict",
 ]
 
 EULER_MASCHERONI = 0.5772156649015329
@@ -579,6 +580,17 @@ _DESCRIPTIONS = {
     "gap_mean": "mean train-validation gap",
     "share_valid_below_zero": "share of folds validating below zero",
 }
+
+
+VERDICTS = ("pass", "warn", "fail")
+
+
+def worst_verdict(*verdicts: str) -> str:
+    """The most severe of several verdicts (``fail`` > ``warn`` > ``pass``)."""
+    unknown = [v for v in verdicts if v not in VERDICTS]
+    if unknown or not verdicts:
+        raise ValueError(f"verdicts must be among {VERDICTS}, got {list(verdicts)}")
+    return max(verdicts, key=VERDICTS.index)
 
 
 def verdict(stats: Mapping[str, Any], bounds: ValidationBounds | None = None) -> tuple[str, list[str]]:

@@ -200,12 +200,22 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
     gate = _gate(result)
     assert "baseline momentum_20d" in gate.description
     report = json.loads((plml_home / "assets" / "validation_report.json").read_text())
+    # The validation report judges the leaderboard's pick, on the leaderboard's own statistics.
     assert report["verdict"] in ("pass", "warn", "fail")
-    assert 0.0 <= report["pbo"] <= 1.0 and 0.0 <= report["dsr"] <= 1.0
-    assert report["pbo_configurations"] == ["xgboost:long_short", "ridge:long_short", "momentum_20d:long_short", "reversal_5d:long_short"]
-    assert len(report["cpcv_path_sharpe"]) == 3  # quick profile: C(3, 1) paths of CPCV(N=4, k=2)
+    assert report["subject"] == winner["name"] and report["leaderboard_run_id"] == board["mlflow_run_id"]
+    assert report["pbo_configurations"] == [c["candidate"] for c in board["table"] if c["kind"] != "baseline"]
+    assert report["pbo"] == pytest.approx(board["selection"]["pbo"], nan_ok=True)
+    pick = next(c for c in board["table"] if c["candidate"] == winner["name"])
+    assert report["dsr"] == pytest.approx(pick["dsr"], nan_ok=True) and report["gap_mean"] == pytest.approx(pick["gap"])
+    assert 0.0 <= report["psr"] <= 1.0
+    xgb_bt = report["xgboost_backtest"]  # issue 3's evidence of the XGBoost family, judged too when XGBoost is the pick
+    assert 0.0 <= xgb_bt["pbo"] <= 1.0 and 0.0 <= xgb_bt["dsr"] <= 1.0
+    assert xgb_bt["pbo_configurations"] == ["xgboost:long_short", "ridge:long_short", "momentum_20d:long_short", "reversal_5d:long_short"]
+    assert len(xgb_bt["cpcv_path_sharpe"]) == 3  # quick profile: C(3, 1) paths of CPCV(N=4, k=2)
+    if winner["name"] == "xgboost" and xgb_bt["verdict"] == "fail":
+        assert report["verdict"] == "fail"
     if report["verdict"] == "fail":  # the gate reads the verdict
-        assert not gate.passed and "validation report says fail" in gate.description
+        assert not gate.passed and "validation report on this candidate says fail" in gate.description
     if not board["selection"]["validated"]:  # the pick did not beat the baseline on the holdout: nothing new is promoted
         assert not gate.passed and "blocked by the leaderboard" in gate.description
     backtest = pd.read_parquet(plml_home / "assets" / "backtest.parquet")
@@ -311,6 +321,15 @@ def test_better_challenger_replaces_the_champion(first_run, graph_dir, graph_ins
     assert board["winner"] is None and "no candidate passes every criterion" in board["selection"]["reason"]
     assert all(any("train/validation gap" in f for f in fails) for fails in board["selection"]["failures"].values())
     assert [v.version for v in registry.versions()] == versions
+    assert registry.alias_version("champion").version == oracle_version
+
+    # A new leaderboard without a new validation report: the report judged another leaderboard's pick,
+    # so the gate (blocking on the validation verdict) refuses to promote on it.
+    stale = {"ops": {"registered_model_promotion_gate": {"config": {"require_leaderboard_validation": False}}}}
+    refused = _materialize(resources, instance, run_config=stale,
+                           selection=["model_leaderboard", "registered_model", "champion_model"])
+    gate = _gate(refused)
+    assert not gate.passed and "re-materialize validation_report" in gate.description, gate.description
     assert registry.alias_version("champion").version == oracle_version
 
 

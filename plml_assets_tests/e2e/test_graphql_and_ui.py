@@ -1,6 +1,7 @@
 """What other services and people see of a running platform: one real `dagster dev` (webserver +
-daemon) on a small real price slice; a run launched through Dagster's Python GraphQL client lands in
-the MLflow store, and the UI's global asset lineage draws every asset group (screenshot kept)."""
+daemon, started from workspace.yaml) on a small real price slice; GraphQL serves the asset graph, a run
+launched through Dagster's Python GraphQL client lands in the MLflow store, and the UI's global asset
+lineage draws every asset group (screenshot kept)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,26 @@ def _wait_for_run(client: DagsterGraphQLClient, run_id: str, dev) -> dg.DagsterR
         if time.time() > deadline:
             pytest.fail(f"run {run_id} still {status.value} after {RUN_TIMEOUT_S} s:\n{dev.log_tail()}")
         time.sleep(3)
+
+
+ASSET_NODES = """{ assetNodes { assetKey { path } groupName dependencyKeys { path } } }"""
+
+
+def test_dagster_dev_serves_the_asset_graph_with_its_lineage(server):
+    """What other services read through workspace.yaml and GraphQL: the nodes, their groups and edges."""
+    nodes = graphql(server.port, ASSET_NODES)["data"]["assetNodes"]
+    by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+    assert {"market_prices", "labels", "features", "feature_selection", "cv_splits", "xgboost_cv_results", "xgboost_model",
+            "model_leaderboard", "validation_report", "registered_model", "champion_model"} <= set(by_key)
+
+    def deps(key: str) -> set[str]:
+        return {"/".join(d["path"]) for d in by_key[key]["dependencyKeys"]}
+
+    assert deps("xgboost_model") >= {"features", "labels", "feature_selection", "xgboost_cv_results"}
+    assert deps("validation_report") >= {"model_leaderboard", "backtest", "cpcv_paths"}  # it judges the leaderboard's pick
+    assert deps("registered_model") >= {"model_leaderboard"}
+    assert by_key["market_prices"]["groupName"] == "data"
+    assert by_key["registered_model"]["groupName"] == "registry"
 
 
 def test_graphql_client_launches_an_asset_selection_and_the_study_lands_in_mlflow(server):

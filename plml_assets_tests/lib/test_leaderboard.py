@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.leaderboard import Candidate, SelectionCriteria, leaderboard_table, select, validate_against_baseline
+from plml_assets.lib import overfitting as of
+from plml_assets.lib.leaderboard import (Candidate, SelectionCriteria, candidate_statistics, leaderboard_table, select,
+                                         validate_against_baseline)
 
 DATES = pd.bdate_range("2020-01-01", periods=300)
 
@@ -95,6 +97,35 @@ def test_dsr_is_deflated_by_every_configuration_tried():
     assert math.isnan(few.loc["momentum_20d", "dsr"])
     strict = select(few, SelectionCriteria(min_dsr=1.0))
     assert strict.winner is None and all(any("deflated Sharpe" in f for f in fs) for fs in strict.failures.values())
+
+
+def test_candidate_statistics_feed_one_verdict_rule_for_models_and_ensembles():
+    table, pbo = leaderboard_table(pool())
+    # PSR of the OOF returns: these draws have annual Sharpes 2.0 (ensemble_mean) and -0.8 (lstm).
+    assert table.loc["ensemble_mean", "psr"] > 0.95 and table.loc["lstm", "psr"] < 0.25
+    assert math.isnan(table.loc["momentum_20d", "psr"])  # a baseline without OOF returns has none
+    for name in ("xgboost", "ensemble_mean"):
+        stats = candidate_statistics(table, name, pbo)
+        assert stats["pbo"] == pytest.approx(pbo) and stats["dsr"] == pytest.approx(table.loc[name, "dsr"])
+        assert stats["gap_mean"] == pytest.approx(table.loc[name, "gap"])
+        assert stats["share_valid_below_zero"] == pytest.approx(1 - table.loc[name, "positive_folds"])
+    lstm = candidate_statistics(table, "lstm", pbo)
+    verdict, reasons = of.verdict(lstm, of.ValidationBounds(pbo_warn=None, pbo_fail=None, dsr_warn=None, dsr_fail=None))
+    assert verdict == "warn" and any("share_valid_below_zero 0.6667" in r for r in reasons)
+    # A candidate with a large gap fails on it, whatever its kind.
+    wide = leaderboard_table(pool(ensemble_mean=Candidate("ensemble", [0.03, 0.02], gap=0.3, oof_returns=returns(0.0, 4))))
+    verdict, reasons = of.verdict(candidate_statistics(*wide[:1], "ensemble_mean", wide[1]))
+    assert verdict == "fail" and any("gap_mean 0.3" in r for r in reasons)
+    with pytest.raises(ValueError, match="'gbm' is not on the leaderboard"):
+        candidate_statistics(table, "gbm", pbo)
+
+
+def test_worst_verdict_orders_fail_over_warn_over_pass():
+    assert of.worst_verdict("pass", "warn") == "warn"
+    assert of.worst_verdict("warn", "fail", "pass") == "fail"
+    assert of.worst_verdict("pass") == "pass"
+    with pytest.raises(ValueError, match="verdicts must be among"):
+        of.worst_verdict("pass", "maybe")
 
 
 def test_the_holdout_validation_against_the_baseline():

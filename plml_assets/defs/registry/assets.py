@@ -101,6 +101,7 @@ def registered_model(
             "holdout_metrics": {k: float(v) for k, v in served.items()},
             "leaderboard_validated": bool(selection["validated"]),
             "leaderboard_validation": selection["validation"],
+            "leaderboard_run_id": model_leaderboard.get("mlflow_run_id"),
         },
         metadata={
             "model": name,
@@ -128,7 +129,8 @@ class PromotionGateConfig(dg.Config):
         description="refuse a challenger whose holdout metric exceeds this (a probable look-ahead leak); None disables",
     )
     block_on_validation_fail: bool = Field(
-        default=True, description="refuse promotion when validation_report's verdict is 'fail' (PBO, deflated Sharpe, gaps)"
+        default=True, description="refuse promotion when validation_report's verdict on this candidate is 'fail' (PBO, "
+        "deflated Sharpe, gaps), or when the report is about another pick or an older leaderboard"
     )
     require_leaderboard_validation: bool = Field(
         default=True, description="refuse promotion when the leaderboard's pick did not beat the baseline on the holdout"
@@ -145,7 +147,7 @@ class PromotionGateConfig(dg.Config):
         "validation_report": dg.AssetIn("validation_report"),
     },
     description="Promotion gate: the challenger must beat the champion (or, with none, the momentum baseline) on the same "
-    "holdout window, and the validation report must not say 'fail'.",
+    "holdout window, and the validation report on this very candidate must not say 'fail'.",
 )
 def promotion_gate(
     context: dg.AssetCheckExecutionContext,
@@ -192,10 +194,16 @@ def promotion_gate(
     if decision.passed and challenger_value <= 0:
         notes.append("the challenger's holdout score is not positive")
     validation = validation_report.get("verdict", "missing")
-    if validation != "pass":
+    judged = (validation_report.get("subject"), validation_report.get("leaderboard_run_id"))
+    registered = (registered_model.get("candidate"), registered_model.get("leaderboard_run_id"))
+    if judged != registered:  # the report is about another pick (or an older leaderboard): it says nothing of this one
+        notes.append(f"validation report judged {judged[0]} of leaderboard run {judged[1]}, not the registered "
+                     f"{registered[0]} of leaderboard run {registered[1]}: re-materialize validation_report")
+        validation = "fail"
+    elif validation != "pass":
         notes.append(f"validation report: {validation} ({'; '.join(validation_report.get('reasons', [])) or 'no reasons'})")
     if config.block_on_validation_fail and validation == "fail":
-        decision = type(decision)(False, decision.margin, decision.reason + "; blocked: the validation report says fail")
+        decision = type(decision)(False, decision.margin, decision.reason + "; blocked: the validation report on this candidate says fail")
     if config.require_leaderboard_validation and not registered_model.get("leaderboard_validated", False):
         decision = type(decision)(False, decision.margin, decision.reason + "; blocked by the leaderboard: "
                                   + registered_model.get("leaderboard_validation", "not validated"))

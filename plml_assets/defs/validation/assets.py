@@ -307,35 +307,95 @@ class ValidationReportConfig(dg.Config):
 @dg.asset(
     group_name="validation",
     kinds={"pandas"},
-    description="Overfitting statistics (PBO over the strategies tried, deflated and probabilistic Sharpe, "
-    "train/validation gaps, CPCV path Sharpes) and a pass/warn/fail verdict that the promotion gate reads.",
+    description="A pass/warn/fail verdict, read by the promotion gate, about the candidate the leaderboard picked (a single "
+    "model or an ensemble): PBO of the candidate set, its out-of-fold deflated Sharpe (deflated over every configuration "
+    "tried), probabilistic Sharpe, train/validation gap and losing folds. When the pick is XGBoost, the walk-forward "
+    "backtest with refits and the CPCV paths are judged too, and the worse verdict stands.",
 )
 def validation_report(
     context: dg.AssetExecutionContext,
     config: ValidationReportConfig,
+    model_leaderboard: dict,
     xgboost_cv_results: pd.DataFrame,
     cpcv_paths: pd.DataFrame,
     backtest: pd.DataFrame,
 ) -> dg.Output[dict]:
     from plml_assets.lib import overfitting as of
+    from plml_assets.lib.leaderboard import candidate_statistics
 
     with fail_fast_on_bad_input():
         bounds = of.ValidationBounds(
             pbo_warn=config.pbo_warn, pbo_fail=config.pbo_fail, dsr_warn=config.dsr_warn, dsr_fail=config.dsr_fail,
             gap_warn=config.gap_warn, gap_fail=config.gap_fail,
         )
-        trials = backtest[[c for c in backtest.columns if c.endswith(":long_short")]].fillna(0.0)
-        model = trials["xgboost:long_short"]
-        n_blocks = max(2, min(config.pbo_blocks, (len(trials) // config.pbo_min_block_days) // 2 * 2))
-        pbo = of.probability_of_backtest_overfitting(trials.to_numpy(), n_splits=n_blocks)
-        sr_var = of.trial_sharpe_variance(trials)
-        dsr = of.deflated_sharpe_ratio(model.to_numpy(), n_trials=trials.shape[1], sr_variance=sr_var)
-        psr = of.probabilistic_sharpe_ratio(model.to_numpy())
-        gap = of.train_validation_gap(xgboost_cv_results[xgboost_cv_results["scheme"] == "walk_forward"])
-        path_sharpe = pd.Series({c: of.sharpe_ratio(cpcv_paths[c].dropna(), periods_per_year=252) for c in cpcv_paths})
-        stats = {**pbo.summary(), "dsr": dsr, "psr": psr, **gap}
-        verdict, reasons = of.verdict(stats, bounds)
+        board = pd.DataFrame(model_leaderboard["table"]).set_index("candidate")
+        subject = model_leaderboard["selection"]["winner"]
+        candidates = [str(n) for n in board.index[board["kind"] != "baseline"]]
+        if subject is None:
+            leaderboard_stats: dict = {}
+            verdict, reasons = "fail", [f"fail: the leaderboard picked no candidate ({model_leaderboard['selection']['reason']})"]
+        else:
+            leaderboard_stats = candidate_statistics(board, subject, float(model_leaderboard["selection"]["pbo"]))
+            verdict, reasons = of.verdict(leaderboard_stats, bounds)
+        backtest_evidence = xgboost_backtest_evidence(config, bounds, xgboost_cv_results, cpcv_paths, backtest)
+        if subject == "xgboost":  # a refitting backtest of the pick exists: it is judged as well
+            verdict = of.worst_verdict(verdict, backtest_evidence["verdict"])
+            reasons += [f"walk-forward backtest: {r}" for r in backtest_evidence["reasons"]]
     report = {
+        "subject": subject,
+        "leaderboard_run_id": model_leaderboard["mlflow_run_id"],
+        "verdict": verdict,
+        "reasons": reasons,
+        "pbo": leaderboard_stats.get("pbo", float("nan")),
+        "pbo_configurations": candidates,
+        "dsr": leaderboard_stats.get("dsr", float("nan")),
+        "psr": leaderboard_stats.get("psr", float("nan")),
+        "oof_sharpe": leaderboard_stats.get("oof_sharpe", float("nan")),
+        "gap_mean": leaderboard_stats.get("gap_mean", float("nan")),
+        "share_valid_below_zero": leaderboard_stats.get("share_valid_below_zero", float("nan")),
+        "xgboost_backtest": backtest_evidence,
+    }
+    log = context.log.warning if verdict != "pass" else context.log.info
+    log(f"validation_report on {subject}: {verdict}" + (": " + "; ".join(reasons) if reasons else ""))
+    return dg.Output(
+        report,
+        metadata={
+            "subject": str(subject),
+            "verdict": verdict,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
+            "pbo_of_candidates": report["pbo"],
+            "dsr": report["dsr"],
+            "psr": report["psr"],
+            "oof_net_sharpe": report["oof_sharpe"],
+            "gap_mean": report["gap_mean"],
+            "candidates": ", ".join(candidates),
+            "judged_by": "leaderboard statistics" + (" and the xgboost walk-forward backtest" if subject == "xgboost" else ""),
+            "xgboost_backtest_verdict": backtest_evidence["verdict"],
+            "xgboost_backtest_pbo": backtest_evidence["pbo"],
+            "xgboost_backtest_dsr": backtest_evidence["dsr"],
+            "xgboost_net_sharpe": backtest_evidence["model_sharpe"],
+            "cpcv_path_sharpe_mean": float(pd.Series(backtest_evidence["cpcv_path_sharpe"]).mean()),
+        },
+    )
+
+
+def xgboost_backtest_evidence(config: ValidationReportConfig, bounds, cv_results: pd.DataFrame, cpcv_paths: pd.DataFrame,
+                              backtest: pd.DataFrame) -> dict:
+    """Issue 3's statistics of the XGBoost family's walk-forward backtest with refits: PBO over the
+    strategies it was compared with, its deflated and probabilistic Sharpe, the CV gap, CPCV path Sharpes."""
+    from plml_assets.lib import overfitting as of
+
+    trials = backtest[[c for c in backtest.columns if c.endswith(":long_short")]].fillna(0.0)
+    model = trials["xgboost:long_short"]
+    n_blocks = max(2, min(config.pbo_blocks, (len(trials) // config.pbo_min_block_days) // 2 * 2))
+    pbo = of.probability_of_backtest_overfitting(trials.to_numpy(), n_splits=n_blocks)
+    sr_var = of.trial_sharpe_variance(trials)
+    dsr = of.deflated_sharpe_ratio(model.to_numpy(), n_trials=trials.shape[1], sr_variance=sr_var)
+    psr = of.probabilistic_sharpe_ratio(model.to_numpy())
+    gap = of.train_validation_gap(cv_results[cv_results["scheme"] == "walk_forward"])
+    path_sharpe = pd.Series({c: of.sharpe_ratio(cpcv_paths[c].dropna(), periods_per_year=252) for c in cpcv_paths})
+    verdict, reasons = of.verdict({**pbo.summary(), "dsr": dsr, "psr": psr, **gap}, bounds)
+    return {
         "verdict": verdict,
         "reasons": reasons,
         "pbo": float(pbo.pbo),
@@ -349,20 +409,3 @@ def validation_report(
         "gap": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in gap.items()},
         "cpcv_path_sharpe": {k: float(v) for k, v in path_sharpe.items()},
     }
-    log = context.log.warning if verdict != "pass" else context.log.info
-    log(f"validation_report: {verdict}" + (": " + "; ".join(reasons) if reasons else ""))
-    return dg.Output(
-        report,
-        metadata={
-            "verdict": verdict,
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
-            "pbo": report["pbo"],
-            "dsr": report["dsr"],
-            "psr": report["psr"],
-            "model_net_sharpe": report["model_sharpe"],
-            "configurations": ", ".join(trials.columns),
-            "gap_mean": float(gap.get("gap_mean", float("nan"))),
-            "cpcv_path_sharpe_mean": float(path_sharpe.mean()),
-            "cpcv_path_sharpe_std": float(path_sharpe.std(ddof=1)) if len(path_sharpe) > 1 else 0.0,
-        },
-    )
