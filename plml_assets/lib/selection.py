@@ -157,7 +157,10 @@ def select_features(
 
     dropped: dict[str, str] = {}
     stats_rows = _subsample(train_rows, config.stats_rows, np.random.default_rng(seeds[0]))
-    candidates = _quality_filter(values, labels, features, train_rows, stats_rows, config, dropped)
+    # Ranks (Spearman) of the statistics rows, once: a column's ranks do not depend on the others,
+    # so the leakage check and the correlation filter read their columns from the same matrix.
+    prepared = _prepare(values[stats_rows], config.correlation_method)
+    candidates = _quality_filter(values, labels, features, train_rows, stats_rows, prepared, config, dropped)
     emit(
         f"quality filters on {train_rows.size:,} training rows: kept {len(candidates)} of "
         f"{len(features)} features, dropped {len(dropped)}"
@@ -172,7 +175,7 @@ def select_features(
     ranked = [candidates[i] for i in order]
     importances = {candidates[i]: float(importance[i]) for i in order}
 
-    kept = _correlation_filter(values, stats_rows, features, ranked, config, dropped)
+    kept = _correlation_filter(prepared, features, ranked, config, dropped)
     emit(
         f"correlation filter (|{config.correlation_method}| > {config.correlation_threshold}): "
         f"kept {len(kept)} of {len(ranked)}"
@@ -262,6 +265,7 @@ def _quality_filter(
     features: list[str],
     train_rows: np.ndarray,
     stats_rows: np.ndarray,
+    prepared: np.ndarray,
     config: SelectionConfig,
     dropped: dict[str, str],
 ) -> list[str]:
@@ -287,8 +291,7 @@ def _quality_filter(
         return []
 
     label_corr = _pairwise_corr(
-        _prepare(sample[:, remaining], config.correlation_method),
-        _prepare(labels[stats_rows][:, None], config.correlation_method),
+        prepared[:, remaining], _prepare(labels[stats_rows][:, None], config.correlation_method)
     )[:, 0]
     kept = []
     for j, corr in zip(remaining, label_corr):
@@ -322,8 +325,25 @@ def _near_constant_reason(column: np.ndarray, max_mode_share: float) -> str | No
 def _prepare(matrix: np.ndarray, method: str) -> np.ndarray:
     """Ranks (Spearman) or raw values (Pearson), NaN kept, as float64."""
     if method == "spearman":
-        return pd.DataFrame(matrix).rank(na_option="keep").to_numpy(dtype=np.float64)
+        return _column_ranks(np.asarray(matrix, dtype=np.float64))
     return np.asarray(matrix, dtype=np.float64)
+
+
+def _column_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Each column's ranks among its non-missing values, 1-based, ties averaged, NaN kept: what
+    ``DataFrame.rank(na_option="keep")`` gives, about twice as fast."""
+    out = np.full(matrix.shape, np.nan)
+    for j in range(matrix.shape[1]):
+        column = matrix[:, j]
+        present = ~np.isnan(column)
+        values = column[present]
+        order = np.argsort(values, kind="stable")
+        ordered = values[order]
+        bounds = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])  # where each run of ties starts
+        ranks = np.empty(values.size)
+        ranks[order] = np.repeat((bounds[:-1] + bounds[1:] + 1) / 2.0, np.diff(bounds))
+        out[present, j] = ranks
+    return out
 
 
 def _pairwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -350,18 +370,17 @@ def _pairwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _correlation_filter(
-    values: np.ndarray,
-    stats_rows: np.ndarray,
+    prepared: np.ndarray,
     features: list[str],
     ranked: list[str],
     config: SelectionConfig,
     dropped: dict[str, str],
 ) -> list[str]:
-    """Walk features by importance; drop one whose |corr| with an already kept feature is too high."""
+    """Walk features by importance; drop one whose |corr| with an already kept feature is too high.
+    ``prepared`` holds every feature's column of the statistics rows, prepared by :func:`_prepare`."""
     position = {name: j for j, name in enumerate(features)}
-    columns = [position[name] for name in ranked]
-    prepared = _prepare(values[np.ix_(stats_rows, columns)], config.correlation_method)
-    corr = np.abs(_pairwise_corr(prepared, prepared))
+    columns = prepared[:, [position[name] for name in ranked]]
+    corr = np.abs(_pairwise_corr(columns, columns))
     kept: list[int] = []
     for i, name in enumerate(ranked):
         if kept:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from plml_assets.lib.selection import SelectionConfig, SelectionResult, select_features
 
@@ -336,3 +337,14 @@ def test_permutation_shuffles_within_dates_so_a_date_level_feature_has_no_import
     drops, base = _permutation_drops(booster, features.copy(), labels, dates, config, np.random.default_rng(0))
     assert base > 0.3 and drops[0] > 0.1
     assert drops[1] == pytest.approx(0.0, abs=1e-12)
+
+
+@given(
+    hnp.arrays(np.float64, (40, 3), elements=st.one_of(st.floats(-5, 5, allow_nan=False), st.just(np.nan),
+                                                        st.sampled_from([0.0, 1.0, 2.5]))),
+)
+def test_column_ranks_match_pandas_rank_with_ties_averaged_and_nan_kept(matrix):
+    from plml_assets.lib.selection import _column_ranks
+
+    expected = pd.DataFrame(matrix).rank(na_option="keep").to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(_column_ranks(matrix), expected, equal_nan=True)
