@@ -24,7 +24,6 @@ import argparse
 import math
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import DOCS, cpu_name, write_section  # noqa: E402
 
 import xgboost  # noqa: E402
 
@@ -48,7 +49,6 @@ from plml_assets.lib.prices import load_embedded, load_file  # noqa: E402
 from plml_assets.lib.training import best_iteration, design_matrix, excess_returns, fit_model, holdout_split  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
-DOCS = REPO / "docs/benchmarks.md"
 SECTION = "## Drift on real shifts"
 HORIZON = 5
 HOLDOUT_DAYS = 250      # ExperimentSettings.holdout_days default
@@ -266,11 +266,7 @@ def _f(value: float, digits: int = 3, signed: bool = False) -> str:
 
 
 def _machine() -> str:
-    cpu = "unknown CPU"
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), shared with other jobs; Python {platform.python_version()}, "
+    return (f"{cpu_name()}, shared with other jobs; Python {platform.python_version()}, "
             f"pandas {pd.__version__}, XGBoost {xgboost.__version__} (nthread=1)")
 
 
@@ -495,7 +491,7 @@ def reading(results: list[dict], calib: dict[str, pd.DataFrame], thresholds: Dri
         small = [se for n, se in ses if n <= 50]
         large = [se for n, se in ses if n > 50]
         out.append(
-            f"- The performance rule judges noise. A 60-date realized rank IC has a standard error of about "
+            "- The performance rule judges noise. A 60-date realized rank IC has a standard error of about "
             + (f"{np.mean(small):.2f} on 20 stocks" if small else "")
             + (" and " if small and large else "") + (f"{np.mean(large):.2f} on ~500" if large else "")
             + f", against a floor of {thresholds.min_realized_rank_ic} and an allowed decay of {thresholds.max_decay}: "
@@ -570,20 +566,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"({info['scenario'].key}) {r['window']}: {r['severity']}; " + " | ".join(r["reasons"])
                   + (" | notes: " + "; ".join(r["notes"]) if r["notes"] else ""), file=sys.stderr)
     if args.write:
-        _write_section(body)
+        write_section(SECTION, body)
         print(f"updated {DOCS}", file=sys.stderr)
     return 0
 
-
-def _write_section(body: str) -> None:
-    """Replace this section of docs/benchmarks.md, or append it at the end; leave the others alone."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

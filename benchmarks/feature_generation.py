@@ -23,12 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import statistics
 import sys
 import time
-import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +33,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import DOCS, cpu_name, median_seconds, peak_mib, write_section  # noqa: E402
 
 from plml_assets.lib.feature_generation import (  # noqa: E402
     DEFAULT_BASE,
@@ -46,7 +45,6 @@ from plml_assets.lib.feature_generation import (  # noqa: E402
 from plml_assets.lib.features import build_features  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
-DOCS = REPO / "docs/benchmarks.md"
 SECTION = "## Feature generation"
 RTOL, ATOL = 1e-4, 1e-6
 HORIZON = 5
@@ -103,24 +101,6 @@ def reference_generate(features: pd.DataFrame, recipes: dict[str, dict]) -> pd.D
 
 # --- measurement --------------------------------------------------------------------------------
 
-def _median_seconds(func: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _peak_mib(func: Callable[[], object]) -> float:
-    tracemalloc.start()
-    try:
-        func()
-        return tracemalloc.get_traced_memory()[1] / 2**20
-    finally:
-        tracemalloc.stop()
-
-
 def _compare(fast: pd.DataFrame, slow: pd.DataFrame) -> tuple[int, float]:
     """Mismatching cells (outside tolerance or NaN in one only) and the worst gap in tolerances."""
     a, b = fast.to_numpy(np.float64), slow[list(fast.columns)].to_numpy(np.float64)
@@ -137,10 +117,7 @@ def _importance(features: pd.DataFrame, prices: pd.DataFrame, base: Sequence[str
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), shared with other work, Python "
+    return (f"{cpu_name()}, shared with other work, Python "
             f"{platform.python_version()}, pandas {pd.__version__}, NumPy {np.__version__}; 1-minute load average "
             f"{os.getloadavg()[0]:.1f} at the start")
 
@@ -174,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if mismatches:
         print(f"warning: {mismatches} cells differ beyond rtol={RTOL}, atol={ATOL}", file=sys.stderr)
     del combined, generated, slow
-    fast_s = _median_seconds(lambda: generate(features, spec, importance), args.runs)
-    slow_s = _median_seconds(lambda: reference_generate(features, recipes), args.reference_runs)
-    fast_mib = _peak_mib(lambda: generate(features, spec, importance))
-    slow_mib = _peak_mib(lambda: reference_generate(features, recipes))
+    fast_s = median_seconds(lambda: generate(features, spec, importance), args.runs)
+    slow_s = median_seconds(lambda: reference_generate(features, recipes), args.reference_runs)
+    fast_mib = peak_mib(lambda: generate(features, spec, importance))
+    slow_mib = peak_mib(lambda: reference_generate(features, recipes))
     interactions = sum(r["primitive"] in ("product", "ratio") for r in recipes.values())
     print("main comparison: done", file=sys.stderr)
 
@@ -191,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         subset = features[symbols.isin(keep)] if len(keep) < len(tickers) else features
         this_spec = GenerationSpec(base=base)
         _, planned = generate(subset, this_spec, importance)  # warm-up
-        seconds = fast_s if label == "all symbols" else _median_seconds(
+        seconds = fast_s if label == "all symbols" else median_seconds(
             lambda: generate(subset, this_spec, importance), args.runs)
-        peak = fast_mib if label == "all symbols" else _peak_mib(lambda: generate(subset, this_spec, importance))
+        peak = fast_mib if label == "all symbols" else peak_mib(lambda: generate(subset, this_spec, importance))
         scaling.append({"label": label, "rows": len(subset), "symbols": len(keep), "columns": len(planned),
                         "base": len({r["inputs"][0] for r in planned.values()}), "seconds": seconds, "mib": peak})
         print(f"{label}: done", file=sys.stderr)
@@ -246,20 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(body)
     if args.write:
-        _write_section(body)
+        write_section(SECTION, body)
         print(f"updated {DOCS}", file=sys.stderr)
     return 1 if mismatches else 0
 
-
-def _write_section(body: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

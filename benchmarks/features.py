@@ -18,12 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import statistics
 import sys
-import time
-import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +27,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import DOCS, cpu_name, median_seconds, peak_mib, write_section  # noqa: E402
+
 from plml_assets.lib.features import FEATURE_SET_VERSION, build_features  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
-DOCS = REPO / "docs/benchmarks.md"
 SECTION = "## Feature computation"
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -151,24 +147,6 @@ def reference_features(prices: pd.DataFrame) -> pd.DataFrame:
 
 # --- measurement --------------------------------------------------------------------------------
 
-def _median_seconds(func: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _peak_mib(func: Callable[[], object]) -> float:
-    tracemalloc.start()
-    try:
-        func()
-        return tracemalloc.get_traced_memory()[1] / 2**20
-    finally:
-        tracemalloc.stop()
-
-
 def _compare(fast: pd.DataFrame, slow: pd.DataFrame) -> tuple[int, int, float]:
     """Shared columns, mismatching cells (values outside tolerance or NaN in one only), worst gap."""
     shared = [c for c in fast.columns if c in slow.columns]
@@ -180,10 +158,7 @@ def _compare(fast: pd.DataFrame, slow: pd.DataFrame) -> tuple[int, int, float]:
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), Python {platform.python_version()}, "
+    return (f"{cpu_name()}, Python {platform.python_version()}, "
             f"pandas {pd.__version__}, NumPy {np.__version__}; 1-minute load average "
             f"{os.getloadavg()[0]:.1f} at the start (other work on the machine slows both sides)")
 
@@ -211,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         shared, mismatches, worst = _compare(fast, slow)
         if mismatches:
             print(f"warning: {label}: {mismatches} cells differ beyond rtol={RTOL}, atol={ATOL}", file=sys.stderr)
-        fast_s = _median_seconds(lambda: build_features(panel), args.runs)
-        slow_s = _median_seconds(lambda: reference_features(panel), args.reference_runs)
+        fast_s = median_seconds(lambda: build_features(panel), args.runs)
+        slow_s = median_seconds(lambda: reference_features(panel), args.reference_runs)
         rows.append({
             "panel": label, "features": fast.shape[1], "checked": f"{shared}/{fast.shape[1]}",
             "mismatches": mismatches, "worst": worst, "fast_s": fast_s, "slow_s": slow_s,
-            "fast_mib": _peak_mib(lambda: build_features(panel)), "slow_mib": _peak_mib(lambda: reference_features(panel)),
+            "fast_mib": peak_mib(lambda: build_features(panel)), "slow_mib": peak_mib(lambda: reference_features(panel)),
             "output_mib": fast.memory_usage(index=False).sum() / 2**20,
         })
         print(f"{label}: done", file=sys.stderr)
@@ -256,20 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(body)
     if args.write:
-        _write_section(body)
+        write_section(SECTION, body)
         print(f"updated {DOCS}", file=sys.stderr)
     return 1 if any(r["mismatches"] for r in rows) else 0
 
-
-def _write_section(body: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

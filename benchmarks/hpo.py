@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import DOCS, cpu_name, write_section  # noqa: E402
+
 import optuna  # noqa: E402
 import xgboost  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
@@ -42,10 +43,9 @@ from plml_assets.lib.labels import forward_returns  # noqa: E402
 from plml_assets.lib.metrics import evaluate_predictions, per_date_ic  # noqa: E402
 from plml_assets.lib.prices import load_embedded  # noqa: E402
 from plml_assets.lib.splits import PurgedWalkForward  # noqa: E402
-from plml_assets.lib.training import design_matrix, excess_returns, fit_xgboost, holdout_split  # noqa: E402
+from plml_assets.lib.training import design_matrix, excess_returns, fit_model, holdout_split  # noqa: E402
 from plml_assets.lib.tuning import DEFAULT_SPACES, cv_objective, run_study, xgboost_fit_predict  # noqa: E402
 
-DOCS = REPO / "docs/benchmarks.md"
 SECTION = "## Hyper-parameter search"
 HORIZON = 5
 # A fixed, varied subset of the close-only feature set: returns, momentum, volatility, oscillators,
@@ -107,7 +107,7 @@ def one_run(objective, method: str, seed: int, n_trials: int, folder: Path) -> d
 
 def holdout_predictions(params: dict, X: pd.DataFrame, y: pd.Series, X_hold: pd.DataFrame) -> np.ndarray:
     """Fit on every CV date (early stopping on their purged tail), predict the later holdout."""
-    model, _ = fit_xgboost({**FIXED, **params}, X, y, HORIZON)
+    model, _ = fit_model("xgboost", {**FIXED, **params}, X, y, HORIZON)
     return model.predict(X_hold)
 
 
@@ -144,11 +144,7 @@ def _spread(values) -> str:
 
 
 def _machine() -> str:
-    cpu = "unknown CPU"
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), Python {platform.python_version()}, Optuna "
+    return (f"{cpu_name()}, Python {platform.python_version()}, Optuna "
             f"{optuna.__version__}, XGBoost {xgboost.__version__} (nthread=1)")
 
 
@@ -271,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(body)
     if args.write:
-        _write_section(body)
+        write_section(SECTION, body)
     return 0
 
 
@@ -283,16 +279,6 @@ def _holdout_sign(frame: pd.DataFrame, default_hold: float) -> str:
                 "features' relation to returns changed after the CV window, which no search inside that window can see.")
     return f"{negative} of {total} holdout rank ICs (picked configurations and defaults) are negative."
 
-
-def _write_section(body: str) -> None:
-    """Replace this section of docs/benchmarks.md (or append it at the end), leave the others alone."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import copy
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import DOCS, cpu_name, write_section  # noqa: E402
 
 from plml_assets.lib.features import build_features  # noqa: E402
 from plml_assets.lib.labels import forward_returns  # noqa: E402
@@ -58,7 +59,6 @@ from plml_assets.lib.training import (  # noqa: E402
 )
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
-DOCS = REPO / "docs/benchmarks.md"
 SECTION = "## Incremental vs full retrain"
 HORIZON = 5
 N_FEATURES = 30
@@ -186,15 +186,11 @@ def run_family(panel: Panel, family: str, origin: Origin, repeats: int, log) -> 
 
 
 def _machine() -> str:
-    cpu = "unknown CPU"
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
     import lightgbm
     import torch
     import xgboost
 
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), shared with other jobs; Python {platform.python_version()}, "
+    return (f"{cpu_name()}, shared with other jobs; Python {platform.python_version()}, "
             f"XGBoost {xgboost.__version__}, LightGBM {lightgbm.__version__}, torch {torch.__version__}; 1 thread per fit")
 
 
@@ -287,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- Rerun: `python benchmarks/incremental.py {' '.join('--prices ' + _shown(s) for s in sources)} "
             f"--origins {args.origins} --repeats {args.repeats} --write` from the repository root.",
         ])
-        _write_section(body)
+        write_section(SECTION, body)
         print(f"wrote '{SECTION}' in {DOCS}")
     return 0
 
@@ -296,16 +292,6 @@ def _shown(source: str) -> str:
     """A panel path as typed from the repository root (relative), 'embedded' as it is."""
     return source if source == "embedded" else os.path.relpath(source, REPO)
 
-
-def _write_section(body: str) -> None:
-    """Replace this section of docs/benchmarks.md (or append it at the end), leave the others alone."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
