@@ -149,7 +149,7 @@ def score_window(model, ref_scores, cur_X, labels, holdout_ic, thresholds, table
     cur_scores = pd.Series(model.predict(cur_X), index=cur_X.index)
     prediction = prediction_drift(ref_scores, cur_scores)
     y_cur = labels.reindex(cur_scores.index)
-    performance = performance_decay(cur_scores, y_cur, holdout_ic, min_dates=MIN_DATES)
+    performance = performance_decay(cur_scores, y_cur, holdout_ic, min_dates=MIN_DATES, horizon=HORIZON)
     summary = summarize(table, prediction, performance, thresholds, age)
     decision = decide_retraining(summary, thresholds)
     return {"prediction": prediction, "performance": performance, "summary": summary, "decision": decision,

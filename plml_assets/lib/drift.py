@@ -231,24 +231,31 @@ def performance_decay(
     reference_rank_ic: float,
     *,
     min_dates: int = 20,
+    horizon: int = 1,
 ) -> dict[str, Any]:
     """Realized rank IC of the champion's predictions against the rank IC it showed on its holdout.
 
     Keys: ``realized_rank_ic`` (mean per-date rank IC), ``n_dates``, ``reference_rank_ic``, ``decay``
-    (reference - realized; positive is worse), ``t_stat`` (mean / standard error of the per-date rank
-    ICs), ``enough_dates`` (``n_dates >= min_dates``: daily rank ICs are noisy, a handful of dates
-    says little). NaN where undefined."""
+    (reference - realized; positive is worse), ``standard_error`` of the mean rank IC, ``t_stat``
+    (mean / standard error), ``enough_dates`` (``n_dates >= min_dates``: daily rank ICs are noisy, a
+    handful of dates says little). NaN where undefined. Labels over ``horizon`` days overlap, so
+    neighbouring dates' ICs are correlated: the standard error counts ``n_dates / horizon``
+    independent dates, not ``n_dates``."""
+    if not (isinstance(horizon, numbers.Integral) and horizon >= 1):
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     ic = realized_rank_ic(scores, labels)
     n = len(ic)
     realized = float(ic.mean()) if n else math.nan
     sd = float(ic.std(ddof=1)) if n > 1 else math.nan
-    t_stat = realized / (sd / math.sqrt(n)) if n > 1 and sd > 0 else math.nan
+    se = sd / math.sqrt(max(n / horizon, 1.0)) if n > 1 else math.nan
+    t_stat = realized / se if n > 1 and se > 0 else math.nan
     reference = float(reference_rank_ic) if _is_number(reference_rank_ic) else math.nan
     return {
         "realized_rank_ic": realized,
         "n_dates": int(n),
         "reference_rank_ic": reference,
         "decay": reference - realized,
+        "standard_error": se,
         "t_stat": t_stat,
         "enough_dates": bool(n >= min_dates),
     }
@@ -277,13 +284,19 @@ class DriftThresholds:
     min_realized_rank_ic: float | None = 0.0
     #: ...or falls by more than this below the champion's holdout rank IC.
     max_decay: float | None = 0.03
+    #: a performance rule fires only when its breach is this many standard errors of the realized
+    #: rank IC beyond the bound (1.645: one-sided 5%), so the rule scales with the universe and the
+    #: dates seen: on 20 stocks a per-date rank IC has a spread near 0.23, so 60 dates of 5-day labels
+    #: (12 independent) give a standard error near 0.07, and a slip of 0.03 is noise. None: judge the
+    #: point estimate alone.
+    performance_z: float | None = 1.645
     #: retrain when the champion's training data ends more than this many trading days before the newest data.
     max_age_days: int | None = None
 
     def validate(self) -> DriftThresholds:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name in ("min_realized_rank_ic", "max_decay", "max_age_days"):
+            if value is None and f.name in ("min_realized_rank_ic", "max_decay", "max_age_days", "performance_z"):
                 continue
             if not _is_number(value):
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
@@ -301,6 +314,8 @@ class DriftThresholds:
             raise ValueError(f"min_realized_rank_ic must be in [-1, 1], got {self.min_realized_rank_ic}")
         if self.max_decay is not None and self.max_decay < 0:
             raise ValueError(f"max_decay must be >= 0, got {self.max_decay}")
+        if self.performance_z is not None and self.performance_z < 0:
+            raise ValueError(f"performance_z must be >= 0, got {self.performance_z}")
         if self.max_age_days is not None and (
             isinstance(self.max_age_days, bool) or not isinstance(self.max_age_days, numbers.Integral)
             or self.max_age_days < 0
@@ -387,22 +402,35 @@ def decide_retraining(summary: Mapping[str, Any], thresholds: DriftThresholds) -
         if summary.get("enough_dates") is not True:
             notes.append("realized rank IC not judged: too few dates with known labels")
         else:
+            margin, margin_text = 0.0, ""
+            if thresholds.performance_z is not None:
+                se = summary.get("standard_error")
+                if _is_number(se):
+                    margin = thresholds.performance_z * float(se)
+                    margin_text = f" by more than {thresholds.performance_z:g} standard errors ({margin:.4f})"
+                else:
+                    notes.append("realized rank IC has no standard error: its point estimate is judged alone")
             realized = measured("realized_rank_ic", "realized rank IC")
-            if realized is not None and thresholds.min_realized_rank_ic is not None \
-                    and realized < thresholds.min_realized_rank_ic:
-                retrain.append(
-                    f"performance: realized rank IC {realized:.4f} is below the floor {thresholds.min_realized_rank_ic}"
-                )
-                causes.append("performance")
+            if realized is not None and thresholds.min_realized_rank_ic is not None:
+                if realized < thresholds.min_realized_rank_ic - margin:
+                    retrain.append(f"performance: realized rank IC {realized:.4f} is below the floor "
+                                   f"{thresholds.min_realized_rank_ic}{margin_text}")
+                    causes.append("performance")
+                elif realized < thresholds.min_realized_rank_ic:
+                    warn.append(f"performance: realized rank IC {realized:.4f} is below the floor "
+                                f"{thresholds.min_realized_rank_ic}, within noise (standard error {margin / thresholds.performance_z:.4f})")
             if thresholds.max_decay is not None:
                 decay = measured("decay", "rank IC decay")
-                if decay is not None and decay > thresholds.max_decay:
+                if decay is not None and decay > thresholds.max_decay + margin:
                     retrain.append(
                         f"performance: realized rank IC is {decay:.4f} below the champion's holdout rank IC, "
-                        f"more than the {thresholds.max_decay} allowed decay"
+                        f"more than the {thresholds.max_decay} allowed decay{margin_text}"
                     )
                     if "performance" not in causes:
                         causes.append("performance")
+                elif decay is not None and decay > thresholds.max_decay:
+                    warn.append(f"performance: realized rank IC is {decay:.4f} below the champion's holdout rank IC, "
+                                f"more than the {thresholds.max_decay} allowed decay but within noise")
 
     if thresholds.max_age_days is not None:
         age = measured("age_days", "champion age")
@@ -449,6 +477,7 @@ def summarize(
         "prediction_psi": number(prediction, "psi"),
         "realized_rank_ic": number(performance, "realized_rank_ic"),
         "decay": number(performance, "decay"),
+        "standard_error": number(performance, "standard_error"),
         "enough_dates": bool(performance.get("enough_dates", False)),
         "age_days": int(age_days) if age_days is not None else None,
     }

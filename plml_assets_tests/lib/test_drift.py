@@ -257,7 +257,8 @@ def test_data_age_days_counts_trading_days_after_the_training_end():
 
 CALM = {
     "feature_drift_share": 0.0, "max_feature_psi": 0.05, "n_features": 20, "n_drifted": 0, "top_drifted": [],
-    "prediction_psi": 0.02, "realized_rank_ic": 0.03, "decay": 0.0, "enough_dates": True, "age_days": 10,
+    "prediction_psi": 0.02, "realized_rank_ic": 0.03, "decay": 0.0, "standard_error": 0.005, "enough_dates": True,
+    "age_days": 10,
 }
 STRICT = DriftThresholds(max_age_days=60)
 
@@ -296,6 +297,43 @@ def test_psi_warn_only_is_a_warning():
     # Some features drifted, but no more than the allowed share: a warning, not a retrain.
     some = decide_retraining({**CALM, "feature_drift_share": 0.1, "n_drifted": 2, "max_feature_psi": 0.4}, STRICT)
     assert some.severity == "warn" and some.retrain is False
+
+
+@pytest.mark.parametrize("slip", [{"realized_rank_ic": -0.01, "decay": 0.02}, {"decay": 0.05, "realized_rank_ic": 0.01}])
+def test_a_performance_slip_within_noise_is_a_warning_not_a_retrain(slip):
+    # The same slips as above, measured on a small universe: a standard error of 0.07 (20 stocks, 60 dates).
+    noisy = decide_retraining({**CALM, **slip, "standard_error": 0.07}, STRICT)
+    assert noisy.retrain is False and noisy.severity == "warn" and noisy.causes == []
+    assert len(noisy.reasons) == 1 and "within noise" in noisy.reasons[0]
+    # Judged on the point estimate alone (performance_z=None), the slip triggers again.
+    point = decide_retraining({**CALM, **slip, "standard_error": 0.07}, DriftThresholds(max_age_days=60, performance_z=None))
+    assert point.causes == ["performance"]
+    # A clear collapse is beyond the noise too.
+    collapse = decide_retraining({**CALM, "realized_rank_ic": -0.2, "decay": 0.25, "standard_error": 0.07}, STRICT)
+    assert collapse.causes == ["performance"] and "1.645 standard errors (0.1152)" in collapse.reasons[0]
+
+
+def test_without_a_standard_error_the_point_estimate_is_judged_and_noted():
+    summary = {key: value for key, value in CALM.items() if key != "standard_error"}
+    decision = decide_retraining({**summary, "realized_rank_ic": -0.01}, STRICT)
+    assert decision.causes == ["performance"]
+    assert "realized rank IC has no standard error: its point estimate is judged alone" in decision.notes
+
+
+def test_performance_standard_error_counts_overlapping_labels_once_per_horizon():
+    rng = np.random.default_rng(3)
+    dates = pd.bdate_range("2024-01-01", periods=60)
+    index = pd.MultiIndex.from_product([dates, [f"S{i}" for i in range(20)]], names=["date", "symbol"])
+    scores = pd.Series(rng.normal(size=len(index)), index=index)
+    labels = pd.Series(rng.normal(size=len(index)), index=index)
+    daily = performance_decay(scores, labels, 0.05, horizon=1)
+    weekly = performance_decay(scores, labels, 0.05, horizon=5)
+    assert weekly["realized_rank_ic"] == daily["realized_rank_ic"]
+    assert weekly["standard_error"] == pytest.approx(daily["standard_error"] * math.sqrt(5))
+    assert weekly["t_stat"] == pytest.approx(daily["t_stat"] / math.sqrt(5))
+    assert 0.04 < weekly["standard_error"] < 0.10  # 20 stocks, 12 independent dates: about 0.23 / sqrt(12)
+    with pytest.raises(ValueError, match="horizon must be a positive integer"):
+        performance_decay(scores, labels, 0.05, horizon=0)
 
 
 def test_performance_is_not_judged_without_enough_dates():

@@ -33,6 +33,8 @@ class DriftConfig(dg.Config):
     prediction_psi_retrain: float = Field(default=0.25, description="retrain when the champion's score distribution drifted more than this (PSI)")
     min_realized_rank_ic: float | None = Field(default=0.0, description="retrain when the realized rank IC on newly labelled dates falls below this")
     max_decay: float | None = Field(default=0.03, description="retrain when realized rank IC is this much below the champion's holdout rank IC")
+    performance_z: float | None = Field(default=1.645, description="the performance rules fire only when the breach exceeds "
+                                        "this many standard errors of the realized rank IC (horizon-overlap aware); None: point estimate alone")
     max_age_days: int | None = Field(default=None, description="retrain when the champion's training data ends more than this many trading days before the newest date")
     min_dates: int = Field(default=60, ge=1, description="newly labelled dates needed before realized performance is judged "
                            "(a 60-date rank IC on 20 stocks still has a standard error near 0.07)")
@@ -41,7 +43,7 @@ class DriftConfig(dg.Config):
         return DriftThresholds(
             psi_warn=self.psi_warn, psi_retrain=self.psi_retrain, max_drifted_share=self.max_drifted_share,
             prediction_psi_retrain=self.prediction_psi_retrain, min_realized_rank_ic=self.min_realized_rank_ic,
-            max_decay=self.max_decay, max_age_days=self.max_age_days,
+            max_decay=self.max_decay, performance_z=self.performance_z, max_age_days=self.max_age_days,
         ).validate()
 
 
@@ -109,7 +111,8 @@ def drift_metrics(
         since = pd.Timestamp(holdout_end or train_end)
         new = scored[score_dates > since]
         reference_ic = float(champion.tags.get("plml.metric.holdout_rank_ic", "nan"))
-        performance = performance_decay(new, y.reindex(new.index), reference_ic, min_dates=config.min_dates)
+        performance = performance_decay(new, y.reindex(new.index), reference_ic, min_dates=config.min_dates,
+                                        horizon=settings.horizon)
         age = data_age_days(train_end, all_dates)
         summary = summarize(feature_table, prediction, performance, thresholds, age)
         decision = decide_retraining(summary, thresholds)
