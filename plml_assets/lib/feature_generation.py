@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from plml_assets.lib.features import INDEX_NAMES, _cs_pct_rank, _cs_zscore
+from plml_assets.lib.metrics import per_date_ic
 
 GENERATION_VERSION = "1.0.0"
 
@@ -162,15 +163,43 @@ def _top_by_importance(base: Sequence[str], importance: Mapping[str, float], k: 
     return [name for name in base if name in chosen]
 
 
+def base_rank_ic(features: pd.DataFrame, label: pd.Series, columns: Sequence[str]) -> dict[str, float]:
+    """|mean per-date rank IC| of each of `columns` with `label` on these rows: the importance
+    that ranks base features for the interactions. Rows without a label are ignored."""
+    known = label.notna().to_numpy()
+    dates = features.index.get_level_values("date")[known]
+    y = label.to_numpy(dtype=np.float64)[known]
+    out = {}
+    for name in columns:
+        ic = per_date_ic(y, features[name].to_numpy(dtype=np.float64)[known], dates, method="spearman")
+        out[name] = abs(float(np.nanmean(ic))) if np.isfinite(ic).any() else math.nan
+    return out
+
+
+def interactions_beyond_top_k(recipes: Mapping[str, Mapping], importance: Mapping[str, float], top_k: int) -> dict[str, str]:
+    """``{name: reason}`` of the interaction recipes a fit may not use: those pairing a base feature
+    outside the `top_k` of highest `importance` among the interactions' inputs (importance
+    measured on that fit's own rows, e.g. with :func:`base_rank_ic`)."""
+    pairs = {name: list(r["inputs"]) for name, r in recipes.items() if r.get("primitive") in _BINARY}
+    if not pairs:
+        return {}
+    inputs = list(dict.fromkeys(name for ab in pairs.values() for name in ab))
+    top = set(_top_by_importance(inputs, importance, top_k))
+    return {name: f"interaction outside the top-{top_k} base features on these rows ({', '.join(sorted(top)) or 'none'})"
+            for name, (a, b) in pairs.items() if not {a, b} <= top}
+
+
 def plan_recipes(spec: GenerationSpec, available: Sequence[str],
-                 importance: Mapping[str, float] | None = None) -> dict[str, dict]:
+                 importance: Mapping[str, float] | None = None, *, all_pairs: bool = False) -> dict[str, dict]:
     """Expand a spec into ``{generated name: recipe}`` for a frame with the `available` columns.
 
     Per base feature, in this order: lags, rolling stats per window, diffs, ewm, cross-sectional;
     then the interactions: every pair of the `top_k` base features of highest `importance`
     (keys that are not base features are ignored; none without importance), named in base
-    order (``a__x__b``, ``a__div__b`` = a / b). Declared base names absent from `available`
-    raise ValueError; the defaults are filtered silently.
+    order (``a__x__b``, ``a__div__b`` = a / b). ``all_pairs`` plans every pair of base features
+    instead (with ``top_k >= 2``), so that each fit can keep the pairs of its own top-k
+    (:func:`interactions_beyond_top_k`) without a choice made on rows it validates on. Declared
+    base names absent from `available` raise ValueError; the defaults are filtered silently.
     """
     present = set(available)
     if spec.base:
@@ -189,8 +218,8 @@ def plan_recipes(spec: GenerationSpec, available: Sequence[str],
         recipes += [_recipe("diff", [name], periods=n) for n in spec.diffs]
         recipes += [_recipe("ewm", [name], span=s) for s in spec.ewm_spans]
         recipes += [_recipe(CROSS_SECTIONAL[cs], [name]) for cs in spec.cross_sectional]
-    if importance is not None and spec.interactions and spec.top_k >= 2:
-        top = _top_by_importance(base, importance, spec.top_k)
+    if (importance is not None or all_pairs) and spec.interactions and spec.top_k >= 2:
+        top = list(base) if all_pairs else _top_by_importance(base, importance, spec.top_k)
         for a, b in combinations(top, 2):
             for kind in spec.interactions:
                 params = {"eps": RATIO_EPS} if kind == "ratio" else {}
@@ -427,11 +456,12 @@ def _store(out: np.ndarray, position: int, values: np.ndarray) -> None:
 
 
 def generate(features: pd.DataFrame, spec: GenerationSpec | None = None,
-             importance: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Plan the spec's recipes for `features`, compute them, and return the features with the
-    generated columns appended (a new frame, same index and row order) together with the recipes."""
+             importance: Mapping[str, float] | None = None, *, all_pairs: bool = False) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Plan the spec's recipes for `features` (see :func:`plan_recipes`), compute them, and return the
+    features with the generated columns appended (a new frame, same index and row order) together
+    with the recipes."""
     spec = GenerationSpec() if spec is None else spec
-    recipes = plan_recipes(spec, list(features.columns), importance)
+    recipes = plan_recipes(spec, list(features.columns), importance, all_pairs=all_pairs)
     checked = _checked_against(features, recipes)
     if not all(dtype == np.float32 for dtype in features.dtypes):
         generated = np.empty((len(features), len(checked)), dtype=np.float32, order="F")

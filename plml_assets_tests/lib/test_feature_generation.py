@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plml_assets.lib.feature_generation import (
+    base_rank_ic,
+    interactions_beyond_top_k,
     DEFAULT_BASE,
     EWM_TAIL_WEIGHT,
     RATIO_EPS,
@@ -411,3 +413,47 @@ def test_generate_keeps_other_dtypes_as_they_are(panel):
     pd.testing.assert_frame_equal(combined[list(mixed.columns)], mixed, check_exact=True)
     expected, _ = generate(panel, ALL_PRIMITIVES_SPEC, IMPORTANCE)
     assert_same(combined[list(recipes)], expected[list(recipes)], rtol=0, atol=0)
+
+
+# --- (8) interactions chosen by each fit on its own rows ------------------------------------------
+
+def _regime_panel(n_dates: int = 120, n_symbols: int = 12, seed: int = 5) -> tuple[pd.DataFrame, pd.Series]:
+    """Four base features; the label follows a and b on the first half of the dates, c and d on the second."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2021-01-04", periods=n_dates)
+    index = pd.MultiIndex.from_product([dates, [f"S{i:02d}" for i in range(n_symbols)]], names=["date", "symbol"])
+    X = pd.DataFrame(rng.normal(size=(len(index), 4)), index=index, columns=list("abcd"))
+    early = (index.get_level_values("date") < dates[n_dates // 2]).astype(float)
+    signal = early * (X["a"] + X["b"]) + (1 - early) * (X["c"] + X["d"])
+    y = pd.Series(signal + rng.normal(scale=0.5, size=len(index)), index=index)
+    y.iloc[::7] = np.nan  # unlabelled rows are ignored
+    return X, y
+
+
+def test_all_pairs_plans_every_base_pair_without_importance():
+    spec = GenerationSpec(base=tuple(BASE), lags=(), rolling_windows=(), diffs=(), ewm_spans=(), cross_sectional=(), top_k=2)
+    recipes = plan_recipes(spec, BASE, all_pairs=True)
+    pairs = {tuple(r["inputs"]) for r in recipes.values()}
+    assert len(pairs) == math.comb(len(BASE), 2) and len(recipes) == 2 * len(pairs)
+    assert plan_recipes(GenerationSpec(base=tuple(BASE), top_k=1), BASE, all_pairs=True).keys().isdisjoint(
+        {f"{a}__x__{b}" for a, b in pairs})  # top_k < 2: no interactions at all
+
+
+def test_each_fit_keeps_the_pairs_of_its_own_top_k():
+    X, y = _regime_panel()
+    spec = GenerationSpec(base=tuple("abcd"), lags=(), rolling_windows=(), diffs=(), ewm_spans=(), cross_sectional=(), top_k=2)
+    recipes = plan_recipes(spec, list("abcd"), all_pairs=True)
+    half = X.index.get_level_values("date") < X.index.get_level_values("date").unique()[60]
+    for rows, kept in ((half, {"a__x__b", "a__div__b"}), (~half, {"c__x__d", "c__div__d"})):
+        importance = base_rank_ic(X[rows], y[rows], list("abcd"))
+        excluded = interactions_beyond_top_k(recipes, importance, 2)
+        assert set(recipes) - set(excluded) == kept
+        assert all("outside the top-2 base features" in reason for reason in excluded.values())
+    # importance is the |mean per-date rank IC| on the labelled rows
+    importance = base_rank_ic(X[half], y[half], ["a"])
+    dates = X[half].index.get_level_values("date")
+    known = y[half].notna().to_numpy()
+    from plml_assets.lib.metrics import per_date_ic
+    expected = abs(per_date_ic(y[half].to_numpy()[known], X[half]["a"].to_numpy()[known], dates[known], method="spearman").mean())
+    assert importance["a"] == pytest.approx(expected)
+    assert interactions_beyond_top_k({"lag": {"primitive": "lag", "inputs": ["a"], "params": {"periods": 1}}}, importance, 2) == {}

@@ -5,7 +5,6 @@ import json
 import time
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -113,8 +112,9 @@ class FeatureGenerationConfig(dg.Config):
             kinds={"pandas"},
             automation_condition=FOLLOW_PRICES,
             description="Model features: the base features plus those generated from declared primitives (lags, rolling "
-            "mean/std/z-score, differences, EWMs, per-date rank/z-score/demeaning, interactions among the top-k). "
-            "Selection downstream keeps only those that help under the purged CV.",
+            "mean/std/z-score, differences, EWMs, per-date rank/z-score/demeaning, and products/ratios of every pair of "
+            "base features). Each selection (the final one, every CV fold and CPCV split) may use only the pairs of its own "
+            "top-k base features, ranked on its own rows, and keeps only what helps under the purged CV.",
         ),
         "feature_recipes": dg.AssetOut(
             automation_condition=FOLLOW_PRICES,
@@ -127,26 +127,17 @@ def generated_features(
     context: dg.AssetExecutionContext,
     config: FeatureGenerationConfig,
     base_features: pd.DataFrame,
-    labels: pd.DataFrame,
-    settings: ExperimentSettings,
 ):
-    from plml_assets.defs.shared import fail_fast_on_bad_input, json_object, training_window
+    from plml_assets.defs.shared import fail_fast_on_bad_input, json_object
     from plml_assets.lib.feature_generation import GenerationSpec, generate, recipe_lookback
-    from plml_assets.lib.metrics import per_date_ic
 
     with fail_fast_on_bad_input():
         start = time.perf_counter()
         spec = GenerationSpec.from_dict(json_object(config.spec, "spec"))
         if config.enabled:
-            # Interactions pair the base features that matter most, judged on the training window
-            # only (|mean per-date rank IC| with the label before the purged holdout).
-            X, y, _ = training_window(base_features, labels, settings)
-            dates = X.index.get_level_values("date")
-            importance = {
-                name: abs(float(np.nanmean(per_date_ic(y.to_numpy(), X[name].to_numpy(), dates, method="spearman"))))
-                for name in X.columns
-            }
-            frame, recipes = generate(base_features, spec, importance)
+            # Every pair of base features: which pairs a model may use (those of its top-k base features)
+            # is decided by each selection on its own rows, never here on rows a CV fold validates on.
+            frame, recipes = generate(base_features, spec, all_pairs=True)
         else:
             frame, recipes = base_features, {}
     by_primitive = pd.Series([r["primitive"] for r in recipes.values()], dtype=object).value_counts().to_dict()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from plml_assets.defs.shared import fail_fast_on_bad_input, training_window
+from plml_assets.lib.feature_generation import base_rank_ic, interactions_beyond_top_k
 from plml_assets.lib.selection import SelectionResult, select_features
 from plml_assets.lib.splits import PurgedWalkForward
 
@@ -20,20 +21,45 @@ def run_selection(
     selection: SelectionSettings,
     settings: ExperimentSettings,
     log: Callable[[str], None] | None = None,
+    feature_recipes: dict | None = None,
 ) -> SelectionResult:
-    """Select on these rows alone: importance models are fitted on purged walk-forward folds of them."""
+    """Select on these rows alone: importance models are fitted on purged walk-forward folds of them.
+    With ``feature_recipes``, the interactions allowed are the pairs of the top-k base features ranked
+    on these rows too; the other interaction columns are dropped, with that reason."""
+    excluded = excluded_interactions(X, y, feature_recipes)
+    if excluded and log is not None:
+        log(f"interactions: {len(excluded)} outside this fit's top-k base features left out: {next(iter(excluded.values()))}")
+    X = X.drop(columns=list(excluded)) if excluded else X
     splitter = PurgedWalkForward(n_splits=selection.n_folds, horizon=settings.horizon, embargo=settings.embargo_days)
     folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
-    return select_features(X, y, folds, selection.selection_config(settings.seed), log=log)
+    result = select_features(X, y, folds, selection.selection_config(settings.seed), log=log)
+    result.dropped.update(excluded)
+    return result
+
+
+def excluded_interactions(X: pd.DataFrame, y: pd.Series, feature_recipes: dict | None) -> dict[str, str]:
+    """Interaction columns of ``X`` outside the top-k base features by rank IC on these rows."""
+    if not feature_recipes:
+        return {}
+    top_k = int(feature_recipes.get("spec", {}).get("top_k", 0))
+    recipes = {n: r for n, r in feature_recipes.get("recipes", {}).items() if n in X.columns}
+    inputs = {name for r in recipes.values() if r["primitive"] in ("product", "ratio") for name in r["inputs"]}
+    if not inputs:
+        return {}
+    importance = base_rank_ic(X, y, sorted(inputs))
+    return interactions_beyond_top_k(recipes, importance, top_k)
 
 
 def selector_for(
-    X: pd.DataFrame, y: pd.Series, selection: SelectionSettings, settings: ExperimentSettings
+    X: pd.DataFrame, y: pd.Series, selection: SelectionSettings, settings: ExperimentSettings,
+    feature_recipes: dict | None = None,
 ) -> Callable[[np.ndarray], list[str]]:
-    """What a CV fold calls with its training positions to choose its own features."""
+    """What a CV fold calls with its training positions to choose its own features (and its own
+    interaction pairs, when ``feature_recipes`` is given)."""
 
     def select(train_positions: np.ndarray) -> list[str]:
-        return run_selection(X.iloc[train_positions], y.iloc[train_positions], selection, settings).selected
+        return run_selection(X.iloc[train_positions], y.iloc[train_positions], selection, settings,
+                             feature_recipes=feature_recipes).selected
 
     return select
 
@@ -42,6 +68,7 @@ def selector_for(
 def feature_selection(
     context: dg.AssetExecutionContext,
     features: pd.DataFrame,
+    feature_recipes: dict,
     labels: pd.DataFrame,
     settings: ExperimentSettings,
     selection: SelectionSettings,
@@ -49,7 +76,7 @@ def feature_selection(
     with fail_fast_on_bad_input():
         start = time.perf_counter()
         X, y, split = training_window(features, labels, settings)
-        result = run_selection(X, y, selection, settings, log=context.log.info)
+        result = run_selection(X, y, selection, settings, log=context.log.info, feature_recipes=feature_recipes)
     table = result.to_frame()
     selected = table[table["status"] == "selected"]
     dropped = table[table["status"] != "selected"]

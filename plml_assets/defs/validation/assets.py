@@ -59,13 +59,14 @@ def cv_splits(
     group_name="validation",
     kinds={"xgboost"},
     retry_policy=TRAINING_RETRY,
-    description="The features every CV fold selects on its own fitting rows (selection re-run inside each fold), "
-    "computed once and shared by every family's study and CV results, so no CV score is flattered by features "
-    "chosen on its test dates.",
+    description="The features every CV fold selects on its own fitting rows (selection re-run inside each fold, "
+    "interaction pairs included: each fold may use only the pairs of its own top-k base features), computed once and "
+    "shared by every family's study and CV results, so no CV score is flattered by features chosen on its test dates.",
 )
 def cv_fold_features(
     context: dg.AssetExecutionContext,
     features: pd.DataFrame,
+    feature_recipes: dict,
     labels: pd.DataFrame,
     cv_splits: pd.DataFrame,
     settings: ExperimentSettings,
@@ -80,7 +81,7 @@ def cv_fold_features(
                 f"cv_splits holds {len(unknown)} date(s) outside the current training window "
                 f"{split.describe()['train_start']}..{split.describe()['train_end']}: re-materialize cv_splits"
             )
-        select = selector_for(X, y, selection, settings)
+        select = selector_for(X, y, selection, settings, feature_recipes)
         dates = X.index.get_level_values("date").to_numpy()
         parts = []
         for scheme in SCHEMES:
@@ -239,6 +240,7 @@ def cpcv_paths(
     config: CPCVConfig,
     market_prices: pd.DataFrame,
     features: pd.DataFrame,
+    feature_recipes: dict,
     labels: pd.DataFrame,
     xgboost_study: dict,
     settings: ExperimentSettings,
@@ -260,7 +262,7 @@ def cpcv_paths(
         predictions: list[pd.Series] = []
         per_split, _ = cross_validate(
             xgboost_study["params"], X, y, folds, settings.horizon, gap_bound=2.0,
-            select=selector_for(X, y, selection, settings), log=context.log.info, fold_predictions=predictions,
+            select=selector_for(X, y, selection, settings, feature_recipes), log=context.log.info, fold_predictions=predictions,
         )
         table, stats = bt.cpcv_path_backtests(
             predictions, splitter.paths(split.train_dates), market_prices, labels.iloc[:, 0],
