@@ -44,7 +44,10 @@ import pandas as pd
 from plml_assets.lib.features import INDEX_NAMES, _cs_pct_rank, _cs_zscore
 from plml_assets.lib.metrics import per_date_ic
 
-GENERATION_VERSION = "1.0.0"
+GENERATION_VERSION = "1.1.0"  # 1.1: interactions of every base pair; each fit keeps its own top-k pairs
+#: ``all_pairs`` grows with the square of the base list: past this many interaction columns the
+#: spec is refused (20 base features with products and ratios would already give 380 columns).
+MAX_PAIR_COLUMNS = 120
 
 # Informative and cheap: momentum at two horizons, volatility, an oscillator, a trend gap and
 # abnormal volume (the last is filtered out for a panel without volume).
@@ -98,7 +101,9 @@ class GenerationSpec:
     ewm_spans: tuple[int, ...] = (10,)
     cross_sectional: tuple[str, ...] = ("rank", "z", "demean")  # per date across symbols
     interactions: tuple[str, ...] = ("product", "ratio")
-    top_k: int = 4  # interactions among the top-k base features by importance
+    # A fit may use the interactions among its top-k base features by importance (ranked on its own
+    # rows when every pair is generated, see plan_recipes(all_pairs=True)).
+    top_k: int = 4
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -163,6 +168,13 @@ def _top_by_importance(base: Sequence[str], importance: Mapping[str, float], k: 
     return [name for name in base if name in chosen]
 
 
+def _max_base(kinds: int) -> int:
+    n = 2
+    while math.comb(n + 1, 2) * kinds <= MAX_PAIR_COLUMNS:
+        n += 1
+    return n
+
+
 def base_rank_ic(features: pd.DataFrame, label: pd.Series, columns: Sequence[str]) -> dict[str, float]:
     """|mean per-date rank IC| of each of `columns` with `label` on these rows: the importance
     that ranks base features for the interactions. Rows without a label are ignored."""
@@ -220,6 +232,11 @@ def plan_recipes(spec: GenerationSpec, available: Sequence[str],
         recipes += [_recipe(CROSS_SECTIONAL[cs], [name]) for cs in spec.cross_sectional]
     if (importance is not None or all_pairs) and spec.interactions and spec.top_k >= 2:
         top = list(base) if all_pairs else _top_by_importance(base, importance, spec.top_k)
+        n_columns = math.comb(len(top), 2) * len(spec.interactions)
+        if all_pairs and n_columns > MAX_PAIR_COLUMNS:
+            raise ValueError(f"every pair of {len(top)} base features makes {n_columns} interaction columns, more than "
+                             f"{MAX_PAIR_COLUMNS}: declare at most {_max_base(len(spec.interactions))} base features, "
+                             "fewer interaction kinds, or top_k=0")
         for a, b in combinations(top, 2):
             for kind in spec.interactions:
                 params = {"eps": RATIO_EPS} if kind == "ratio" else {}

@@ -222,8 +222,9 @@ def candidate_statistics(table: pd.DataFrame, name: str, pbo: float) -> dict[str
     """The overfitting statistics of one leaderboard candidate, keyed as
     :func:`plml_assets.lib.overfitting.verdict` reads them: the PBO of the candidate set it was
     picked from, its OOF deflated Sharpe (deflated over every configuration tried) and probabilistic
-    Sharpe, its mean train/validation gap, and the share of its walk-forward folds validating below
-    zero. The same statistics exist for a single model and an ensemble, so one verdict rule judges both."""
+    Sharpe, its mean train/validation gap, and the share of its walk-forward folds not validating
+    above zero (an undefined fold counts as not positive). The same statistics exist for a single
+    model and an ensemble, so one verdict rule judges both."""
     if name not in table.index:
         raise ValueError(f"{name!r} is not on the leaderboard ({list(table.index)})")
     row = pd.to_numeric(table.loc[name].reindex(["dsr", "psr", "gap", "positive_folds", "oof_sharpe"]), errors="coerce")

@@ -457,3 +457,13 @@ def test_each_fit_keeps_the_pairs_of_its_own_top_k():
     expected = abs(per_date_ic(y[half].to_numpy()[known], X[half]["a"].to_numpy()[known], dates[known], method="spearman").mean())
     assert importance["a"] == pytest.approx(expected)
     assert interactions_beyond_top_k({"lag": {"primitive": "lag", "inputs": ["a"], "params": {"periods": 1}}}, importance, 2) == {}
+
+
+def test_all_pairs_refuses_a_base_list_whose_pairs_would_swamp_the_features():
+    many = [f"f{i}" for i in range(20)]
+    spec = GenerationSpec(base=tuple(many), lags=(), rolling_windows=(), diffs=(), ewm_spans=(), cross_sectional=())
+    with pytest.raises(ValueError, match=r"every pair of 20 base features makes 380 interaction columns, more than 120: "
+                                         r"declare at most 11 base features"):
+        plan_recipes(spec, many, all_pairs=True)
+    assert len(plan_recipes(GenerationSpec(**{**spec.to_dict(), "base": tuple(many[:11])}), many, all_pairs=True)) == 110
+    assert plan_recipes(GenerationSpec(**{**spec.to_dict(), "top_k": 0}), many, all_pairs=True) == {}

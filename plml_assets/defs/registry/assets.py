@@ -198,7 +198,8 @@ def promotion_gate(
     registered = (registered_model.get("candidate"), registered_model.get("leaderboard_run_id"))
     if judged != registered:  # the report is about another pick (or an older leaderboard): it says nothing of this one
         notes.append(f"validation report judged {judged[0]} of leaderboard run {judged[1]}, not the registered "
-                     f"{registered[0]} of leaderboard run {registered[1]}: re-materialize validation_report")
+                     f"{registered[0]} of leaderboard run {registered[1]}: re-materialize model_leaderboard, "
+                     "validation_report and registered_model in one run")
         validation = "fail"
     elif validation != "pass":
         notes.append(f"validation report: {validation} ({'; '.join(validation_report.get('reasons', [])) or 'no reasons'})")

@@ -300,9 +300,11 @@ class ValidationReportConfig(dg.Config):
     dsr_fail: float = Field(default=0.5, description="fail when the deflated Sharpe ratio is below this")
     gap_warn: float = Field(default=0.1, description="warn when the mean train-validation rank-IC gap exceeds this")
     gap_fail: float = Field(default=0.2, description="fail when the mean train-validation rank-IC gap exceeds this")
-    pbo_blocks: int = Field(default=16, description="CSCV blocks S for PBO (C(S, S/2) combinations)")
+    pbo_blocks: int = Field(default=16, description="XGBoost backtest evidence: CSCV blocks S for its PBO over the backtest's "
+                            "strategies (C(S, S/2) combinations); the candidates' PBO is the leaderboard's")
     pbo_min_block_days: int = Field(
-        default=20, description="fewest trading days per CSCV block: short backtests get fewer blocks rather than noisy ones"
+        default=20, description="XGBoost backtest evidence: fewest trading days per CSCV block (short backtests get fewer "
+        "blocks rather than noisy ones)"
     )
 
 
@@ -337,8 +339,14 @@ def validation_report(
             leaderboard_stats: dict = {}
             verdict, reasons = "fail", [f"fail: the leaderboard picked no candidate ({model_leaderboard['selection']['reason']})"]
         else:
-            leaderboard_stats = candidate_statistics(board, subject, float(model_leaderboard["selection"]["pbo"]))
+            pbo = model_leaderboard["selection"].get("pbo")
+            leaderboard_stats = candidate_statistics(board, subject, float(pbo) if pbo is not None else float("nan"))
             verdict, reasons = of.verdict(leaderboard_stats, bounds)
+            unmeasured = [key for key in ("pbo", "dsr") if not np.isfinite(leaderboard_stats[key])]
+            if unmeasured:  # too few OOF dates or candidates: the pick is not cleared on what was not measured
+                verdict = of.worst_verdict(verdict, "warn")
+                reasons.append(f"warn: {' and '.join(unmeasured)} not measured (too few out-of-fold dates or candidates "
+                               "with OOF returns)")
         backtest_evidence = xgboost_backtest_evidence(config, bounds, xgboost_cv_results, cpcv_paths, backtest)
         if subject == "xgboost":  # a refitting backtest of the pick exists: it is judged as well
             verdict = of.worst_verdict(verdict, backtest_evidence["verdict"])
