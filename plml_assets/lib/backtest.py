@@ -616,17 +616,21 @@ def _fit_target(y: pd.Series, excess_target: bool) -> tuple[pd.Series, tuple[flo
     return target, winsorize_bounds(target)
 
 
-def ridge_fit_predict(alpha: float = 1.0, excess_target: bool = True) -> FitPredict:
+def ridge_fit_predict(alpha: float = 1.0, excess_target: bool = True, normalized: bool = False) -> FitPredict:
     """A ``fit_predict`` for :func:`walk_forward_scores`: scikit-learn Ridge on per-date
     rank-normalized features (:func:`rank_normalize`). The target is the forward return minus its
     date mean (``excess_target``) clipped at its 1 % / 99 % quantiles, both from the training rows
-    alone; the model is fitted on the training rows only."""
+    alone; the model is fitted on the training rows only. ``normalized``: the frames it is given
+    went through :func:`rank_normalize` already (it works date by date, so normalizing the whole
+    panel once gives the same values as normalizing every training window again, minutes faster)."""
     from sklearn.linear_model import Ridge
+
+    prepare = (lambda X: X) if normalized else rank_normalize
 
     def fit_predict(X_train: pd.DataFrame, y_train: pd.Series, X_test: pd.DataFrame) -> np.ndarray:
         target, (lo, hi) = _fit_target(y_train, excess_target)
-        model = Ridge(alpha=alpha).fit(rank_normalize(X_train).to_numpy(), target.clip(lo, hi).to_numpy())
-        return model.predict(rank_normalize(X_test).to_numpy())
+        model = Ridge(alpha=alpha).fit(prepare(X_train).to_numpy(), target.clip(lo, hi).to_numpy())
+        return model.predict(prepare(X_test).to_numpy())
 
     return fit_predict
 

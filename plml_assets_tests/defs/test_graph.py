@@ -248,7 +248,9 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     if registry.alias_version("champion") is None:
         registry.promote("1", reason="test setup: make v1 the champion")
-    second = _materialize(resources, instance, selection=XGBOOST_CHAIN)
+    # The CPCV paths and the backtest are not re-run (minutes on 2 cores; no registry input reads them):
+    # validation_report re-judges the new leaderboard's pick with their stored evidence.
+    second = _materialize(resources, instance, selection=[k for k in XGBOOST_CHAIN if k not in ("cpcv_paths", "backtest")])
     gate = _gate(second)
     # The study resumed from the Optuna storage: its budget was already spent, nothing was re-searched.
     study = json.loads((plml_home / "assets" / "xgboost_study.json").read_text())
@@ -263,6 +265,25 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     m1 = registry.client().get_run(registry.version_info("1").run_id).data.metrics
     m2 = registry.client().get_run(registry.version_info("2").run_id).data.metrics
     assert m1["holdout_rank_ic"] == m2["holdout_rank_ic"]
+
+
+def test_out_of_range_config_is_rejected_before_anything_runs(first_run, graph_dir, graph_instance):
+    """On the shared run's stored inputs: the study refuses a bad hyper-parameter at once."""
+    resources, _ = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    versions = [v.version for v in registry.versions()]
+    bad = {"ops": {"xgboost_study": {"config": {"fixed_params": '{"n_estimators": -3}'}}}}
+    xgboost_steps = ["xgboost_study", "xgboost_cv_results", "xgboost_oof_predictions", "xgboost_model",
+                     "xgboost_holdout_predictions"]
+    result = _materialize(resources, graph_instance, run_config=bad, selection=xgboost_steps)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "xgboost_study"  # the asset that reads the XGBoost hyper-parameters
+    assert "n_estimators=-3" in str(failure.event_specific_data.error)
+    # Bad input is not transient: no retry was spent on it, and nothing downstream ran or was registered.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert not list(result.get_asset_materialization_events())
+    assert [v.version for v in registry.versions()] == versions
 
 
 class ReversedOracle(mlflow.pyfunc.PythonModel):
@@ -417,19 +438,6 @@ def test_incremental_mode_updates_a_same_family_champion_and_falls_back_otherwis
     assert json.loads((plml_home / "assets" / "lightgbm_model.json").read_text())["mode"] == "full"
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("incremental update impossible" in m and "not lightgbm" in m for m in logs)
-
-
-def test_out_of_range_config_is_rejected_before_anything_runs(plml_home, instance):
-    resources = slice_resources(plml_home)
-    bad = {"ops": {"xgboost_study": {"config": {"fixed_params": '{"n_estimators": -3}'}}}}
-    result = _materialize(resources, instance, run_config=bad, selection=XGBOOST_CHAIN)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert failure.step_key == "xgboost_study"  # the asset that reads the XGBoost hyper-parameters
-    assert "n_estimators=-3" in str(failure.event_specific_data.error)
-    # Bad input is not transient: no retry was spent on it.
-    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
-    assert MlflowRegistry(tracking_uri=f"sqlite:///{plml_home / 'mlflow.db'}", model_name="plml_test_model").versions() == []
 
 
 def test_bad_prices_stop_the_whole_graph_before_anything_is_registered(plml_home, instance, embedded_panel, tmp_path):

@@ -415,3 +415,15 @@ def test_backtest_lib_does_not_import_dagster():
     code = ("import sys, plml_assets.lib.backtest, plml_assets.lib.backtest_plots; "
             "sys.exit(int(any(m.split('.')[0] == 'dagster' for m in sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_ridge_on_a_panel_normalized_once_scores_as_normalizing_every_window(real_xy):
+    """rank_normalize works date by date, so normalizing the panel once (what the backtest asset does)
+    gives the scores of normalizing each training and test window again."""
+    X, y = real_xy
+    X = X.loc[: X.index.get_level_values("date").unique()[420]]
+    windowed = bt.walk_forward_scores(bt.ridge_fit_predict(alpha=1.0), X, y, retrain_every=40, min_train_dates=300, horizon=5)
+    once = bt.walk_forward_scores(bt.ridge_fit_predict(alpha=1.0, normalized=True), bt.rank_normalize(X), y,
+                                  retrain_every=40, min_train_dates=300, horizon=5)
+    assert windowed.scores.notna().sum() > 900  # three refits
+    np.testing.assert_allclose(once.scores.to_numpy(), windowed.scores.to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True)

@@ -333,7 +333,7 @@ def test_permutation_shuffles_within_dates_so_a_date_level_feature_has_no_import
     labels = signal + trend + 0.5 * rng.standard_normal(len(signal))
     features = np.column_stack([signal, trend]).astype(np.float32)
     config = SelectionConfig(n_estimators=30, permutation_repeats=2)
-    booster = _fit(features, labels, config)
+    booster, _ = _fit(features, labels, config)
     drops, base = _permutation_drops(booster, features.copy(), labels, dates, config, np.random.default_rng(0))
     assert base > 0.3 and drops[0] > 0.1
     assert drops[1] == pytest.approx(0.0, abs=1e-12)

@@ -18,16 +18,25 @@ from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
 CONSTRUCTIONS = ("long_short", "long_only")
+QUICK_MAX_TRAIN_DATES = 1260  # five years of history per refit in the quick profile
 
 
 class BacktestConfig(dg.Config):
     retrain_every: int = Field(default=252, description="refit the models every this many trading days (quick profile: x2)")
     min_train_dates: int = Field(default=504, description="dates of history before the first out-of-sample date")
-    max_train_dates: int | None = Field(default=2520, description="sliding training window in dates (None: expanding)")
+    max_train_dates: int | None = Field(default=2520, description="sliding training window in dates (None: expanding; "
+                                        "quick profile: at most 1260)")
     cost_bps: float = Field(default=5.0, description="transaction cost in basis points per side (per unit of turnover)")
     quantile: float = Field(default=0.2, description="long-short: long the top and short the bottom quantile of scores")
     top_k: int = Field(default=10, description="long-only: equal weight in the k best scores (capped at half the universe)")
     ridge_alpha: float = Field(default=1.0, description="L2 penalty of the ridge baseline")
+
+
+def effective_max_train_dates(config: BacktestConfig, settings: ExperimentSettings) -> int | None:
+    """The sliding window the refits use: the config's, capped at five years in the quick profile."""
+    if not settings.quick:
+        return config.max_train_dates
+    return max(config.min_train_dates, min(config.max_train_dates or QUICK_MAX_TRAIN_DATES, QUICK_MAX_TRAIN_DATES))
 
 
 def strategy_scores(
@@ -38,19 +47,21 @@ def strategy_scores(
     selection asset was fitted on later data, so using it here would leak), a ridge model on the
     same features, and two price baselines."""
     retrain = config.retrain_every * (2 if settings.quick else 1)
+    max_train_dates = effective_max_train_dates(config, settings)
     y = labels.iloc[:, 0]
     X, y_known = design_matrix(features, y, features.columns)
     X_all = features  # predict every row, labelled or not
     scores: dict[str, pd.Series] = {}
     windows = None
-    for name, fit_predict in (
-        ("xgboost", bt.xgboost_fit_predict(params, horizon=settings.horizon)),
-        ("ridge", bt.ridge_fit_predict(alpha=config.ridge_alpha)),
+    for name, fit_predict, X_model in (
+        ("xgboost", bt.xgboost_fit_predict(params, horizon=settings.horizon), X_all),
+        # Per-date rank normalization of the whole panel once, not of every training window again.
+        ("ridge", bt.ridge_fit_predict(alpha=config.ridge_alpha, normalized=True), bt.rank_normalize(X_all)),
     ):
         start = time.perf_counter()
         wf = bt.walk_forward_scores(
-            fit_predict, X_all, y.reindex(X_all.index), retrain_every=retrain, min_train_dates=config.min_train_dates,
-            horizon=settings.horizon, max_train_dates=config.max_train_dates,
+            fit_predict, X_model, y.reindex(X_model.index), retrain_every=retrain, min_train_dates=config.min_train_dates,
+            horizon=settings.horizon, max_train_dates=max_train_dates,
         )
         scores[name] = wf.scores
         windows = wf.windows if windows is None else windows
@@ -120,7 +131,8 @@ def backtest(
             tags={"plml.kind": "backtest", "dagster.run_id": context.run.run_id, "dagster.asset": "backtest"},
         ) as run:
             mlflow.log_params({"retrain_every": config.retrain_every, "cost_bps": config.cost_bps,
-                               "quantile": config.quantile, "top_k": k, "max_train_dates": config.max_train_dates})
+                               "quantile": config.quantile, "top_k": k,
+                               "max_train_dates": effective_max_train_dates(config, settings)})
             for c in CONSTRUCTIONS:
                 for strategy, row in tables[c].iterrows():
                     mlflow.log_metrics({f"{strategy}.{c}.{m}": float(v) for m, v in row.items() if pd.notna(v)})

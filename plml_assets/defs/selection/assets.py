@@ -1,5 +1,6 @@
 """Feature selection on the training window only (the holdout never informs it)."""
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -32,9 +33,22 @@ def run_selection(
     X = X.drop(columns=list(excluded)) if excluded else X
     splitter = PurgedWalkForward(n_splits=selection.n_folds, horizon=settings.horizon, embargo=settings.embargo_days)
     folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
-    result = select_features(X, y, folds, selection.selection_config(settings.seed), log=log)
+    result = select_features(X, y, folds, selection_config(selection, settings), log=log)
     result.dropped.update(excluded)
     return result
+
+
+#: The quick profile's caps on what one selection costs: importance rounds, rows per importance model,
+#: rows for the statistics (missing share, near-constant, leakage, correlation).
+QUICK_SELECTION = {"n_estimators": 40, "sample_rows": 50_000, "stats_rows": 20_000}
+
+
+def selection_config(selection: SelectionSettings, settings: ExperimentSettings):
+    """The selection's settings, capped by the quick profile."""
+    config = selection.selection_config(settings.seed)
+    if not settings.quick:
+        return config
+    return dataclasses.replace(config, **{k: min(cap, getattr(config, k) or cap) for k, cap in QUICK_SELECTION.items()})
 
 
 def excluded_interactions(X: pd.DataFrame, y: pd.Series, feature_recipes: dict | None) -> dict[str, str]:

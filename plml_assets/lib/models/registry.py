@@ -77,8 +77,8 @@ DEFAULT_PARAMS: dict[str, dict[str, object]] = {
 QUICK_CAPS: dict[str, dict[str, int]] = {
     "xgboost": {"n_estimators": 150},
     "lightgbm": {"n_estimators": 150},
-    "lstm": {"max_epochs": 3, "epoch_samples": 8192},
-    "gru": {"max_epochs": 3, "epoch_samples": 8192},
+    "lstm": {"max_epochs": 3, "epoch_samples": 4096},
+    "gru": {"max_epochs": 3, "epoch_samples": 4096},
 }
 #: What the quick profile changes in the defaults beyond the caps (fewer rounds need a larger step).
 QUICK_DEFAULTS: dict[str, dict[str, object]] = {
