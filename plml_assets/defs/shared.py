@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from plml_assets.lib.training import HoldoutSplit, design_matrix, excess_returns, holdout_split
 from plml_assets.resources.settings import ExperimentSettings
