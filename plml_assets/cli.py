@@ -80,18 +80,18 @@ def status_payload(registry: MlflowRegistry) -> dict[str, object]:
 
 
 def _metric_lines(m: dict[str, float]) -> list[str]:
-    nan = float("nan")
-    kfold = m.get("cv_kfold_rank_ic", nan)
-    return [
-        "    CV (walk-forward): rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}   (purged K-fold rank IC {:.4f})".format(
-            m.get("cv_walk_forward_rank_ic", nan), m.get("cv_walk_forward_ic", nan),
-            m.get("cv_walk_forward_directional_accuracy", nan), kfold,
-        ),
-        "    holdout:           rank IC {:.4f}  IC {:.4f}  dir.acc {:.3f}  RMSE {:.4f}".format(
-            m.get("holdout_rank_ic", nan), m.get("holdout_ic", nan),
-            m.get("holdout_directional_accuracy", nan), m.get("holdout_rmse", nan),
-        ),
-    ]
+    """Two lines, CV and holdout; a metric the model does not have (an ensemble has no K-fold score) is left out."""
+
+    def parts(fields: tuple[tuple[str, str, str], ...]) -> str:
+        return "  ".join(f"{label} {m[key]:{fmt}}" for label, key, fmt in fields if key in m and m[key] == m[key])
+
+    cv = parts((("rank IC", "cv_walk_forward_rank_ic", ".4f"), ("IC", "cv_walk_forward_ic", ".4f"),
+                ("dir.acc", "cv_walk_forward_directional_accuracy", ".3f"), ("(purged K-fold rank IC", "cv_kfold_rank_ic", ".4f")))
+    if "cv_kfold_rank_ic" in m and m["cv_kfold_rank_ic"] == m["cv_kfold_rank_ic"]:
+        cv += ")"
+    holdout = parts((("rank IC", "holdout_rank_ic", ".4f"), ("IC", "holdout_ic", ".4f"),
+                     ("dir.acc", "holdout_directional_accuracy", ".3f"), ("RMSE", "holdout_rmse", ".4f")))
+    return [f"    CV (walk-forward): {cv or 'not recorded'}", f"    holdout:           {holdout or 'not recorded'}"]
 
 
 def _print_status(payload: dict[str, object]) -> None:

@@ -29,6 +29,17 @@ def score_holdout(model_uri: str, prices: pd.DataFrame, labels: pd.DataFrame, se
     return metrics, scored
 
 
+def leaderboard_metrics(model_leaderboard: dict, candidate: str) -> dict[str, float]:
+    """The leaderboard's evidence on a candidate, as registry metric tags: the same CV numbers for a
+    single model and an ensemble (an ensemble's MLflow run has holdout metrics only), plus its OOF
+    deflated and probabilistic Sharpe."""
+    row = next((r for r in model_leaderboard["table"] if r.get("candidate") == candidate), {})
+    names = {"walk_forward_rank_ic_mean": "cv_walk_forward_rank_ic", "kfold_rank_ic_mean": "cv_kfold_rank_ic",
+             "dsr": "leaderboard_dsr", "psr": "leaderboard_psr", "oof_sharpe": "leaderboard_oof_sharpe"}
+    return {tag: float(row[key]) for key, tag in names.items()
+            if isinstance(row.get(key), (int, float)) and np.isfinite(row[key])}
+
+
 @dg.asset(
     group_name="registry",
     kinds={"mlflow"},
@@ -63,6 +74,7 @@ def registered_model(
             "plml.leaderboard_validated": str(selection["validated"]).lower(),
             "plml.leaderboard_reason": selection["reason"][:4000],
             "plml.features": ",".join(winner["features"])[:4900],
+            **{f"plml.metric.{k}": f"{v:.6g}" for k, v in leaderboard_metrics(model_leaderboard, winner["name"]).items()},
             **{f"plml.metric.{k}": f"{v:.6g}" for k, v in winner["metrics"].items() if isinstance(v, (int, float))},
         }
         with mlflow_registry.tracking():
