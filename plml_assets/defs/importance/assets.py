@@ -12,11 +12,13 @@ from plml_assets.lib.plots import importance_stability_plot, markdown_image
 from plml_assets.lib.training import folds_from_assignments
 from plml_assets.resources.settings import ExperimentSettings
 
+QUICK_MAX_DATES = 30  # validation dates per fold the quick profile scores permutations on
+
 
 class ImportanceConfig(dg.Config):
     families: list[str] = Field(default=list(FAMILIES), description="families analysed")
     repeats: int = Field(default=2, ge=1, le=20, description="permutations per feature (quick profile: 1)")
-    max_dates: int = Field(default=60, ge=5, description="validation dates per fold the permutations are scored on (spread evenly)")
+    max_dates: int = Field(default=60, ge=5, description="validation dates per fold the permutations are scored on (spread evenly; quick profile: at most 30)")
 
 
 @dg.asset(
@@ -47,12 +49,13 @@ def feature_importance(
         folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == "walk_forward"])
         columns = fold_columns(cv_fold_features, "walk_forward")
         repeats = 1 if settings.quick else config.repeats
+        max_dates = min(config.max_dates, QUICK_MAX_DATES) if settings.quick else config.max_dates
         tables, stability, summaries = [], {}, {}
         for family in config.families:
             t0 = time.perf_counter()
             table = fold_importances(
                 family, studies[f"{family}_study"]["params"], X, y, folds, columns, settings.horizon,
-                repeats=repeats, max_dates=config.max_dates, seed=settings.seed, log=context.log.info,
+                repeats=repeats, max_dates=max_dates, seed=settings.seed, log=context.log.info,
             )
             table.insert(0, "family", family)
             tables.append(table)

@@ -31,7 +31,8 @@ def run_selection(
     if excluded and log is not None:
         log(f"interactions: {len(excluded)} outside this fit's top-k base features left out: {next(iter(excluded.values()))}")
     X = X.drop(columns=list(excluded)) if excluded else X
-    splitter = PurgedWalkForward(n_splits=selection.n_folds, horizon=settings.horizon, embargo=settings.embargo_days)
+    n_folds = min(selection.n_folds, QUICK_SELECTION_FOLDS) if settings.quick else selection.n_folds
+    splitter = PurgedWalkForward(n_splits=n_folds, horizon=settings.horizon, embargo=settings.embargo_days)
     folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
     result = select_features(X, y, folds, selection_config(selection, settings), log=log)
     result.dropped.update(excluded)
@@ -41,6 +42,7 @@ def run_selection(
 #: The quick profile's caps on what one selection costs: importance rounds, rows per importance model,
 #: rows for the statistics (missing share, near-constant, leakage, correlation).
 QUICK_SELECTION = {"n_estimators": 40, "sample_rows": 50_000, "stats_rows": 20_000}
+QUICK_SELECTION_FOLDS = 2  # importance models per selection in the quick profile
 
 
 def selection_config(selection: SelectionSettings, settings: ExperimentSettings):
