@@ -109,7 +109,8 @@ def feature_selection(
             "selected": dg.MetadataValue.md(selected[["feature", "importance"]].to_markdown(index=False)),
             "dropped": dg.MetadataValue.md(dropped[["feature", "reason"]].to_markdown(index=False)),
             "training_window": dg.MetadataValue.json(split.describe()),
-            "settings": dg.MetadataValue.json(selection.model_dump()),
+            "settings": dg.MetadataValue.json({**selection.model_dump(), **(
+                {"quick_profile_caps": {**QUICK_SELECTION, "n_folds": QUICK_SELECTION_FOLDS}} if settings.quick else {})}),
         },
     )
 
