@@ -248,9 +248,12 @@ def test_rerun_is_reproducible_and_an_equal_challenger_is_not_promoted(first_run
     registry: MlflowRegistry = resources["mlflow_registry"]
     if registry.alias_version("champion") is None:
         registry.promote("1", reason="test setup: make v1 the champion")
-    # The CPCV paths and the backtest are not re-run (minutes on 2 cores; no registry input reads them):
-    # validation_report re-judges the new leaderboard's pick with their stored evidence.
-    second = _materialize(resources, instance, selection=[k for k in XGBOOST_CHAIN if k not in ("cpcv_paths", "backtest")])
+    # The XGBoost chain and the chain of the family the leaderboard picked (so the pick is trained again,
+    # whatever it is). The CPCV paths and the backtest are not re-run (minutes on 2 cores; no registry
+    # input reads them): validation_report re-judges the new leaderboard's pick with their stored evidence.
+    picked = json.loads((plml_home / "assets" / "model_leaderboard.json").read_text())["winner"]["family"]
+    chain = dict.fromkeys(XGBOOST_CHAIN + [k for k in ALL_KEYS if k.startswith(f"{picked}_")])
+    second = _materialize(resources, instance, selection=[k for k in chain if k not in ("cpcv_paths", "backtest")])
     gate = _gate(second)
     # The study resumed from the Optuna storage: its budget was already spent, nothing was re-searched.
     study = json.loads((plml_home / "assets" / "xgboost_study.json").read_text())
