@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from plml_assets.defs.shared import fail_fast_on_bad_input, training_window
-from plml_assets.lib.feature_generation import base_rank_ic, interactions_beyond_top_k
+from plml_assets.lib.feature_generation import INTERACTIONS, base_rank_ic, interactions_beyond_top_k
 from plml_assets.lib.selection import SelectionResult, select_features
 from plml_assets.lib.splits import PurgedWalkForward
 
@@ -59,7 +59,7 @@ def excluded_interactions(X: pd.DataFrame, y: pd.Series, feature_recipes: dict |
         return {}
     top_k = int(feature_recipes.get("spec", {}).get("top_k", 0))
     recipes = {n: r for n, r in feature_recipes.get("recipes", {}).items() if n in X.columns}
-    inputs = {name for r in recipes.values() if r["primitive"] in ("product", "ratio") for name in r["inputs"]}
+    inputs = {name for r in recipes.values() if r["primitive"] in INTERACTIONS.values() for name in r["inputs"]}
     if not inputs:
         return {}
     importance = base_rank_ic(X, y, sorted(inputs))
