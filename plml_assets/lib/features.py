@@ -65,6 +65,7 @@ CS_Z_OF = ("ret_5d", "ret_20d", "mom_12_1m", "vol_20d", "ma_gap_50", "drawdown_2
 FEATURE_LOOKBACK_DAYS = 320
 
 INDEX_NAMES = ("date", "symbol")
+_PANEL_COLUMNS = ("open", "high", "low", "close", "volume")
 DOLLAR_VOLUME_FEATURE = f"log_dollar_volume_{SHORT_WINDOW}d"
 _CROSS_SECTION_INPUTS = frozenset(CS_RANK_OF) | frozenset(CS_Z_OF) | {DOLLAR_VOLUME_FEATURE}
 
@@ -393,6 +394,19 @@ def feature_names(columns: Iterable[str]) -> list[str]:
     """Names, in order, of the features `build_features` returns for a panel with these columns."""
     active, _ = _plan(columns)
     return [name for group in active for name in group.names]
+
+
+def feature_inputs(names: Iterable[str]) -> list[str]:
+    """The panel columns the named features are computed from: ``close`` always, plus the columns
+    each named feature's group requires (``volume_z_20d``: ``volume``); a name that is no base
+    feature (a generated one) adds nothing. A group's values depend on these columns only, so a
+    panel without the others gives the same values for these features."""
+    wanted = set(names)
+    needed = {"close"}
+    for group in _GROUPS:
+        if wanted.intersection(group.names):
+            needed.update(group.required)
+    return [column for column in _PANEL_COLUMNS if column in needed]
 
 
 def _validate(prices: pd.DataFrame) -> None:

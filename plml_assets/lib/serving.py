@@ -4,6 +4,11 @@ Given a raw price panel (the columns of ``market_prices``: date, symbol, close a
 open/high/low/volume, with enough history), it rebuilds the features with the same code that
 trained it, keeps the selected columns and returns one score per symbol for the latest date
 (``params={"all_dates": True}`` scores every row, which the promotion gate uses on the holdout).
+
+It takes the panel as a person has it: read from CSV (integer volumes, string dates), float32 or
+float64 prices, extra columns, without the price columns its features do not read. The MLflow
+signature (:func:`model_signature`) therefore names the columns without fixing their types, and
+:func:`as_panel` converts and checks them, naming what is wrong.
 """
 
 from __future__ import annotations
@@ -13,18 +18,34 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from plml_assets.lib import prices as price_lib
 from plml_assets.lib.feature_generation import apply_recipes, recipe_lookback
-from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION, build_features
+from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION, build_features, feature_inputs
 from plml_assets.lib.models.registry import load_model, model_class
 
 MODEL_ARTIFACT = "model_dir"
 
 
-def as_panel(frame: pd.DataFrame) -> pd.DataFrame:
+def _as_numbers(column: pd.Series) -> pd.Series:
+    """A text/object column whose every value is a number or missing (JSON input, nullable
+    integers after MLflow's enforcement) as numbers; else as it is, for the schema check to name."""
+    if pd.api.types.is_numeric_dtype(column) or not (
+        pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
+    ):
+        return column
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers if bool((numbers.isna() == column.isna()).all()) else column
+
+
+def as_panel(frame: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
     """Accept the panel either indexed by (date, symbol) or with date/symbol columns, and refuse
-    what the training data checks would have refused (schema, duplicates, bad prices)."""
+    what the training data checks would have refused (schema, duplicates, bad prices).
+
+    ``columns``: the price columns a model reads; the input must have them, and the others (and
+    any extra column) are dropped unchecked. None keeps and checks every price column present."""
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"the model input must be a pandas DataFrame (a long price panel), got {type(frame).__name__}")
     if isinstance(frame.index, pd.MultiIndex) and set(frame.index.names) >= set(price_lib.INDEX_NAMES):
@@ -43,8 +64,18 @@ def as_panel(frame: pd.DataFrame) -> pd.DataFrame:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"the model input's 'date' column is not parseable as dates: {exc}") from exc
     panel["symbol"] = panel["symbol"].astype(str)
-    keep = [c for c in (*price_lib.PRICE_COLUMNS, "volume") if c in panel.columns]
-    panel = price_lib.normalize_panel(panel.set_index(price_lib.INDEX_NAMES)[keep])
+    if columns is None:
+        keep = [c for c in (*price_lib.PRICE_COLUMNS, "volume") if c in panel.columns]
+    else:
+        keep = list(columns)
+        absent = [c for c in keep if c not in panel.columns]
+        if absent:
+            present = [c for c in panel.columns if c not in ("date", "symbol")]
+            raise ValueError(
+                f"the model reads price column(s) {keep}; the input lacks {absent} (its other columns: {present})"
+            )
+    panel = panel.set_index(price_lib.INDEX_NAMES)[keep]
+    panel = price_lib.normalize_panel(panel.assign(**{c: _as_numbers(panel[c]) for c in keep}))
     thresholds = price_lib.QualityThresholds()
     for outcome in (price_lib.check_schema(panel), price_lib.check_duplicates(panel), price_lib.check_prices(panel, thresholds)):
         if not outcome.passed:
@@ -125,16 +156,20 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
     def combine(self, scores: pd.DataFrame) -> np.ndarray:
         return scores.iloc[:, 0].to_numpy()
 
+    def input_columns(self) -> list[str]:
+        """The price columns this model's features are computed from (``close`` always), in the
+        training panel's order: an input must have these; the other training columns may be absent."""
+        recipes = getattr(self, "recipes", None) or {}
+        base = {i for name in self.selected_features for i in (recipes[name]["inputs"] if name in recipes else [name])}
+        reads = feature_inputs(base)
+        return [c for c in self.feature_columns if c in reads] + [c for c in reads if c not in self.feature_columns]
+
     def score(self, panel: pd.DataFrame, all_dates: bool = False) -> pd.DataFrame:
-        panel = as_panel(panel)
-        absent = [c for c in self.feature_columns if c not in panel.columns]
-        if absent:
-            raise ValueError(
-                f"the model was trained on price columns {self.feature_columns}; the input lacks {absent}"
-            )
+        panel = as_panel(panel, columns=self.input_columns())
         members = self.members()
         needed = list(dict.fromkeys(c for _, columns in members.values() for c in columns))
-        features = model_features(panel[self.feature_columns], needed, getattr(self, "recipes", {}))
+        # Only the columns the features read: a feature's values do not depend on the others.
+        features = model_features(panel, needed, getattr(self, "recipes", {}))
         # rows of history each row was scored with (its own row included)
         history = panel.groupby(level="symbol").cumcount().add(1)
         latest = None if all_dates else _latest_rows(features)
@@ -153,6 +188,28 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         all_dates = bool((params or {}).get("all_dates", False))
         return self.score(model_input, all_dates=all_dates)
+
+
+def model_signature(scorer: PanelScorer, example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
+    """The pyfunc's MLflow signature: ``date`` and ``symbol`` (optional to MLflow: they may come as
+    index levels) and the price columns the model reads (required), all of any type; the output
+    as inferred from ``output``; the ``all_dates`` param. Other columns (the price columns the
+    features do not read included) are extra: MLflow drops them before the model sees the input.
+
+    Typed columns would let MLflow refuse natural input before :func:`as_panel` sees it: an int64
+    volume (read from any CSV) or integer prices do not "safely" convert to double, nor integer
+    symbols to string, nor text dates of pandas' string dtype to datetime. ``as_panel`` converts
+    them instead, and refuses what is really wrong (non-numeric or non-positive prices, no date,
+    unparseable dates) by name. The price of the leniency: MLflow passes an untyped column on
+    value by value, about 1 s per million values.
+    """
+    inferred = infer_signature(example, output, params={"all_dates": False})
+    inputs = Schema([
+        ColSpec(AnyType(), "date", required=False),
+        ColSpec(AnyType(), "symbol", required=False),
+        *(ColSpec(AnyType(), column) for column in scorer.input_columns()),
+    ])
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
 def member_artifact(name: str) -> str:

@@ -174,12 +174,20 @@ def test_refuses_a_latest_date_with_fewer_than_three_symbols(scorer, prices):
     assert len(scorer.score(prices[keep], all_dates=True)) == int(keep.sum())
 
 
-def test_refuses_an_input_without_a_price_column_used_in_training(fitted, prices):
+def test_refuses_an_input_without_a_price_column_its_features_read(fitted, prices):
+    """Trained on close and volume: an input without volume is refused when a selected feature
+    reads volume, and scored as with it when none does (the close features do not depend on it)."""
     model, columns = fitted
-    scorer = PanelScorer(columns, HORIZON, ["close", "volume"])
-    scorer.model_ = model
-    with pytest.raises(ValueError, match=r"trained on price columns \['close', 'volume'\]; the input lacks \['volume'\]"):
-        scorer.score(prices)
+    reads_volume = PanelScorer([*columns, "volume_z_20d"], HORIZON, ["close", "volume"])
+    reads_volume.model_ = model
+    assert reads_volume.input_columns() == ["close", "volume"]
+    with pytest.raises(ValueError, match=r"reads price column\(s\) \['close', 'volume'\]; the input lacks \['volume'\]"):
+        reads_volume.score(prices)
+    closes_only = PanelScorer(columns, HORIZON, ["close", "volume"])
+    closes_only.model_ = model
+    assert closes_only.input_columns() == ["close"]
+    with_volume = prices.assign(volume=1e6)
+    pd.testing.assert_frame_equal(closes_only.score(prices), closes_only.score(with_volume))
 
 
 # ---- any family -----------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
 from pydantic import Field
 
 import plml_assets
@@ -17,7 +16,7 @@ from plml_assets.defs.training.assets import _input_example, _pip_requirements
 from plml_assets.lib.ensemble import METHODS, ensemble_oof_scores, fit_ensemble
 from plml_assets.lib.metrics import evaluate_predictions
 from plml_assets.lib.provenance import code_version
-from plml_assets.lib.serving import EnsembleScorer, member_artifact
+from plml_assets.lib.serving import EnsembleScorer, member_artifact, model_signature
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -147,7 +146,7 @@ def _log_ensembles(context, results, models, members, market_prices, feature_rec
             scorer = EnsembleScorer(specs, result["fit"], settings.horizon, list(market_prices.columns),
                                     training_symbols=symbols or None, recipes=feature_recipes["recipes"])
             scorer.models_ = fitted
-            signature = infer_signature(example, scorer.score(example), params={"all_dates": False})
+            signature = model_signature(scorer, example, scorer.score(example))
             del scorer.models_  # rebuilt from the artefacts in load_context
             tags = {
                 "plml.family": "ensemble", "plml.ensemble_method": method, "plml.members": ",".join(members),

@@ -11,7 +11,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from mlflow.models import infer_signature
 
 import plml_assets
 from plml_assets.defs.selection.assets import selected_features
@@ -23,7 +22,7 @@ from plml_assets.lib.baselines import momentum_score
 from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.provenance import code_version, feature_list_hash
-from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer, history_days
+from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer, history_days, model_signature
 from plml_assets.lib.training import (best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word,
                                      predict_rows, update_model)
 from plml_assets.resources.mlflow_registry import MlflowRegistry
@@ -257,7 +256,7 @@ def train_family_model(
         metrics["model_bytes"] = float(model_bytes)
         scorer.model_ = model
         example_out = scorer.score(example)
-        signature = infer_signature(example, example_out, params={"all_dates": False})
+        signature = model_signature(scorer, example, example_out)
         with mlflow.start_run(
             experiment_id=mlflow_registry.experiment_id(), run_name=f"{family}-{context.run.run_id[:8]}", tags=tags
         ) as run:
