@@ -198,7 +198,7 @@ def fold_importances(
             raise ValueError(f"fold {k}/{len(folds)}: {exc}; use fewer folds or more history") from exc
         start = time.perf_counter()
         Xf = X[columns]
-        model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon)
+        model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon, calendar=np.unique(dates))
         gain = _normalised_gain(model, columns)
         permutation = permutation_importance(
             model, Xf, y, test_idx, features=columns, repeats=repeats, seed=seed + k, max_dates=max_dates

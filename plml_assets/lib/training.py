@@ -8,6 +8,7 @@ if ``i + horizon < j``.
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -150,32 +151,64 @@ def _dates_of(X: pd.DataFrame) -> np.ndarray:
     return X.index.get_level_values("date").to_numpy()
 
 
+def _windows_by_calendar(model: Model) -> bool:
+    """Whether ``model`` windows feature history by a trading calendar (the sequence nets: their
+    ``fit`` takes ``calendar=`` and reads NaN-target rows as history only)."""
+    return int(model.lookback_dates) > 0 and "calendar" in inspect.signature(model.fit).parameters
+
+
+def _fit_sets(
+    model: Model, X: pd.DataFrame, target: pd.Series, fit_mask: np.ndarray, stop_mask: np.ndarray,
+    calendar: np.ndarray | pd.Index | None,
+) -> tuple[tuple[pd.DataFrame, pd.Series], tuple[pd.DataFrame, pd.Series], dict[str, object]]:
+    """(train, valid, keyword arguments) of ``fit``/``fit_incremental`` for the fitting and
+    early-stopping rows. A sequence net also gets the ``calendar`` (its windows never cross a
+    calendar date missing from the rows, such as a K-fold test block and its purge) and, as
+    history of its validation rows, the purged rows between fitting and stopping rows with a NaN
+    target (features only, never a label), so the first validation windows read the dates right
+    before them instead of jumping the purge back to the fitting rows."""
+    train = (X[fit_mask], target[fit_mask])
+    if not _windows_by_calendar(model):
+        return train, (X[stop_mask], target[stop_mask]), {}
+    later = ~fit_mask  # the purged rows and the stopping rows after them
+    valid = (X[later], target[later].where(stop_mask[later]))
+    return train, valid, ({} if calendar is None else {"calendar": calendar})
+
+
 def fit_model(
-    family: str, params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int
+    family: str, params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int,
+    calendar: np.ndarray | pd.Index | None = None,
 ) -> tuple[Model, np.ndarray]:
     """Fit a model of ``family`` with early stopping on the purged tail of the given training rows;
     the target is clipped at quantiles of the fitting rows alone. Returns the model and the
     fitting-row mask. Every family is fitted by this one recipe, in CV, in tuning and for the
-    final model, so their numbers compare."""
+    final model, so their numbers compare.
+
+    ``calendar``: the panel's trading dates, when the training rows may lack some of them (a K-fold
+    or CPCV training set around its test blocks): a sequence net's windows then never stitch the
+    rows on the two sides of a hole together (see ``lib.models.sequence``). None: the rows' own
+    dates, right for a contiguous training window."""
     fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
     clip = winsorize_bounds(y[fit_mask])
     target = y.clip(*clip)
     model = make_model(family, **params)
-    model.fit((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]))
+    train, valid, keywords = _fit_sets(model, X, target, fit_mask, stop_mask, calendar)
+    model.fit(train, valid, **keywords)
     model.target_clip_ = clip
     return model, fit_mask
 
 
 def update_model(
-    model: Model, X: pd.DataFrame, y: pd.Series, horizon: int, rounds: int | None = None
+    model: Model, X: pd.DataFrame, y: pd.Series, horizon: int, rounds: int | None = None,
+    calendar: np.ndarray | pd.Index | None = None,
 ) -> tuple[Model, np.ndarray]:
     """Update a fitted model (a champion) on new rows instead of refitting it: a copy of ``model``
     continues training (:meth:`Model.fit_incremental`: more trees, or fine-tuning epochs, at most
     ``rounds``, the family's default when None) with early stopping on the purged tail of the
     given dates, by :func:`fit_model`'s recipe, except that the target is clipped at the original
     model's ``target_clip_``: the update keeps the fit's units, as it keeps its scaler. ``X`` must
-    hold exactly the model's feature columns. Returns the updated copy (``model`` is left as it
-    was) and the fitting-row mask."""
+    hold exactly the model's feature columns; ``calendar`` as in :func:`fit_model`. Returns the
+    updated copy (``model`` is left as it was) and the fitting-row mask."""
     clip = getattr(model, "target_clip_", None)
     if clip is None:
         raise ValueError(
@@ -185,7 +218,8 @@ def update_model(
     fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
     target = y.clip(*clip)
     updated = copy.deepcopy(model)
-    updated.fit_incremental((X[fit_mask], target[fit_mask]), (X[stop_mask], target[stop_mask]), rounds=rounds)
+    train, valid, keywords = _fit_sets(updated, X, target, fit_mask, stop_mask, calendar)
+    updated.fit_incremental(train, valid, rounds=rounds, **keywords)
     updated.target_clip_ = tuple(float(v) for v in clip)
     return updated, fit_mask
 
@@ -196,7 +230,9 @@ def predict_rows(model: Model, X: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     A model that reads feature history (``model.lookback_dates > 0``: the sequence nets) is given
     every row from ``lookback_dates`` dates before the first requested date up to the last one, so
     the first rows of a test block see their history; features of earlier dates are past
-    information, so this never looks ahead."""
+    information, so this never looks ahead. That span holds every date of ``X`` between its ends,
+    so a window reads consecutive dates of ``X``'s calendar and never jumps a hole (a test fold's
+    rows get the purged and training rows before them, not rows of another segment)."""
     rows = np.asarray(rows, dtype=np.int64)
     lookback = int(model.lookback_dates)
     if lookback == 0 or len(rows) == 0:
@@ -241,6 +277,7 @@ def cross_validate(
     if fold_columns is not None and len(fold_columns) != len(folds):
         raise ValueError(f"{len(fold_columns)} fold column lists for {len(folds)} folds")
     dates = _dates_of(X)
+    calendar = np.unique(dates)  # a fold's training rows lack its test dates: nets window by the panel's dates
     y_values = y.to_numpy()
     rows: list[dict[str, object]] = []
     oof = pd.Series(np.nan, index=X.index, name="prediction")
@@ -261,7 +298,7 @@ def cross_validate(
         else:
             columns = select(fit_idx) if select is not None else list(X.columns)
         Xf = X[columns]
-        model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon)
+        model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon, calendar=calendar)
         eval_idx = spread_dates(fit_idx, dates, train_eval_dates)
         pred_train = predict_rows(model, Xf, eval_idx)
         pred_test = predict_rows(model, Xf, test_idx)

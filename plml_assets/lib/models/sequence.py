@@ -8,6 +8,16 @@ symbol has no row is skipped, as the features and labels count trading days. A r
 channel, the mask (1 for a real row, 0 for padding), so the network can tell padding from a
 feature at its mean. Every row gets a prediction, padded or not.
 
+Segments. A window holds consecutive dates of a trading calendar only. Given a ``calendar`` (the
+panel's sorted trading dates), the frame's dates split into segments wherever the next date of the
+frame is not the next calendar date, i.e. wherever whole dates are missing from the frame (the
+test block and purged dates of a K-fold or CPCV training set): a window never reaches back past
+the start of its row's segment, so the first rows after a gap are left-padded exactly like a
+symbol's first rows, instead of being stitched to the rows before the gap as if those were the
+previous days. A date on which one symbol alone has no row is no gap (see above). Without a
+calendar the frame's own dates are the calendar: one segment, as for a contiguous (walk-forward)
+training set, whose windows are the same either way.
+
 Scaling. The ``scaling`` hyper-parameter (``lib.scaling``, shared with every family through
 ``Model._fit_scaling``/``_apply_scaling``) is applied first, fitted on the training rows. Then
 each feature is standardized with a mean and standard deviation fitted on the training rows alone
@@ -19,8 +29,11 @@ target is standardized the same way (training rows' mean and deviation) and clip
 History. :meth:`SequenceModel.predict` builds each row's window from the rows of ``X`` alone: pass
 the ``window - 1`` preceding rows of every symbol too (serving rebuilds features from raw price
 history anyway) and keep the predictions of the rows you need. In :meth:`SequenceModel.fit`:
+- ``calendar`` (default: the dates of the rows given) cuts the windows into segments, see above;
+  ``lib.training.fit_model`` passes the panel's dates when the training rows have holes;
 - a row whose target is NaN is not a training sample but still serves as history for later rows,
-  so a caller can prepend history rows with an unknown label;
+  so a caller can prepend history rows with an unknown label (``fit_model`` so gives the
+  validation rows the purged rows before them, so their windows do not jump the purge);
 - validation rows take their history from the training rows as well (train and valid are
   windowed together when they share no (date, symbol) row, else each on its own). Windows only
   look back, so a validation window can hold training rows' features, which are past
@@ -71,13 +84,18 @@ META_FILE = "model_meta.json"
 class SequenceWindows:
     """Look-back windows of every row of a (date, symbol) panel, gathered on demand.
 
-    The rows are laid out symbol by symbol in date order, each symbol's block preceded by
-    ``window - 1`` zero rows, with the mask channel appended; the window of a row is then the
-    ``window`` consecutive rows of that layout ending at the row, so a batch is one vectorized
-    gather (``padded[starts[rows, None] + arange(window)]``) and no window is stored.
+    The rows are laid out symbol by symbol in date order, each symbol's block (its rows in one
+    segment of contiguous calendar dates, see the module docstring) preceded by ``window - 1``
+    zero rows, with the mask channel appended; the window of a row is then the ``window``
+    consecutive rows of that layout ending at the row, so a batch is one vectorized gather
+    (``padded[starts[rows, None] + arange(window)]``) and no window is stored. Without a
+    ``calendar``, or when the frame's dates are contiguous in it, a symbol is one block.
     """
 
-    def __init__(self, values: np.ndarray, dates: pd.Index | np.ndarray, symbols: pd.Index | np.ndarray, window: int):
+    def __init__(
+        self, values: np.ndarray, dates: pd.Index | np.ndarray, symbols: pd.Index | np.ndarray, window: int,
+        calendar: pd.Index | np.ndarray | None = None,
+    ):
         values = np.asarray(values, dtype=np.float32)
         if values.ndim != 2 or len(values) != len(dates) or len(values) != len(symbols):
             raise ValueError(
@@ -86,7 +104,7 @@ class SequenceWindows:
             )
         if window < 1:
             raise ValueError(f"window must be >= 1; got {window!r}")
-        date_codes, _ = pd.factorize(np.asarray(dates), sort=True)
+        date_codes, date_values = pd.factorize(np.asarray(dates), sort=True)
         symbol_codes, symbol_names = pd.factorize(np.asarray(symbols), sort=True)
         order = np.lexsort((date_codes, symbol_codes))  # symbol-major, date order within a symbol
         sorted_symbols, sorted_dates = symbol_codes[order], date_codes[order]
@@ -99,10 +117,15 @@ class SequenceWindows:
             )
         pad = window - 1
         n_rows, n_features = values.shape
-        # Symbol codes are 0..S-1 in sorted order, so a row's block number is its symbol code and
-        # the block's zero rows shift it by (code + 1) * pad.
-        position = np.arange(n_rows) + (sorted_symbols + 1) * pad
-        padded = np.zeros((n_rows + len(symbol_names) * pad, n_features + 1), dtype=np.float32)
+        # One block per (symbol, segment), numbered in layout order; a row's block's zero rows and
+        # those of every block before it shift it by (block + 1) * pad. With one segment the block
+        # number is the symbol code (0..S-1 in sorted order).
+        sorted_segments = date_segments(date_values, calendar)[sorted_dates]
+        new_block = np.ones(n_rows, dtype=bool)
+        new_block[1:] = (sorted_symbols[1:] != sorted_symbols[:-1]) | (sorted_segments[1:] != sorted_segments[:-1])
+        block = np.cumsum(new_block) - 1
+        position = np.arange(n_rows) + (block + 1) * pad
+        padded = np.zeros((n_rows + int(new_block.sum()) * pad, n_features + 1), dtype=np.float32)
         padded[position, :n_features] = values[order]
         padded[position, n_features] = 1.0
         starts = np.empty(n_rows, dtype=np.int64)
@@ -112,10 +135,10 @@ class SequenceWindows:
         self.starts = starts
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, window: int) -> Self:
+    def from_frame(cls, frame: pd.DataFrame, window: int, calendar: pd.Index | np.ndarray | None = None) -> Self:
         _check_panel_index(frame, "frame")
         return cls(frame.to_numpy(dtype=np.float32), frame.index.get_level_values("date"),
-                   frame.index.get_level_values("symbol"), window)
+                   frame.index.get_level_values("symbol"), window, calendar)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -128,6 +151,23 @@ class SequenceWindows:
     def batch(self, rows: np.ndarray) -> np.ndarray:
         """Windows of the given row positions: shape (len(rows), window, n_channels)."""
         return self.padded[self.starts[np.asarray(rows)][:, None] + np.arange(self.window)]
+
+
+def date_segments(dates: pd.Index | np.ndarray, calendar: pd.Index | np.ndarray | None) -> np.ndarray:
+    """Segment number (0, 1, ...) of each of the sorted unique ``dates``: a new segment starts at
+    a date that is not the calendar date right after the previous one (calendar dates are missing
+    in between). ``calendar`` None: one segment. Every date must be a date of ``calendar``."""
+    dates = pd.Index(np.asarray(dates))
+    if calendar is None or len(dates) == 0:
+        return np.zeros(len(dates), dtype=np.int64)
+    calendar = pd.Index(np.unique(np.asarray(calendar)))
+    where = calendar.get_indexer(dates)
+    if (where < 0).any():
+        raise ValueError(
+            f"date {dates[np.flatnonzero(where < 0)[0]]!r} of the rows is not in the calendar: pass the panel's "
+            "trading dates (every date of the rows among them)"
+        )
+    return np.concatenate([[0], np.cumsum(np.diff(where) != 1)]).astype(np.int64)
 
 
 def _check_panel_index(X: pd.DataFrame, name: str) -> None:
@@ -324,7 +364,10 @@ class SequenceModel(Model):
 
     # --- fit -----------------------------------------------------------------------------------
 
-    def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
+    def fit(self, train: Dataset, valid: Dataset | None = None, *, calendar: pd.Index | np.ndarray | None = None) -> Self:
+        """Fit on ``train``, early stopping on ``valid``. ``calendar``: the trading dates the rows
+        come from (the panel's dates); windows do not cross a date of it missing from the rows
+        (module docstring, Segments). None: the rows' own dates, one segment."""
         start = time.perf_counter()
         X, y = train
         y = self._train_target(X, y)
@@ -337,7 +380,7 @@ class SequenceModel(Model):
         self.target_std_ = spread if spread > 0 else 1.0
 
         device = _resolve_device(self.device)
-        trained = self._train(device, *self._layout(X, y, valid))
+        trained = self._train(device, *self._layout(X, y, valid, calendar))
         self.network_, self.history_, self.best_epoch_, self.n_epochs_ = trained
         self.device_ = str(device)
         self.incremental_updates_ = 0
@@ -348,12 +391,15 @@ class SequenceModel(Model):
         """Epochs an incremental update runs at most when not told: a third of ``max_epochs``, at least 1."""
         return max(1, self.max_epochs // 3)
 
-    def fit_incremental(self, train: Dataset, valid: Dataset | None = None, *, rounds: int | None = None) -> Self:
+    def fit_incremental(
+        self, train: Dataset, valid: Dataset | None = None, *, rounds: int | None = None,
+        calendar: pd.Index | np.ndarray | None = None,
+    ) -> Self:
         """Fine-tune the fitted network on ``train`` for at most ``rounds`` epochs (default
         :meth:`default_update_rounds`) at ``lr * FINE_TUNE_LR_FACTOR``, early stopping on ``valid``
         from the weights as they were (kept when no epoch beats them on ``valid``). The scaler,
         the feature standardization and the target scaling fitted by :meth:`fit` are kept, so
-        the new rows are read in the same units. Returns self."""
+        the new rows are read in the same units. ``calendar`` as in :meth:`fit`. Returns self."""
         start = time.perf_counter()
         epochs = self._update_budget(rounds, self.default_update_rounds())
         X, y = train
@@ -365,7 +411,7 @@ class SequenceModel(Model):
         device = _resolve_device(self.device)
         network = copy.deepcopy(self.network_).to(device)  # self stays as it was should training fail
         network, history, best_epoch, epochs_run = self._train(
-            device, *self._layout(X, y, valid), network=network, lr=self.lr * FINE_TUNE_LR_FACTOR, max_epochs=epochs,
+            device, *self._layout(X, y, valid, calendar), network=network, lr=self.lr * FINE_TUNE_LR_FACTOR, max_epochs=epochs,
         )
         # Epochs of training behind the kept weights, counted on from the epoch the fit kept.
         self.n_epochs_ = self.best_epoch_ + epochs_run
@@ -387,10 +433,11 @@ class SequenceModel(Model):
         return y
 
     def _layout(
-        self, X: pd.DataFrame, y: np.ndarray, valid: Dataset | None
+        self, X: pd.DataFrame, y: np.ndarray, valid: Dataset | None, calendar: pd.Index | np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The windows of the (scaled) training rows ``X`` and of ``valid`` (raw, scaled here),
-        their standardized targets and the row positions that are training and validation samples."""
+        their standardized targets and the row positions that are training and validation samples.
+        Windows stay within the segments of contiguous ``calendar`` dates (None: the rows' own dates)."""
         frames, targets = [X], [y]
         if valid is not None:
             Xv, yv = valid
@@ -412,16 +459,16 @@ class SequenceModel(Model):
 
         if len(frames) > 1 and combined.index.duplicated().any():
             # Train and valid overlap: window each on its own rows so no row is its own history twice.
-            parts = [self._windows(f) for f in frames]
+            parts = [self._windows(f, calendar) for f in frames]
             padded = np.concatenate([p.padded for p in parts])
             starts = np.concatenate([parts[0].starts, parts[1].starts + len(parts[0].padded)])
         else:
-            windows = self._windows(combined)
+            windows = self._windows(combined, calendar)
             padded, starts = windows.padded, windows.starts
         return padded, starts, z_target, train_rows, valid_rows
 
-    def _windows(self, X: pd.DataFrame) -> SequenceWindows:
-        return SequenceWindows.from_frame(pd.DataFrame(self._scaled(X), index=X.index), self.window)
+    def _windows(self, X: pd.DataFrame, calendar: pd.Index | np.ndarray | None = None) -> SequenceWindows:
+        return SequenceWindows.from_frame(pd.DataFrame(self._scaled(X), index=X.index), self.window, calendar)
 
     def _network(self) -> _RecurrentRegressor:
         n_inputs = len(self.feature_names_) + 1  # the mask channel
