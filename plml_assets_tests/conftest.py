@@ -91,6 +91,31 @@ def postgres_url(db: str = "test") -> str | None:
     return f"postgresql://{os.environ.get('PGUSER', 'postgres')}@127.0.0.1:5432/{db}"
 
 
+@pytest.fixture
+def fresh_postgres_url():
+    """A new, empty PostgreSQL database for one test (dropped afterwards), so a test that starts
+    several processes on it also meets the race of all of them creating the schema at once; skips
+    when no PostgreSQL answers."""
+    if postgres_url() is None:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+    import uuid
+
+    import psycopg2
+
+    name = f"plml_t_{uuid.uuid4().hex[:12]}"
+    user = os.environ.get("PGUSER", "postgres")
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql://{user}@127.0.0.1:5432/{name}"
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
 def slice_long_panel(panel: pd.DataFrame, start: str = "2010-01-01") -> pd.DataFrame:
     """The SLICE_SYMBOLS rows of a (date, symbol) panel from ``start`` on, as a long frame ready for a
     CSV/Parquet price file (``PLML_PRICES``)."""

@@ -44,6 +44,7 @@ the earlier values (``duplicate_of`` user attr) or pruned again.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -67,7 +68,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from plml_assets.lib.metrics import evaluate_predictions
+from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.models.registry import model_class
 from plml_assets.lib.training import fit_model, predict_rows, spread_dates
 
@@ -101,6 +102,8 @@ FitPredict = Callable[[dict[str, Any], pd.DataFrame, pd.Series, pd.DataFrame], n
 Objective = Callable[[optuna.trial.Trial, dict[str, Any]], "float | Sequence[float]"]
 
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+#: User attr holding a trial's per-date validation scores (see CVObjective.oof_dates, trial_date_scores).
+DATE_SCORES_ATTR = "date_scores"
 _CLAIMS = (TrialState.RUNNING, TrialState.WAITING)
 _SPACE_ATTR = "plml:search_space"
 
@@ -356,8 +359,10 @@ class FamilyFitPredict:
         model_class(family)(**fixed)  # an unknown family or a bad fixed value fails now, not in trial 1
         self.family, self.horizon, self.fixed = family, horizon, fixed
 
-    def fit(self, params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series):
-        model, _ = fit_model(self.family, {**self.fixed, **params}, X_train, y_train, self.horizon)
+    def fit(self, params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series, calendar: Any = None):
+        """``calendar``: the panel's dates, which a fold's training rows lack some of (see
+        ``training.fit_model``); the objective passes it."""
+        model, _ = fit_model(self.family, {**self.fixed, **params}, X_train, y_train, self.horizon, calendar=calendar)
         return model
 
     def __call__(self, params: dict[str, Any], X_train: pd.DataFrame, y_train: pd.Series, X_eval: pd.DataFrame) -> np.ndarray:
@@ -471,6 +476,14 @@ class CVObjective:
         else:
             self._fold_X = [X] * len(folds)
         self.fit_predict, self.X, self.y, self.folds, self.horizon = fit_predict, X, y, folds, horizon
+        # A fold's training rows lack its test (and purged) dates: a fit that takes the panel's
+        # calendar gets it, so a sequence net's windows do not stitch the rows around the hole.
+        fit = getattr(fit_predict, "fit", None)
+        takes_calendar = fit is not None and "calendar" in inspect.signature(fit).parameters
+        self._fit_keywords = {"calendar": np.unique(self.dates)} if takes_calendar else {}
+        # Each fold's test dates, in fold order: a trial's per-date scores (user attr DATE_SCORES_ATTR)
+        # line up with their concatenation (see oof_dates), so trials can be compared date by date.
+        self._fold_dates = [np.unique(self.dates[test]) for _, test in folds]
         self.train_eval_dates = train_eval_dates
         self.metric = metric
         self.names = names
@@ -485,6 +498,7 @@ class CVObjective:
         train_scores: list[float] = []
         turnovers: list[float] = []
         nan_folds = 0
+        date_scores: list[float | None] = []
         start = time.perf_counter()
         for k, (train_idx, test_idx) in enumerate(self.folds, start=1):
             X = self._fold_X[k - 1]
@@ -493,7 +507,7 @@ class CVObjective:
                 # row with its feature history (sequence nets), see FamilyFitPredict.
                 in_sample = spread_dates(train_idx, self.dates, self.train_eval_dates) if self.track_gap else train_idx[:0]
                 eval_idx = np.union1d(in_sample, test_idx)
-                model = self.fit_predict.fit(dict(params), X.iloc[train_idx], self.y.iloc[train_idx])
+                model = self.fit_predict.fit(dict(params), X.iloc[train_idx], self.y.iloc[train_idx], **self._fit_keywords)
                 preds = predict_rows(model, X, eval_idx)
             else:
                 eval_idx = np.union1d(train_idx, test_idx) if self.track_gap else test_idx
@@ -506,6 +520,11 @@ class CVObjective:
             in_test = np.isin(eval_idx, test_idx)
             in_train = ~in_test
             valid = evaluate_predictions(self._y[test_idx], preds[in_test], self.dates[test_idx])[self.metric]
+            per_date = per_date_ic(self._y[test_idx], preds[in_test], self.dates[test_idx],
+                                   method="spearman" if self.metric == "rank_ic" else "pearson")
+            per_date = per_date.reindex(pd.DatetimeIndex(self._fold_dates[k - 1]))
+            date_scores.extend(None if not np.isfinite(v) else round(float(v), 5) for v in per_date.to_numpy())
+            trial.set_user_attr(DATE_SCORES_ATTR, date_scores)
             if math.isnan(valid):  # constant predictions order nothing: no skill, not an error
                 nan_folds += 1
                 valid = 0.0
@@ -532,6 +551,10 @@ class CVObjective:
         }
         out = tuple(values[n] for n in self.names)
         return out[0] if single else out
+
+    def oof_dates(self) -> pd.DatetimeIndex:
+        """The dates a complete trial's per-date scores (user attr ``date_scores``) refer to, in order."""
+        return pd.DatetimeIndex(np.concatenate(self._fold_dates)) if self._fold_dates else pd.DatetimeIndex([])
 
     def _record(self, trial, valid_scores, train_scores, turnovers, nan_folds, start) -> None:
         trial.set_user_attr(f"fold_{self.metric}", [round(v, 6) for v in valid_scores])
@@ -584,12 +607,25 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
     """RDB storage (``sqlite:///path.db``, ``postgresql://user@host/db``, ...) with heartbeats: a
     RUNNING trial whose heartbeat is older than ``grace_period`` (default twice the interval)
     seconds is marked FAIL by the next worker that starts a trial."""
+    import sqlalchemy.exc
+
     engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but needed to reap killed trials
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url=url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-        )
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but needed to reap killed trials
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url=url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # N workers started at once on an empty database all create Optuna's schema; PostgreSQL
+            # refuses the losers' CREATE TABLE / CREATE TYPE ("duplicate key ... pg_type" or "already
+            # exists"). The winner's schema is complete a moment later: open it again.
+            text = str(exc).lower()
+            if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sampler_seed(seed: int | None, n_existing: int, worker: int) -> int | None:
@@ -848,6 +884,8 @@ def run_study(
         for other in study.get_trials(deepcopy=False, states=_DONE):
             if other.number != trial.number and other.params == params:
                 trial.set_user_attr("duplicate_of", other.number)
+                if DATE_SCORES_ATTR in other.user_attrs:  # the same configuration has the same per-date scores
+                    trial.set_user_attr(DATE_SCORES_ATTR, other.user_attrs[DATE_SCORES_ATTR])
                 if other.state == TrialState.PRUNED:
                     raise optuna.TrialPruned(f"same parameters as pruned trial {other.number}")
                 return other.values[0] if len(other.values) == 1 else tuple(other.values)
@@ -974,11 +1012,33 @@ def trials_frame(study: optuna.Study, rule: PickRule | None = None) -> pd.DataFr
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         for key, value in t.user_attrs.items():
+            if key == DATE_SCORES_ATTR:  # one number per validation date: see trial_date_scores
+                continue
             row[f"attr_{key}"] = ";".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
         row["best"] = t.number in best_numbers
         row["picked"] = t.number == picked
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def trial_date_scores(study: optuna.Study, dates: Sequence, min_dates: int = 20) -> pd.DataFrame:
+    """Every COMPLETE or PRUNED trial's out-of-fold per-date scores (the objective's metric, e.g. the
+    per-date rank IC on each validation date), one column per trial (``trial_<number>``) on ``dates``
+    (:meth:`CVObjective.oof_dates`). A pruned trial covers only the folds it ran (NaN after); trials
+    with fewer than ``min_dates`` scored dates, or stored before per-date scores were recorded, are
+    left out. This is what the deflated Sharpe and PBO of the promotion evidence count as "tried"."""
+    index = pd.DatetimeIndex(pd.to_datetime(list(dates)))
+    columns = {}
+    for t in study.get_trials(deepcopy=False, states=_DONE):
+        values = t.user_attrs.get(DATE_SCORES_ATTR)
+        if not values:
+            continue
+        series = np.full(len(index), np.nan)
+        head = np.array([np.nan if v is None else float(v) for v in values[: len(index)]], dtype=float)
+        series[: len(head)] = head
+        if np.isfinite(series).sum() >= min_dates:
+            columns[f"trial_{t.number}"] = series
+    return pd.DataFrame(columns, index=index)
 
 
 def trial_value_of(frame: pd.DataFrame, params: Mapping[str, Any], objective: str) -> float | None:

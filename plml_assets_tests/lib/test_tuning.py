@@ -42,7 +42,7 @@ from plml_assets.lib.tuning import (
     trials_frame,
     xgboost_fit_predict,
 )
-from plml_assets_tests.conftest import REPO, postgres_url
+from plml_assets_tests.conftest import REPO
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -444,10 +444,10 @@ def test_a_killed_run_resumes_to_exactly_the_budget_and_its_trial_is_marked_fail
     assert len(finished_params) == len(set(finished_params))  # nothing evaluated twice (no seed replay)
 
 
-def test_two_workers_share_one_postgresql_study_and_finish_exactly_the_budget(tmp_path):
-    url = postgres_url()
-    if url is None:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+def test_two_workers_share_one_postgresql_study_and_finish_exactly_the_budget(tmp_path, fresh_postgres_url):
+    # A fresh database: both workers create Optuna's schema at the same moment, as N pods do on a
+    # new cluster (the loser's CREATE TABLE used to fail the worker).
+    url = fresh_postgres_url
     name, n_trials = f"plml_test_hpo_{uuid.uuid4().hex[:12]}", 8
     sync = str(tmp_path / "sync")
     procs = [
