@@ -61,6 +61,7 @@ __all__ = [
     "ridge_fit_predict",
     "run_backtest",
     "simulate",
+    "staggered_targets",
     "track_record",
     "walk_forward_scores",
     "xgboost_fit_predict",
@@ -223,6 +224,33 @@ def _validated_rebalance(rebalance_every: int) -> int:
     if isinstance(rebalance_every, bool) or not isinstance(rebalance_every, (int, np.integer)) or rebalance_every < 1:
         raise ValueError(f"rebalance_every must be a positive integer, got {rebalance_every!r}")
     return int(rebalance_every)
+
+
+def staggered_targets(
+    weights: pd.Series | pd.DataFrame, prices: pd.DataFrame, holding_days: int = 1, execution_lag: int = 0
+) -> pd.DataFrame:
+    """Target weights as traded: decided at each date's close, executed ``execution_lag`` dates later,
+    and held in ``holding_days`` overlapping tranches (Jegadeesh and Titman, 1993).
+
+    Each date forms a new tranche of ``1 / holding_days`` of the book from that date's weights and
+    keeps it for ``holding_days`` dates, so the book on date ``t`` is the mean of the last
+    ``holding_days`` dates' (lagged) weights: a fifth of the book is re-formed each day for a 5-day
+    label, which is what a 5-day forecast supports, instead of re-forming the whole book daily.
+    During the first ``holding_days - 1`` dates the book ramps up (missing tranches are cash), and
+    after the last signal it runs off the same way. ``execution_lag=1`` trades at the close after the
+    signal's own close (the signal's close is not a price anyone could still trade at once the signal
+    is computed). Returns a date x symbol frame on the prices' grid, ready for :func:`simulate`.
+    """
+    for name, value, low in (("holding_days", holding_days, 1), ("execution_lag", execution_lag, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    close = _close_wide(prices)
+    targets = _target_matrix(weights, close)
+    if execution_lag:
+        targets = targets.shift(int(execution_lag)).fillna(0.0)
+    if holding_days > 1:
+        targets = targets.rolling(int(holding_days), min_periods=1).sum() / float(holding_days)
+    return targets
 
 
 def held_weights(
@@ -700,12 +728,16 @@ def run_backtest(
     forward_returns: pd.Series | None = None,
     dates: pd.Index | Sequence | None = None,
     periods_per_year: int = PERIODS_PER_YEAR,
+    holding_days: int = 1,
+    execution_lag: int = 0,
 ) -> Backtest:
     """Scores -> weights (``construction``: ``long_short`` or ``long_only``) -> simulation ->
     metrics vs the equal-weight benchmark, plus IC statistics when ``forward_returns`` is given.
 
-    ``dates`` restricts positions (and ICs) to those dates, e.g. the model's out-of-sample dates,
-    so that a model and its baselines are measured over the same period.
+    ``dates`` restricts the signals (and ICs) to those dates, e.g. the model's out-of-sample dates,
+    so that a model and its baselines are measured over the same period. ``holding_days`` and
+    ``execution_lag`` stagger the book (see :func:`staggered_targets`); ``Backtest.weights`` are then
+    the book as traded (date x symbol), not the signal's own weights.
     """
     if dates is not None:
         scores = scores.where(scores.index.get_level_values("date").isin(pd.Index(dates)))
@@ -715,7 +747,10 @@ def run_backtest(
         weights = long_only_topk_weights(scores, k)
     else:
         raise ValueError(f"construction must be 'long_short' or 'long_only', got {construction!r}")
+    if holding_days != 1 or execution_lag != 0:
+        weights = staggered_targets(weights, prices, holding_days, execution_lag).stack().rename("weight")
     result = simulate(weights, prices, cost_bps=cost_bps, rebalance_every=rebalance_every)
+    result.attrs.update({"holding_days": int(holding_days), "execution_lag": int(execution_lag)})
     benchmark = equal_weight_benchmark(prices)
     metrics = performance(result, benchmark, periods_per_year)
     ic = ic_stats(scores, forward_returns) if forward_returns is not None else None
@@ -807,6 +842,8 @@ def cpcv_path_backtests(
     quantile: float = 0.2,
     cost_bps: float = 5.0,
     periods_per_year: int = PERIODS_PER_YEAR,
+    holding_days: int = 1,
+    execution_lag: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Trade each Combinatorial Purged CV backtest path long-short.
 
@@ -825,7 +862,8 @@ def cpcv_path_backtests(
         scores = pd.concat(parts).sort_index()
         path_dates = scores.index.get_level_values("date").unique()
         run = run_backtest(scores, prices, construction="long_short", quantile=quantile, cost_bps=cost_bps,
-                           forward_returns=forward_returns, dates=path_dates, periods_per_year=periods_per_year)
+                           forward_returns=forward_returns, dates=path_dates, periods_per_year=periods_per_year,
+                           holding_days=holding_days, execution_lag=execution_lag)
         active = run.result["net_return"][run.result.index.isin(path_dates)]
         returns[f"path_{p}"] = active
         stats.append({
