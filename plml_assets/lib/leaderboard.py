@@ -38,6 +38,7 @@ class Candidate:
     fit_seconds: float = math.nan
     configurations: int = 1  # configurations tried to produce it (a study's trials; 1 for a fixed rule)
     members: tuple[str, ...] = ()
+    oof_scores: pd.Series | None = None  # per-date out-of-fold rank IC on the walk-forward validation dates
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -148,9 +149,62 @@ def leaderboard_table(candidates: Mapping[str, Candidate], periods_per_year: int
         if math.isfinite(variance):
             for name in searched:
                 table.loc[name, "dsr"] = of.deflated_sharpe_ratio(returns[name].to_numpy(), n_trials=n_trials, sr_variance=variance)
+    scored = [n for n in searched if candidates[n].oof_scores is not None]
+    if len(scored) >= 2 and len(scored) == len(searched):
+        # The PBO of the candidate set in the metric the rule ranks by (per-date rank IC, ranked by its mean),
+        # near-duplicates merged: the same statistic the promotion evidence computes over every trial.
+        scores = pd.concat({n: candidates[n].oof_scores for n in scored}, axis=1)
+        pbo, _ = of.trial_set_pbo(scores)
+    elif len(searched) >= 2 and len(returns) >= 8:
         n_blocks = max(2, min(16, len(returns) // 20 // 2 * 2))
         pbo = float(of.probability_of_backtest_overfitting(returns.to_numpy(), n_splits=n_blocks).pbo)
     return table, pbo
+
+
+@dataclass(frozen=True)
+class NestedScores:
+    """A tuned family scored the way an ensemble is: each walk-forward fold by the configuration
+    chosen on the earlier folds only."""
+
+    fold_scores: list[float]
+    date_scores: pd.Series  # per-date validation score of the configuration used on each date
+    chosen: list[int]  # trial number used on each fold
+
+
+def nested_walk_forward(study: Mapping) -> NestedScores | None:
+    """Nested walk-forward scores of a study's selection procedure, from the trials it ran: fold 1
+    is scored by the first trial (its configuration depends on no score: the family defaults when
+    they were enqueued), fold k >= 2 by the trial with the best mean score over folds 1..k-1 among
+    the trials that ran fold k (whether a trial ran fold k depends on its earlier folds only). So no
+    fold's score comes from a choice that saw that fold, unlike the best trial's own mean, which is
+    the maximum of N noisy estimates on the very folds that picked it. (The sampler proposed later
+    trials after seeing earlier trials' full scores; the choice among them is what is nested here.)
+    None when the study holds no per-fold trial record or searched on another scheme."""
+    trials = [t for t in study.get("trials", []) if t.get("fold_scores")]
+    if not trials or study.get("scheme", "walk_forward") != "walk_forward":
+        return None
+    trials = sorted(trials, key=lambda t: t["number"])
+    n_folds = max(len(t["fold_scores"]) for t in trials)
+    dates = pd.DatetimeIndex(pd.to_datetime(study.get("oof_dates", [])))
+    starts = pd.DatetimeIndex(pd.to_datetime(study.get("fold_test_starts", [])))
+    per_date = study.get("trial_date_scores", {})
+    fold_scores, chosen, parts = [], [], []
+    for k in range(n_folds):
+        ran = [t for t in trials if len(t["fold_scores"]) > k]
+        if k == 0:
+            pick = ran[0]
+        else:
+            pick = max(ran, key=lambda t: (float(np.mean(t["fold_scores"][:k])), -t["number"]))
+        fold_scores.append(float(pick["fold_scores"][k]))
+        chosen.append(int(pick["number"]))
+        column = per_date.get(f"trial_{pick['number']}")
+        if column is not None and len(starts) == n_folds and len(dates) == len(column):
+            end = starts[k + 1] if k + 1 < n_folds else dates.max() + pd.Timedelta(days=1)
+            mask = (dates >= starts[k]) & (dates < end)
+            values = np.array([np.nan if v is None else v for v in column], dtype=float)
+            parts.append(pd.Series(values[mask], index=dates[mask]))
+    date_scores = pd.concat(parts).rename("score") if parts else pd.Series(dtype=float, name="score")
+    return NestedScores(fold_scores, date_scores, chosen)
 
 
 def _failures(row: pd.Series, criteria: SelectionCriteria) -> list[str]:
@@ -249,12 +303,16 @@ def fold_rank_ics(scores: pd.Series, y: pd.Series, fold_of_row: pd.Series) -> li
     ]
 
 
-def long_short_returns(scores: pd.Series, prices: pd.DataFrame, *, quantile: float = 0.2, cost_bps: float = 5.0) -> tuple[pd.Series, float]:
-    """Daily net returns of the long-short quantile portfolio traded on ``scores`` over the dates
-    they cover, and its annualized net Sharpe."""
+def long_short_returns(scores: pd.Series, prices: pd.DataFrame, *, quantile: float = 0.2, cost_bps: float = 5.0,
+                       holding_days: int = 1, execution_lag: int = 0) -> tuple[pd.Series, float]:
+    """Daily net returns of the long-short quantile portfolio traded on ``scores`` (in
+    ``holding_days`` overlapping tranches, ``execution_lag`` dates after each signal) over the dates
+    they cover, and its annualized net Sharpe on those dates."""
     from plml_assets.lib import backtest as bt
 
     dates = scores.index.get_level_values("date").unique()
-    run = bt.run_backtest(scores, prices, construction="long_short", quantile=quantile, cost_bps=cost_bps, dates=dates)
+    run = bt.run_backtest(scores, prices, construction="long_short", quantile=quantile, cost_bps=cost_bps, dates=dates,
+                          holding_days=holding_days, execution_lag=execution_lag)
     net = run.result["net_return"]
-    return net[net.index.isin(dates)], float(run.metrics["sharpe"])
+    net = net[net.index.isin(dates)]
+    return net, float(of.sharpe_ratio(net, 252)) if len(net) > 2 else math.nan

@@ -625,3 +625,144 @@ def verdict(stats: Mapping[str, Any], bounds: ValidationBounds | None = None) ->
                     level = "warn"
                 break
     return level, reasons
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything that was tried: near-duplicates, effective number of trials, trial-set PBO and DSR
+# --------------------------------------------------------------------------------------------------
+
+
+def near_duplicate_groups(series: pd.DataFrame, threshold: float = 0.95) -> list[list[str]]:
+    """Columns of ``series`` (periods x trials) grouped so that every pair correlated at or above
+    ``threshold`` (pairwise-complete Pearson correlation of the per-period scores) ends in one group
+    (single linkage: connected components of the "near-duplicate" graph). A group is one decision
+    tried several times (the same configuration resampled, or two settings the model ignores), not
+    several independent chances; groups keep the columns' order, largest first."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    names = [str(c) for c in series.columns]
+    corr = series.corr(min_periods=8).to_numpy()
+    parent = list(range(len(names)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if np.isfinite(corr[i, j]) and corr[i, j] >= threshold:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[str]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(root(i), []).append(name)
+    return sorted(groups.values(), key=lambda g: (-len(g), names.index(g[0])))
+
+
+@dataclass(frozen=True)
+class TrialClusters:
+    """The trials grouped into effectively independent clusters (see :func:`cluster_trials`)."""
+
+    labels: dict[str, int]  # trial -> cluster id (0..K-1)
+    cluster_series: pd.DataFrame  # periods x K: each cluster's mean per-period score
+    sharpe: pd.Series  # annualized Sharpe of each cluster's series
+    n_trials: int
+    method: str
+
+    @property
+    def n_effective(self) -> int:
+        return int(self.cluster_series.shape[1])
+
+    @property
+    def sharpe_variance(self) -> float:
+        finite = self.sharpe[np.isfinite(self.sharpe)]
+        return float(finite.var(ddof=1)) if len(finite) >= 2 else math.nan
+
+
+def cluster_trials(
+    series: pd.DataFrame, duplicate_corr: float = 0.95, cluster_corr: float = 0.5, periods_per_year: float = 252
+) -> TrialClusters:
+    """Reduce N trials to an effective number K of independent ones by clustering their per-period
+    out-of-fold scores, then deflate over the clusters: the multiple-testing correction of López de
+    Prado, M. (2019), "A Data Science Solution to the Multiple-Testing Crisis in Financial
+    Research", *Journal of Financial Data Science* 1(1), 99-110 (cluster the trials, count the
+    clusters as the independent trials, take the variance of the clusters' Sharpe ratios).
+
+    Steps:
+
+    1. near-duplicates (correlation >= ``duplicate_corr``) are merged first (:func:`near_duplicate_groups`);
+    2. the groups' mean series are clustered hierarchically, average linkage on the correlation
+       distance ``d = sqrt((1 - rho) / 2)`` (the distance of López de Prado's ONC, López de Prado and
+       Lewis (2019), *Quantitative Finance* 19(9)), and the tree is cut where the average
+       correlation between clusters falls below ``cluster_corr``. The paper picks the number of
+       clusters by ONC's silhouette search instead; with the 6-100 trials of a study that search is
+       unstable and cannot return "every trial is its own cluster" (k = N), so uncorrelated trials
+       would be merged and the deflation understated. A correlation cut keeps K = N for independent
+       trials and K = 1 for copies;
+    3. each cluster is represented by the equal-weight mean of its members' series (the paper uses
+       a minimum-variance aggregate; the mean is the robust choice with few, noisy trials) and its
+       annualized Sharpe ratio is measured.
+
+    The deflated Sharpe then uses ``K = n_effective`` trials and the variance of the K cluster
+    Sharpe ratios (:attr:`TrialClusters.sharpe_variance`): the expected best of K independent
+    skill-less tries, not of N near-copies nor of a hand-picked few.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    if not 0 < cluster_corr <= duplicate_corr:
+        raise ValueError(f"cluster_corr must be in (0, duplicate_corr={duplicate_corr}], got {cluster_corr}")
+    frame = series.astype(float)
+    if frame.shape[1] == 0:
+        raise ValueError("cluster_trials needs at least one trial (column)")
+    groups = near_duplicate_groups(frame, duplicate_corr)
+    grouped = pd.DataFrame({f"g{i}": frame[g].mean(axis=1) for i, g in enumerate(groups)}, index=frame.index)
+    n_groups = len(groups)
+    assignment = np.arange(n_groups)
+    if n_groups > 1:
+        corr = grouped.corr(min_periods=8).fillna(0.0).to_numpy()
+        np.fill_diagonal(corr, 1.0)
+        distance = np.sqrt(np.clip((1.0 - corr) / 2.0, 0.0, 1.0))
+        np.fill_diagonal(distance, 0.0)
+        tree = linkage(squareform(distance, checks=False), method="average")
+        assignment = fcluster(tree, t=math.sqrt((1.0 - cluster_corr) / 2.0), criterion="distance") - 1
+    labels: dict[str, int] = {}
+    order = {c: i for i, c in enumerate(dict.fromkeys(assignment.tolist()))}
+    for gi, members in enumerate(groups):
+        for m in members:
+            labels[m] = order[assignment[gi]]
+    clusters = {f"cluster_{cid}": frame[[m for m, c in labels.items() if c == cid]].mean(axis=1) for cid in range(len(order))}
+    cluster_series = pd.DataFrame(clusters, index=frame.index)
+    sharpe = pd.Series({c: sharpe_ratio(cluster_series[c].dropna(), periods_per_year) for c in cluster_series})
+    method = (f"López de Prado (2019): near-duplicates (rho >= {duplicate_corr}) merged into {n_groups} group(s), "
+              f"average-linkage clusters on sqrt((1 - rho) / 2) cut at rho {cluster_corr}: {len(order)} cluster(s); "
+              "cluster series = mean of members")
+    return TrialClusters(labels, cluster_series, sharpe, int(frame.shape[1]), method)
+
+
+def trial_set_pbo(
+    series: pd.DataFrame, duplicate_corr: float = 0.95, max_blocks: int = 16, min_block_days: int = 20
+) -> tuple[float, dict[str, Any]]:
+    """PBO by CSCV over the trials' per-period out-of-fold scores in the metric the selection rule
+    ranks by (e.g. daily rank IC, ranked by its mean), after merging near-duplicates
+    (correlation >= ``duplicate_corr``) into one column each: choosing among copies of one decision
+    is a coin flip that says nothing about overfitting. Only trials scored on every period take part
+    (a pruned trial never ran the later folds). Returns (PBO, details); PBO is NaN with fewer than 2
+    distinct configurations or too few periods."""
+    complete = series.loc[:, series.notna().mean() >= 0.95].fillna(0.0)
+    details: dict[str, Any] = {"configurations": int(series.shape[1]), "complete": int(complete.shape[1])}
+    if complete.shape[1] < 2:
+        details["reason"] = "fewer than 2 trials ran every fold"
+        return math.nan, details
+    groups = near_duplicate_groups(complete, duplicate_corr)
+    distinct = pd.DataFrame({g[0]: complete[g].mean(axis=1) for g in groups})
+    details["distinct"] = int(distinct.shape[1])
+    n_blocks = min(max_blocks, (len(distinct) // min_block_days) // 2 * 2)
+    details["blocks"] = int(n_blocks)
+    if distinct.shape[1] < 2 or n_blocks < 2:
+        details["reason"] = "fewer than 2 distinct configurations" if distinct.shape[1] < 2 else "too few periods"
+        return math.nan, details
+    result = probability_of_backtest_overfitting(distinct.to_numpy(), n_splits=n_blocks, metric="mean")
+    details["probability_of_loss"] = float(result.probability_of_loss)
+    return float(result.pbo), details

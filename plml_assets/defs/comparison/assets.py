@@ -15,8 +15,8 @@ from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for
 from plml_assets.lib.baselines import momentum_score
 from plml_assets.lib.comparison import check_same_evaluation, compare_families
 from plml_assets.lib.leaderboard import (PRIMARY_METRICS, Candidate, SelectionCriteria, fold_rank_ics, leaderboard_table,
-                                         long_short_returns, select, validate_against_baseline)
-from plml_assets.lib.metrics import evaluate_predictions
+                                         long_short_returns, nested_walk_forward, select, validate_against_baseline)
+from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
 from plml_assets.lib.plots import family_comparison_plot, markdown_image
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
@@ -94,6 +94,8 @@ class LeaderboardConfig(dg.Config):
     baseline_window: int = Field(default=20, ge=1, le=250, description="momentum window of the baseline the pick must beat on the holdout")
     cost_bps: float = Field(default=5.0, ge=0, description="transaction cost per side of the long-short portfolios (OOF and holdout)")
     quantile: float = Field(default=0.2, gt=0, le=0.5, description="long-short quantile of those portfolios")
+    holding_days: int | None = Field(default=None, description="tranche holding days of those portfolios (None: the horizon)")
+    execution_lag_days: int = Field(default=1, ge=0, le=20, description="dates between a signal and its trade")
 
     def criteria(self) -> SelectionCriteria:
         return SelectionCriteria(
@@ -154,6 +156,7 @@ def model_leaderboard(
             "selection": selection.to_dict(),
             "winner": winner,
             "baseline": baseline,
+            "footing": evidence.footing,
             "mlflow_run_id": run_id,
         },
         metadata={
@@ -164,6 +167,9 @@ def model_leaderboard(
             "holdout_check": selection.validation,
             "criteria_per_candidate": dg.MetadataValue.md(failures or "no candidate"),
             "ties": ", ".join(selection.ties) or "none",
+            "footing": dg.MetadataValue.md(
+                "Every candidate is ranked on nested walk-forward scores: no fold is scored by a choice that saw it.\n"
+                + "\n".join(f"- **{n}**: {how}" for n, how in evidence.footing.items())),
             "pbo_of_candidates": float(pbo),
             "per_fold_spread": dg.MetadataValue.md(markdown_image(png, "validation rank IC per fold and holdout, by candidate")),
             "mlflow_run_id": run_id,
@@ -178,6 +184,7 @@ class Evidence:
     per_fold: pd.DataFrame  # candidate, scheme, fold, valid_rank_ic
     artefacts: dict[str, dict]  # what the registry needs to register a candidate
     baseline: str
+    footing: dict[str, str]  # how each candidate's walk-forward scores were obtained
 
 
 def gather_candidates(inputs: dict, prices: pd.DataFrame, labels: pd.DataFrame, settings: ExperimentSettings,
@@ -190,22 +197,37 @@ def gather_candidates(inputs: dict, prices: pd.DataFrame, labels: pd.DataFrame, 
     ens = inputs["ensemble_model"]
     if dict(ens["holdout"]) != dict(models[FAMILIES[0]]["holdout"]):
         raise ValueError("ensemble_model was built on another holdout than the families' models: re-materialize ensemble_model")
-    trade = {"quantile": config.quantile, "cost_bps": config.cost_bps}
+    trade = {"quantile": config.quantile, "cost_bps": config.cost_bps, "execution_lag": config.execution_lag_days,
+             "holding_days": settings.horizon if config.holding_days is None else config.holding_days}
     candidates, rows, artefacts = {}, [], {}
     reference = inputs[f"{FAMILIES[0]}_oof_predictions"]
+    footing: dict[str, str] = {}
     for f in FAMILIES:
         block, oof = cv[f], inputs[f"{f}_oof_predictions"]
         wf, kf = block[block["scheme"] == "walk_forward"], block[block["scheme"] == "kfold"]
-        oof_returns, _ = long_short_returns(oof.loc[oof["scheme"] == "walk_forward", "prediction"], prices, **trade)
+        wf_oof = oof.loc[oof["scheme"] == "walk_forward", "prediction"]
+        oof_returns, _ = long_short_returns(wf_oof, prices, **trade)
         _, holdout_sharpe = long_short_returns(inputs[f"{f}_holdout_predictions"]["prediction"], prices, **trade)
         counts = inputs[f"{f}_study"].get("counts", {})
+        nested = nested_walk_forward(inputs[f"{f}_study"])
+        if nested is not None and len(nested.fold_scores) == len(wf):
+            wf_scores, oof_scores = nested.fold_scores, nested.date_scores if len(nested.date_scores) else None
+            footing[f] = f"nested: walk-forward fold k scored by the trial chosen on folds < k (trials {nested.chosen})"
+        else:  # no trial record (e.g. a study of 0 trials: the defaults, chosen on nothing)
+            wf_scores, oof_scores = wf["valid_rank_ic"].tolist(), None
+            footing[f] = ("defaults: no search, nothing chosen on the folds" if not counts.get("COMPLETE")
+                          else "best-of-N (no per-trial record: re-materialize the study)")
+        if oof_scores is None:
+            oof_scores = per_date_ic(y_all.reindex(wf_oof.index).to_numpy(), wf_oof.to_numpy(),
+                                     wf_oof.index.get_level_values("date"), method="spearman")
         candidates[f] = Candidate(
-            "model", wf["valid_rank_ic"].tolist(), kf["valid_rank_ic"].tolist(), gap=float(wf["rank_ic_gap"].mean()),
+            "model", wf_scores, kf["valid_rank_ic"].tolist(), gap=float(wf["rank_ic_gap"].mean()), oof_scores=oof_scores,
             oof_returns=oof_returns, holdout_rank_ic=float(models[f]["metrics"]["holdout_rank_ic"]), holdout_sharpe=holdout_sharpe,
             fit_seconds=float(models[f]["fit_seconds"]),
             configurations=max(1, int(sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL")))),
         )
-        rows += [{"candidate": f, "scheme": r["scheme"], "fold": r["fold"], "valid_rank_ic": r["valid_rank_ic"]} for _, r in block.iterrows()]
+        rows += [{"candidate": f, "scheme": "walk_forward", "fold": k, "valid_rank_ic": v} for k, v in enumerate(wf_scores, start=1)]
+        rows += [{"candidate": f, "scheme": "kfold", "fold": r["fold"], "valid_rank_ic": r["valid_rank_ic"]} for _, r in kf.iterrows()]
         m = models[f]
         artefacts[f] = {"name": f, "kind": "model", "family": f, "model_uri": m["model_uri"], "run_id": m["run_id"],
                         "features": m["features"], "tags": m["tags"], "metrics": m["metrics"], "holdout": m["holdout"],
@@ -216,7 +238,9 @@ def gather_candidates(inputs: dict, prices: pd.DataFrame, labels: pd.DataFrame, 
         name = f"ensemble_{method}"
         mine = predictions[predictions["method"] == method]
         per_fold = pd.DataFrame(result["per_fold"])
-        oof_returns, _ = long_short_returns(mine.loc[mine["split"] == "oof", "prediction"], prices, **trade)
+        mine_oof = mine.loc[mine["split"] == "oof", "prediction"]
+        oof_returns, _ = long_short_returns(mine_oof, prices, **trade)
+        footing[name] = "nested: weights fitted on earlier folds only (ensemble_model)"
         _, holdout_sharpe = long_short_returns(mine.loc[mine["split"] == "holdout", "prediction"], prices, **trade)
         weights = result["fit"]["weights"]
         # An ensemble has no honest in-sample score of its own: its gap is its members', weighted.
@@ -226,6 +250,8 @@ def gather_candidates(inputs: dict, prices: pd.DataFrame, labels: pd.DataFrame, 
             "ensemble", per_fold["rank_ic"].tolist(), gap=gap, oof_returns=oof_returns,
             holdout_rank_ic=float(result["holdout_metrics"]["rank_ic"]), holdout_sharpe=holdout_sharpe,
             fit_seconds=float(ens["fit_seconds"]), members=tuple(ens["members"]),
+            oof_scores=per_date_ic(y_all.reindex(mine_oof.index).to_numpy(), mine_oof.to_numpy(),
+                                   mine_oof.index.get_level_values("date"), method="spearman"),
         )
         rows += [{"candidate": name, "scheme": "walk_forward", "fold": r["fold"], "valid_rank_ic": r["rank_ic"]} for r in result["per_fold"]]
         features = sorted({c for f in ens["members"] for c in models[f]["features"]})
@@ -246,4 +272,5 @@ def gather_candidates(inputs: dict, prices: pd.DataFrame, labels: pd.DataFrame, 
     candidates[baseline] = Candidate("baseline", ics["walk_forward"], ics["kfold"], oof_returns=oof_returns,
                                      holdout_rank_ic=float(hold["rank_ic"]), holdout_sharpe=holdout_sharpe, fit_seconds=0.0)
     rows += [{"candidate": baseline, "scheme": s, "fold": k, "valid_rank_ic": v} for s in ics for k, v in enumerate(ics[s], start=1)]
-    return Evidence(candidates, pd.DataFrame(rows), artefacts, baseline)
+    footing[baseline] = "fixed rule: nothing chosen"
+    return Evidence(candidates, pd.DataFrame(rows), artefacts, baseline, footing)

@@ -87,6 +87,28 @@ def _log_study_run(
             return run.info.run_id
 
 
+def trial_evidence(study, objective: tuning.CVObjective, metric: str) -> dict:
+    """What the promotion evidence needs of every trial tried (not only the best): its parameters, its
+    per-fold scores and its per-date out-of-fold scores on the study's validation dates. The deflated
+    Sharpe counts these trials, PBO ranks them, and nested choices (the leaderboard's footing, the
+    walk-forward backtest) pick among them using earlier dates only."""
+    dates = objective.oof_dates()
+    scores = tuning.trial_date_scores(study, dates)
+    trials = []
+    for t in study.get_trials(deepcopy=False, states=(tuning.TrialState.COMPLETE, tuning.TrialState.PRUNED)):
+        folds = t.user_attrs.get(f"fold_{metric}")
+        if folds is None:
+            continue
+        trials.append({"number": t.number, "state": t.state.name, "params": dict(t.params), "fold_scores": list(folds)})
+    fold_starts = [str(pd.Timestamp(d[0]).date()) for d in objective._fold_dates if len(d)]
+    return {
+        "oof_dates": [str(pd.Timestamp(d).date()) for d in dates],
+        "fold_test_starts": fold_starts,
+        "trial_date_scores": {c: [None if pd.isna(v) else float(v) for v in scores[c].to_numpy()] for c in scores.columns},
+        "trials": trials,
+    }
+
+
 def build_study_asset(family: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{family}_study",
@@ -194,6 +216,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         }
         mlflow_run_id = _log_study_run(mlflow_registry, context, family, result, frame, plots, summary, space)
         summary["mlflow_run_id"] = mlflow_run_id
+        summary.update(trial_evidence(study, objective, config.metric))
         summary["seconds"] = round(time.perf_counter() - start, 1)
         shown = [c for c in frame.columns if c in ("number", "state", "last_step", "duration_s", "picked", *names)
                  or c.startswith("param_")]
