@@ -1,81 +1,159 @@
-"""Out-of-sample walk-forward backtest of the model family against simple baselines."""
+"""The backtest of the leaderboard's pick, on dates no choice saw, against simple baselines.
 
+Two segments, one portfolio rule:
+
+- **Walk-forward segment** (training dates only, the walk-forward CV folds' test dates, which end a
+  horizon before the holdout): every fold refits the pick's own pipeline (each member family on the
+  features its fold selected on its own training rows) with the parameters chosen on *earlier*
+  folds only: the study trial with the best mean score over the folds before it (fold 1: the
+  study's first trial, whose configuration depends on no score). An ensemble combines its members'
+  refitted predictions with weights fitted on earlier folds only (``ensemble_oof_scores``).
+- **Holdout segment**: the registered model's own frozen holdout predictions (the family's
+  ``*_holdout_predictions`` or the ensemble's), so no refit ever sees a holdout label.
+
+Baselines on the same dates: 20-day momentum, 5-day reversal, a ridge model on rank-normalized
+features (refitted on the same folds; for the holdout fitted on the training window) and the equal
+weight universe. Portfolios are overlapping tranches matched to the label horizon (a 1/h slice of
+the book re-formed each day and held h days), traded with a one-day execution lag, costs per side.
+"""
+
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
 import mlflow
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import fail_fast_on_bad_input
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, training_window
 from plml_assets.lib import backtest as bt
 from plml_assets.lib.backtest_plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
+from plml_assets.lib.ensemble import ensemble_oof_scores
+from plml_assets.lib.leaderboard import nested_walk_forward
+from plml_assets.lib.metrics import per_date_ic
 from plml_assets.lib.plots import markdown_image
-from plml_assets.lib.training import design_matrix
+from plml_assets.lib.training import cross_validate, folds_from_assignments
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
 CONSTRUCTIONS = ("long_short", "long_only")
-QUICK_MAX_TRAIN_DATES = 1260  # five years of history per refit in the quick profile
+BASELINES = ("momentum_20d", "reversal_5d", "ridge")
 
 
 class BacktestConfig(dg.Config):
-    retrain_every: int = Field(default=252, description="refit the models every this many trading days (quick profile: x2)")
-    min_train_dates: int = Field(default=504, description="dates of history before the first out-of-sample date")
-    max_train_dates: int | None = Field(default=2520, description="sliding training window in dates (None: expanding; "
-                                        "quick profile: at most 1260)")
-    cost_bps: float = Field(default=5.0, description="transaction cost in basis points per side (per unit of turnover)")
+    cost_bps: float = Field(default=5.0, ge=0, description="transaction cost in basis points per side (per unit of turnover)")
     quantile: float = Field(default=0.2, description="long-short: long the top and short the bottom quantile of scores")
     top_k: int = Field(default=10, description="long-only: equal weight in the k best scores (capped at half the universe)")
     ridge_alpha: float = Field(default=1.0, description="L2 penalty of the ridge baseline")
+    holding_days: int | None = Field(default=None, description="days each tranche is held (overlapping tranches, 1/h of the "
+                                     "book re-formed daily); None: the label horizon; 1: the whole book re-formed daily")
+    execution_lag_days: int = Field(default=1, ge=0, le=20, description="dates between a signal's close and the close it is "
+                                    "traded at (0 trades at the signal's own close, which nobody can)")
 
 
-def effective_max_train_dates(config: BacktestConfig, settings: ExperimentSettings) -> int | None:
-    """The sliding window the refits use: the config's, capped at five years in the quick profile."""
-    if not settings.quick:
-        return config.max_train_dates
-    return max(config.min_train_dates, min(config.max_train_dates or QUICK_MAX_TRAIN_DATES, QUICK_MAX_TRAIN_DATES))
+def backtest_candidate(model_leaderboard: dict) -> tuple[str, bool]:
+    """The candidate the evidence is about: the leaderboard's pick, or when it picked nothing the
+    best-ranked non-baseline candidate on its primary metric (so the report still says why not)."""
+    winner = model_leaderboard["selection"]["winner"]
+    if winner is not None:
+        return str(winner), True
+    table = pd.DataFrame(model_leaderboard["table"]).set_index("candidate")
+    primary = model_leaderboard["criteria"]["primary"]
+    contenders = table[table["kind"] != "baseline"]
+    values = pd.to_numeric(contenders[primary], errors="coerce")
+    return str(values.idxmax() if values.notna().any() else contenders.index[0]), False
 
 
-def strategy_scores(
-    config: BacktestConfig, prices: pd.DataFrame, features: pd.DataFrame, labels: pd.DataFrame,
-    params: dict, settings: ExperimentSettings, log,
-) -> tuple[dict[str, pd.Series], pd.DataFrame]:
-    """Out-of-sample scores of the model (XGBoost with the tuned ``params``, refitted walk-forward on every feature: the
-    selection asset was fitted on later data, so using it here would leak), a ridge model on the
-    same features, and two price baselines."""
-    retrain = config.retrain_every * (2 if settings.quick else 1)
-    max_train_dates = effective_max_train_dates(config, settings)
-    y = labels.iloc[:, 0]
-    X, y_known = design_matrix(features, y, features.columns)
-    X_all = features  # predict every row, labelled or not
-    scores: dict[str, pd.Series] = {}
-    windows = None
-    for name, fit_predict, X_model in (
-        ("xgboost", bt.xgboost_fit_predict(params, horizon=settings.horizon), X_all),
-        # Per-date rank normalization of the whole panel once, not of every training window again.
-        ("ridge", bt.ridge_fit_predict(alpha=config.ridge_alpha, normalized=True), bt.rank_normalize(X_all)),
-    ):
-        start = time.perf_counter()
-        wf = bt.walk_forward_scores(
-            fit_predict, X_model, y.reindex(X_model.index), retrain_every=retrain, min_train_dates=config.min_train_dates,
-            horizon=settings.horizon, max_train_dates=max_train_dates,
-        )
-        scores[name] = wf.scores
-        windows = wf.windows if windows is None else windows
-        log(f"backtest: {name} walk-forward, {len(wf.windows)} refits every {retrain} dates in {time.perf_counter() - start:.1f} s")
-    scores["momentum_20d"] = bt.momentum_scores(prices, 20)
-    scores["reversal_5d"] = bt.reversal_scores(prices, 5)
-    return scores, windows
+def nested_member_predictions(family: str, study: dict, X: pd.DataFrame, y: pd.Series, folds, columns, horizon: int,
+                              log) -> tuple[pd.Series, pd.Series, dict]:
+    """``family`` refitted on every walk-forward fold with the parameters its study would have chosen
+    on the earlier folds only. Returns (predictions on the folds' test rows, fold of each row, how)."""
+    nested = nested_walk_forward(study)
+    trials = {t["number"]: t for t in study.get("trials", [])}
+    parts, fold_of_row, used = [], [], []
+    for k, fold in enumerate(folds):
+        if nested is not None and k < len(nested.chosen):
+            trial = trials[nested.chosen[k]]
+            params = {**study["params"], **trial["params"]}
+            used.append(int(trial["number"]))
+        else:
+            params = dict(study["params"])
+            used.append(None)
+        preds: list[pd.Series] = []
+        cross_validate(params, X, y, [fold], horizon, gap_bound=2.0, family=family, fold_columns=[columns[k]],
+                       fold_predictions=preds, train_eval_dates=20)
+        parts.append(preds[0])
+        fold_of_row.append(pd.Series(k + 1, index=preds[0].index))
+        log(f"backtest: {family} walk-forward fold {k + 1}/{len(folds)} refitted with trial {used[-1]}'s parameters")
+    how = {"trials_used": used, "nested": nested is not None and len(study.get("trials", [])) > 1}
+    return pd.concat(parts).sort_index(), pd.concat(fold_of_row).sort_index(), how
+
+
+def pick_scores(candidate: str, inputs: dict, X: pd.DataFrame, y: pd.Series, folds, columns, settings: ExperimentSettings,
+                log) -> tuple[pd.Series, pd.Series, dict]:
+    """(walk-forward segment scores, holdout segment scores, description) of the candidate."""
+    ens = inputs["ensemble_model"]
+    if candidate in FAMILIES:
+        members, method = [candidate], None
+    elif candidate.startswith("ensemble_") and candidate[len("ensemble_"):] in ens["methods"]:
+        members, method = list(ens["members"]), candidate[len("ensemble_"):]
+    else:
+        raise ValueError(f"backtest: unknown candidate {candidate!r}: neither a family of {FAMILIES} nor an ensemble of "
+                         f"{sorted(ens['methods'])}")
+    member_preds, how = {}, {}
+    fold_of_row = None
+    for f in members:
+        member_preds[f], fold_of_row, how[f] = nested_member_predictions(
+            f, inputs[f"{f}_study"], X, y, folds, columns, settings.horizon, log)
+    if method is None:
+        wf = member_preds[candidate]
+        hold = inputs[f"{candidate}_holdout_predictions"]["prediction"]
+    else:
+        frame = pd.DataFrame(member_preds).dropna()
+        fit = ens["methods"][method]["fit"]
+        details = fit.get("details", {}) if isinstance(fit, dict) else {}
+        kwargs = {k: details[k] for k in ("shrinkage", "objective") if k in details}
+        wf, _ = ensemble_oof_scores(method, frame, y.reindex(frame.index), fold_of_row.reindex(frame.index),
+                                    horizon=settings.horizon, seed=settings.seed, **kwargs)
+        preds = inputs["ensemble_predictions"]
+        hold = preds.loc[(preds["method"] == method) & (preds["split"] == "holdout"), "prediction"]
+    nested = all(h["nested"] for h in how.values())
+    return wf.rename("score"), hold.rename("score"), {"members": members, "method": method, "per_member": how, "nested": nested}
+
+
+def ridge_scores(X: pd.DataFrame, y: pd.Series, folds, features: pd.DataFrame, holdout_dates, alpha: float) -> pd.Series:
+    """The ridge baseline on the same walk-forward folds, and on the holdout fitted on the training window."""
+    fit_predict = bt.ridge_fit_predict(alpha=alpha, normalized=True)
+    normalized = bt.rank_normalize(features[X.columns])
+    Xn = normalized.reindex(X.index)
+    parts = []
+    for train_idx, test_idx in folds:
+        parts.append(pd.Series(fit_predict(Xn.iloc[train_idx], y.iloc[train_idx], Xn.iloc[test_idx]), index=X.index[test_idx]))
+    hold_rows = normalized[normalized.index.get_level_values("date").isin(holdout_dates)]
+    parts.append(pd.Series(fit_predict(Xn, y, hold_rows), index=hold_rows.index))
+    return pd.concat(parts).sort_index()
+
+
+_INS = {
+    **{f"{f}_study": dg.AssetIn(f"{f}_study") for f in FAMILIES},
+    **{f"{f}_holdout_predictions": dg.AssetIn(f"{f}_holdout_predictions") for f in FAMILIES},
+    "ensemble_model": dg.AssetIn("ensemble_model"),
+    "ensemble_predictions": dg.AssetIn("ensemble_predictions"),
+}
 
 
 @dg.asset(
     group_name="backtest",
-    kinds={"xgboost", "mlflow"},
-    description="Walk-forward backtest with periodic refits: long-short quantile and long-only top-k, net of costs, "
-    "against momentum, short-term reversal and ridge baselines on the same dates.",
+    kinds={"pandas", "mlflow"},
+    ins=_INS,
+    retry_policy=TRAINING_RETRY,
+    description="Backtest of the leaderboard's pick (any family or ensemble) on dates no choice saw: a nested walk-forward "
+    "segment on the training dates (each fold refitted with parameters chosen on earlier folds only) and the holdout "
+    "scored by the registered model's frozen predictions; overlapping tranches matched to the horizon, a one-day "
+    "execution lag and costs per side, against momentum, reversal, ridge and equal weight on the same dates.",
 )
 def backtest(
     context: dg.AssetExecutionContext,
@@ -83,92 +161,138 @@ def backtest(
     market_prices: pd.DataFrame,
     features: pd.DataFrame,
     labels: pd.DataFrame,
-    xgboost_study: dict,
+    cv_splits: pd.DataFrame,
+    cv_fold_features: pd.DataFrame,
+    model_leaderboard: dict,
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
+    **inputs,
 ) -> dg.Output[pd.DataFrame]:
     with fail_fast_on_bad_input():
         start = time.perf_counter()
         if not 0 < config.quantile <= 0.5:
             raise ValueError(f"quantile must be in (0, 0.5], got {config.quantile}")
-        scores, windows = strategy_scores(config, market_prices, features, labels, xgboost_study["params"], settings, context.log.info)
-        oos_dates = scores["xgboost"].dropna().index.get_level_values("date").unique()
-        if len(oos_dates) == 0:
-            raise ValueError(
-                f"no out-of-sample dates: the panel has {market_prices.index.get_level_values('date').nunique()} dates, "
-                f"min_train_dates={config.min_train_dates}"
-            )
+        holding = settings.horizon if config.holding_days is None else config.holding_days
+        if holding < 1:
+            raise ValueError(f"holding_days must be >= 1 (or None for the horizon), got {holding}")
+        candidate, picked = backtest_candidate(model_leaderboard)
+        X, y, split = training_window(features, labels, settings)
+        y_all, _ = split_for(labels, settings)
+        folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == "walk_forward"])
+        columns = fold_columns(cv_fold_features, "walk_forward")
+        wf, hold, how = pick_scores(candidate, inputs, X, y, folds, columns, settings, context.log.info)
+        scores = {candidate: pd.concat([wf, hold]).sort_index()}
+        scores["momentum_20d"] = bt.momentum_scores(market_prices, 20)
+        scores["reversal_5d"] = bt.reversal_scores(market_prices, 5)
+        scores["ridge"] = ridge_scores(X, y, folds, features, split.holdout_dates, config.ridge_alpha)
+        signal_dates = scores[candidate].dropna().index.get_level_values("date").unique().sort_values()
+        if len(signal_dates) == 0:
+            raise ValueError(f"backtest: {candidate} has no score on any walk-forward or holdout date")
+        calendar = market_prices.index.get_level_values("date").unique().sort_values()
+        window = calendar[(calendar >= signal_dates[0]) & (calendar <= signal_dates[-1])]
         n_symbols = market_prices.index.get_level_values("symbol").nunique()
         k = max(1, min(config.top_k, n_symbols // 2))
-        forward = labels.iloc[:, 0]
         runs: dict[tuple[str, str], bt.Backtest] = {}
         for construction in CONSTRUCTIONS:
             for name, s in scores.items():
                 runs[(name, construction)] = bt.run_backtest(
-                    s, market_prices, construction=construction, quantile=config.quantile, k=k,
-                    cost_bps=config.cost_bps, forward_returns=forward, dates=oos_dates,
+                    s, market_prices, construction=construction, quantile=config.quantile, k=k, cost_bps=config.cost_bps,
+                    forward_returns=y_all, dates=signal_dates, holding_days=holding, execution_lag=config.execution_lag_days,
                 )
     returns = pd.DataFrame({f"{name}:{c}": r.result["net_return"] for (name, c), r in runs.items()})
-    returns = returns[returns.index.isin(oos_dates)]
-    tables = {c: bt.compare({n: runs[(n, c)] for n in scores}) for c in CONSTRUCTIONS}
-    sentences = {c: bt.comparison_sentences(tables[c], model="xgboost") for c in CONSTRUCTIONS}
-    model_ls = runs[("xgboost", "long_short")]
-    model_lo = runs[("xgboost", "long_only")]
+    returns["equal_weight:benchmark"] = runs[(candidate, "long_short")].benchmark
+    returns = returns.reindex(window)
+    for name, s in scores.items():  # per-date rank IC of each signal: the DSR's unit
+        ic = per_date_ic(y_all.reindex(s.index).to_numpy(), s.to_numpy(), s.index.get_level_values("date"), method="spearman")
+        returns[f"{name}:rank_ic"] = ic.reindex(window)
+    returns[f"{candidate}:turnover"] = runs[(candidate, "long_short")].result["turnover"].reindex(window)
+    returns["segment"] = np.where(window >= split.holdout_dates[0], "holdout", "walk_forward")
+    # The settings the gate reports travel with the returns (one value per column).
+    returns["nested"] = bool(how["nested"])
+    returns["holding_days"] = int(holding)
+    returns["execution_lag_days"] = int(config.execution_lag_days)
+    returns["cost_bps_per_side"] = float(config.cost_bps)
+
+    def window_metrics(name: str, construction: str = "long_short") -> dict[str, float]:
+        result = runs[(name, construction)].result.reindex(window)
+        m = bt.performance(result, runs[(name, construction)].benchmark.reindex(window))
+        m["rank_ic_mean"] = float(returns[f"{name}:rank_ic"].mean())
+        return m
+
+    table = {c: pd.DataFrame({n: window_metrics(n, c) for n in scores}).T for c in CONSTRUCTIONS}
+    for c in CONSTRUCTIONS:
+        table[c].index.name = "strategy"
+    bench = runs[(candidate, "long_short")].benchmark.reindex(window)
+    equal_weight_sharpe = float(bench.mean() / bench.std(ddof=1) * np.sqrt(252)) if bench.std(ddof=1) > 0 else float("nan")
+    sentences = {c: bt.comparison_sentences(table[c], model=candidate) for c in CONSTRUCTIONS}
+    model_ls, model_lo = runs[(candidate, "long_short")], runs[(candidate, "long_only")]
     attribution = bt.attribution(model_ls.result, model_ls.weights, market_prices)
     plots = {
-        "equity_long_short": equity_curve_plot(model_ls.result, model_ls.benchmark, "xgboost long-short (net and gross) vs equal weight"),
-        "equity_long_only": equity_curve_plot(model_lo.result, model_lo.benchmark, f"xgboost long-only top-{k} vs equal weight"),
-        "drawdown_long_short": drawdown_plot(model_ls.result),
-        "rolling_rank_ic": rolling_ic_plot({n: runs[(n, "long_short")].ic.rank_ic for n in scores}),
-        "yearly_long_short": yearly_returns_plot(model_ls.result, model_ls.benchmark),
+        "equity_long_short": equity_curve_plot(model_ls.result.reindex(window), bench,
+                                               f"{candidate} long-short (net and gross) vs equal weight"),
+        "equity_long_only": equity_curve_plot(model_lo.result.reindex(window), bench, f"{candidate} long-only top-{k} vs equal weight"),
+        "drawdown_long_short": drawdown_plot(model_ls.result.reindex(window)),
+        "rolling_rank_ic": rolling_ic_plot({n: returns[f"{n}:rank_ic"].dropna() for n in scores}),
+        "yearly_long_short": yearly_returns_plot(model_ls.result.reindex(window), bench),
     }
     for c in CONSTRUCTIONS:
         for line in sentences[c]:
             context.log.info(f"backtest {c}: {line}")
+    m = table["long_short"].loc[candidate]
+    turnover = float(returns[f"{candidate}:turnover"].mean())
+    segments = {seg: returns.loc[returns["segment"] == seg, f"{candidate}:long_short"] for seg in ("walk_forward", "holdout")}
+    segment_sharpe = {seg: float(r.mean() / r.std(ddof=1) * np.sqrt(252)) if len(r) > 2 and r.std(ddof=1) > 0 else float("nan")
+                      for seg, r in segments.items()}
     with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
         with mlflow.start_run(
             experiment_id=mlflow_registry.experiment_id(), run_name=f"backtest-{context.run.run_id[:8]}",
-            tags={"plml.kind": "backtest", "dagster.run_id": context.run.run_id, "dagster.asset": "backtest"},
+            tags={"plml.kind": "backtest", "plml.candidate": candidate, "dagster.run_id": context.run.run_id,
+                  "dagster.asset": "backtest"},
         ) as run:
-            mlflow.log_params({"retrain_every": config.retrain_every, "cost_bps": config.cost_bps,
-                               "quantile": config.quantile, "top_k": k,
-                               "max_train_dates": effective_max_train_dates(config, settings)})
+            mlflow.log_params({"candidate": candidate, "cost_bps_per_side": config.cost_bps, "quantile": config.quantile,
+                               "top_k": k, "holding_days": holding, "execution_lag_days": config.execution_lag_days})
             for c in CONSTRUCTIONS:
-                for strategy, row in tables[c].iterrows():
-                    mlflow.log_metrics({f"{strategy}.{c}.{m}": float(v) for m, v in row.items() if pd.notna(v)})
-                mlflow.log_text(tables[c].to_csv(), f"comparison_{c}.csv")
+                for strategy, row in table[c].iterrows():
+                    mlflow.log_metrics({f"{strategy}.{c}.{key}": float(v) for key, v in row.items() if pd.notna(v)})
+                mlflow.log_text(table[c].to_csv(), f"comparison_{c}.csv")
             for part in ("by_year", "by_symbol", "legs"):
                 mlflow.log_text(attribution[part].to_csv(), f"attribution_{part}.csv")
+            mlflow.log_dict(how, "pick_pipeline.json")
             for name, png in plots.items():
                 (Path(tmp) / f"{name}.png").write_bytes(png)
                 mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
             run_id = run.info.run_id
-    show = ["sharpe", "ann_return", "ann_volatility", "max_drawdown", "avg_turnover", "information_ratio", "rank_ic_mean", "rank_ic_tstat"]
-    m = model_ls.metrics
     context.log.info(
-        f"backtest: xgboost long-short net Sharpe {m['sharpe']:.2f}, annual return {m['ann_return']:.2%}, "
-        f"max drawdown {m['max_drawdown']:.2%} over {len(oos_dates)} out-of-sample dates in {time.perf_counter() - start:.0f} s"
+        f"backtest of {candidate}: long-short net Sharpe {m['sharpe']:.2f} (walk-forward {segment_sharpe['walk_forward']:.2f}, "
+        f"holdout {segment_sharpe['holdout']:.2f}), turnover {turnover:.3f}/day, {len(window)} dates "
+        f"{window[0].date()}..{window[-1].date()} in {time.perf_counter() - start:.0f} s"
     )
+    show = ["sharpe", "ann_return", "ann_volatility", "max_drawdown", "avg_turnover", "ann_cost", "information_ratio", "rank_ic_mean"]
     metadata = {
+        "candidate": candidate,
+        "candidate_is_pick": picked,
         "mlflow_run_id": run_id,
-        "oos_start": str(pd.Timestamp(oos_dates.min()).date()),
-        "oos_end": str(pd.Timestamp(oos_dates.max()).date()),
-        "oos_dates": len(oos_dates),
-        "refits": len(windows),
+        "backtest_start": str(window[0].date()),
+        "backtest_end": str(window[-1].date()),
+        "holdout_start": str(split.holdout_dates[0].date()),
+        "dates": len(window),
+        "walk_forward_dates": int((returns["segment"] == "walk_forward").sum()),
+        "holdout_dates": int((returns["segment"] == "holdout").sum()),
+        "nested": bool(how["nested"]),
+        "pipeline": dg.MetadataValue.json(how),
+        "holding_days": holding,
+        "execution_lag_days": config.execution_lag_days,
         "cost_bps_per_side": config.cost_bps,
-        "xgboost_long_short_sharpe": float(m["sharpe"]),
-        "xgboost_long_short_ann_return": float(m["ann_return"]),
-        "xgboost_long_short_max_drawdown": float(m["max_drawdown"]),
-        "xgboost_long_only_sharpe": float(model_lo.metrics["sharpe"]),
-        "xgboost_long_only_information_ratio": float(model_lo.metrics["information_ratio"]),
-        "xgboost_rank_ic_mean": float(m.get("rank_ic_mean", float("nan"))),
-        "xgboost_rank_ic_tstat": float(m.get("rank_ic_tstat", float("nan"))),
+        "turnover_per_day": turnover,
+        "long_short_net_sharpe": float(m["sharpe"]),
+        "walk_forward_net_sharpe": segment_sharpe["walk_forward"],
+        "holdout_net_sharpe": segment_sharpe["holdout"],
+        "equal_weight_sharpe": equal_weight_sharpe,
+        "net_sharpe": dg.MetadataValue.json({**{n: round(float(table["long_short"].loc[n, "sharpe"]), 4) for n in scores},
+                                             "equal_weight": round(equal_weight_sharpe, 4)}),
         "versus_baselines": dg.MetadataValue.md("\n".join(f"- {c}: {s}" for c in CONSTRUCTIONS for s in sentences[c])),
-        **{f"comparison_{c}": dg.MetadataValue.md(tables[c][[x for x in show if x in tables[c]]].round(4).to_markdown()) for c in CONSTRUCTIONS},
+        **{f"comparison_{c}": dg.MetadataValue.md(table[c][[x for x in show if x in table[c]]].round(4).to_markdown()) for c in CONSTRUCTIONS},
         "attribution_by_year": dg.MetadataValue.md(attribution["by_year"].round(4).to_markdown()),
-        "attribution_by_symbol": dg.MetadataValue.md(
-            attribution["by_symbol"].sort_values(attribution["by_symbol"].columns[0], ascending=False).round(4).to_markdown()
-        ),
         "attribution_legs": dg.MetadataValue.md(attribution["legs"].round(4).to_markdown()) if "legs" in attribution else "n/a",
         **{name: dg.MetadataValue.md(markdown_image(png, name)) for name, png in plots.items()},
     }

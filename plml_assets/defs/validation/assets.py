@@ -224,16 +224,27 @@ def cv_summary(results: pd.DataFrame, scheme: str = "walk_forward") -> dict[str,
 class CPCVConfig(dg.Config):
     n_groups: int = Field(default=6, description="CPCV date groups N (quick profile: 4)")
     n_test_groups: int = Field(default=2, description="test groups k per split: C(N, k) splits, C(N-1, k-1) backtest paths")
-    cost_bps: float = Field(default=5.0, description="transaction cost per side of the path portfolios")
+    cost_bps: float = Field(default=5.0, ge=0, description="transaction cost per side of the path portfolios")
     quantile: float = Field(default=0.2, description="long-short quantile of the path portfolios")
+    holding_days: int | None = Field(default=None, description="tranche holding days of the path portfolios (None: the horizon)")
+    execution_lag_days: int = Field(default=1, ge=0, le=20, description="execution lag of the path portfolios in dates")
+
+
+_PICK_INS = {
+    **{f"{f}_study": dg.AssetIn(f"{f}_study") for f in FAMILIES},
+    "ensemble_model": dg.AssetIn("ensemble_model"),
+}
 
 
 @dg.asset(
     group_name="validation",
-    kinds={"xgboost"},
+    kinds={"pandas"},
+    ins=_PICK_INS,
     retry_policy=TRAINING_RETRY,
-    description="Combinatorial Purged CV on the training window with the parameters of xgboost_study: every split refits (with its own feature selection), "
-    "the out-of-sample predictions recombine into backtest paths, each traded long-short net of costs.",
+    description="Combinatorial Purged CV of the leaderboard's pick (any family or ensemble) on the training window: every "
+    "split selects its own features and refits each member with its study's parameters, an ensemble combines them by "
+    "its fitted rule; the out-of-sample predictions recombine into backtest paths, each traded long-short in horizon "
+    "tranches with a one-day lag, net of costs.",
 )
 def cpcv_paths(
     context: dg.AssetExecutionContext,
@@ -242,16 +253,28 @@ def cpcv_paths(
     features: pd.DataFrame,
     feature_recipes: dict,
     labels: pd.DataFrame,
-    xgboost_study: dict,
+    model_leaderboard: dict,
     settings: ExperimentSettings,
     selection: SelectionSettings,
+    **inputs,
 ) -> dg.Output[pd.DataFrame]:
+    from plml_assets.defs.backtest.assets import backtest_candidate
     from plml_assets.lib import backtest as bt
+    from plml_assets.lib.ensemble import EnsembleFit
     from plml_assets.lib.plots import histogram_plot
     from plml_assets.lib.splits import CombinatorialPurgedCV
 
     with fail_fast_on_bad_input():
         start = time.perf_counter()
+        candidate, _ = backtest_candidate(model_leaderboard)
+        ens = inputs["ensemble_model"]
+        if candidate in FAMILIES:
+            members, fit = [candidate], None
+        else:
+            method = candidate[len("ensemble_"):]
+            if not candidate.startswith("ensemble_") or method not in ens["methods"]:
+                raise ValueError(f"cpcv_paths: unknown candidate {candidate!r}")
+            members, fit = list(ens["members"]), EnsembleFit.from_dict(ens["methods"][method]["fit"])
         X, y, split = training_window(features, labels, settings)
         n_groups = min(config.n_groups, 4) if settings.quick else config.n_groups
         splitter = CombinatorialPurgedCV(
@@ -259,25 +282,42 @@ def cpcv_paths(
         )
         dates = X.index.get_level_values("date")
         folds = list(splitter.split(X, y, groups=dates))
-        predictions: list[pd.Series] = []
-        per_split, _ = cross_validate(
-            xgboost_study["params"], X, y, folds, settings.horizon, gap_bound=2.0,
-            select=selector_for(X, y, selection, settings, feature_recipes), log=context.log.info, fold_predictions=predictions,
-        )
+        select = selector_for(X, y, selection, settings, feature_recipes)
+        date_values = dates.to_numpy()
+        columns = []
+        for train_idx, _ in folds:  # one feature selection per split, shared by every member
+            fit_mask, _ = early_stopping_split(date_values[train_idx], settings.horizon)
+            columns.append(select(train_idx[fit_mask]))
+        member_preds: dict[str, list[pd.Series]] = {}
+        split_rank_ic = []
+        for f in members:
+            member_preds[f] = []
+            per_split, _ = cross_validate(
+                inputs[f"{f}_study"]["params"], X, y, folds, settings.horizon, gap_bound=2.0, family=f,
+                fold_columns=columns, log=context.log.info, fold_predictions=member_preds[f], train_eval_dates=20,
+            )
+            split_rank_ic.append(per_split["valid_rank_ic"].to_numpy())
+        if fit is None:
+            predictions = member_preds[candidate]
+        else:
+            predictions = [fit.combine({f: member_preds[f][s] for f in members}) for s in range(len(folds))]
+        holding = settings.horizon if config.holding_days is None else config.holding_days
         table, stats = bt.cpcv_path_backtests(
             predictions, splitter.paths(split.train_dates), market_prices, labels.iloc[:, 0],
-            quantile=config.quantile, cost_bps=config.cost_bps,
+            quantile=config.quantile, cost_bps=config.cost_bps, holding_days=holding, execution_lag=config.execution_lag_days,
         )
     sharpe = stats["sharpe"]
-    png = histogram_plot(sharpe, f"CPCV path net Sharpe: {len(sharpe)} paths, mean {sharpe.mean():.2f}",
+    png = histogram_plot(sharpe, f"CPCV path net Sharpe of {candidate}: {len(sharpe)} paths, mean {sharpe.mean():.2f}",
                          "annualized net Sharpe (long-short)")
     context.log.info(
-        f"cpcv_paths: {len(folds)} splits, {len(sharpe)} paths, net Sharpe mean {sharpe.mean():.2f} "
+        f"cpcv_paths of {candidate}: {len(folds)} splits, {len(sharpe)} paths, net Sharpe mean {sharpe.mean():.2f} "
         f"(min {sharpe.min():.2f}, max {sharpe.max():.2f}) in {time.perf_counter() - start:.0f} s"
     )
     return dg.Output(
         table,
         metadata={
+            "candidate": candidate,
+            "members": ", ".join(members),
             "splits": len(folds),
             "paths": len(sharpe),
             "path_sharpe_mean": float(sharpe.mean()),
@@ -285,7 +325,7 @@ def cpcv_paths(
             "path_sharpe_min": float(sharpe.min()),
             "path_sharpe_max": float(sharpe.max()),
             "share_of_paths_losing": float((sharpe < 0).mean()),
-            "split_rank_ic_mean": float(per_split["valid_rank_ic"].mean()),
+            "split_rank_ic_mean": float(np.mean(np.concatenate(split_rank_ic))),
             "paths_table": dg.MetadataValue.md(stats.round(4).to_markdown()),
             "path_sharpe_histogram": dg.MetadataValue.md(markdown_image(png, "CPCV path Sharpe")),
             "splitter": dg.MetadataValue.json(splitter.describe()),
@@ -300,32 +340,41 @@ class ValidationReportConfig(dg.Config):
     dsr_fail: float = Field(default=0.5, description="fail when the deflated Sharpe ratio is below this")
     gap_warn: float = Field(default=0.1, description="warn when the mean train-validation rank-IC gap exceeds this")
     gap_fail: float = Field(default=0.2, description="fail when the mean train-validation rank-IC gap exceeds this")
-    pbo_blocks: int = Field(default=16, description="XGBoost backtest evidence: CSCV blocks S for its PBO over the backtest's "
-                            "strategies (C(S, S/2) combinations); the candidates' PBO is the leaderboard's")
-    pbo_min_block_days: int = Field(
-        default=20, description="XGBoost backtest evidence: fewest trading days per CSCV block (short backtests get fewer "
-        "blocks rather than noisy ones)"
-    )
+    duplicate_corr: float = Field(default=0.95, gt=0, le=1, description="trials whose per-date scores correlate at least "
+                                  "this much are one configuration (merged before the effective count and PBO)")
+
+
+_REPORT_INS = {
+    **{f"{f}_study": dg.AssetIn(f"{f}_study") for f in FAMILIES},
+    "ensemble_predictions": dg.AssetIn("ensemble_predictions"),
+}
 
 
 @dg.asset(
     group_name="validation",
     kinds={"pandas"},
-    description="A pass/warn/fail verdict, read by the promotion gate, about the candidate the leaderboard picked (a single "
-    "model or an ensemble): PBO of the candidate set, its out-of-fold deflated Sharpe (deflated over every configuration "
-    "tried), probabilistic Sharpe, train/validation gap and losing folds. When the pick is XGBoost, the walk-forward "
-    "backtest with refits and the CPCV paths are judged too, and the worse verdict stands.",
+    ins=_REPORT_INS,
+    description="A pass/warn/fail verdict, read by the promotion gate, about the leaderboard's pick (a single model or an "
+    "ensemble), from its own backtest on dates no choice saw: the deflated Sharpe of its per-date rank IC over the "
+    "effective number of independent configurations tried (every trial of every study and every ensemble rule, "
+    "correlated ones clustered), the PBO of that tried set in the same metric, its train/validation gap and losing "
+    "folds. The JSON metadata entry `evidence` holds the numbers.",
 )
 def validation_report(
     context: dg.AssetExecutionContext,
     config: ValidationReportConfig,
     model_leaderboard: dict,
-    xgboost_cv_results: pd.DataFrame,
-    cpcv_paths: pd.DataFrame,
     backtest: pd.DataFrame,
+    cpcv_paths: pd.DataFrame,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+    **inputs,
 ) -> dg.Output[dict]:
+    from plml_assets.defs.backtest.assets import backtest_candidate
     from plml_assets.lib import overfitting as of
+    from plml_assets.lib.evidence import PRIMARY_TO_DATE_METRIC, promotion_evidence, tried_configurations
     from plml_assets.lib.leaderboard import candidate_statistics
+    from plml_assets.lib.metrics import per_date_ic
 
     with fail_fast_on_bad_input():
         bounds = of.ValidationBounds(
@@ -334,36 +383,85 @@ def validation_report(
         )
         board = pd.DataFrame(model_leaderboard["table"]).set_index("candidate")
         subject = model_leaderboard["selection"]["winner"]
-        candidates = [str(n) for n in board.index[board["kind"] != "baseline"]]
+        candidate, _ = backtest_candidate(model_leaderboard)
+        if f"{candidate}:long_short" not in backtest.columns:
+            raise ValueError(f"the backtest is of another candidate than the leaderboard's {candidate!r} (columns "
+                             f"{sorted(c for c in backtest.columns if c.endswith(':long_short'))}): re-materialize backtest")
+        primary = model_leaderboard["criteria"]["primary"]
+        pbo_metric = PRIMARY_TO_DATE_METRIC.get(primary)
+        studies = {f: inputs[f"{f}_study"] for f in FAMILIES}
+        metrics = {s.get("metric", "rank_ic") for s in studies.values()}
+        y_all, split = split_for(labels, settings)
+        preds = inputs["ensemble_predictions"]
+        ensemble_scores = {}
+        for method, block in preds[preds["split"] == "oof"].groupby("method"):
+            p = block["prediction"]
+            ensemble_scores[f"ensemble_{method}"] = per_date_ic(
+                y_all.reindex(p.index).to_numpy(), p.to_numpy(), p.index.get_level_values("date"), method="spearman")
+        tried = tried_configurations(studies, ensemble_scores)
+        pick_scores = backtest[f"{candidate}:rank_ic"]
+        found = promotion_evidence(tried, pick_scores, duplicate_corr=config.duplicate_corr)
+        net = backtest[f"{candidate}:long_short"].dropna()
+        reasons: list[str] = []
+        if pbo_metric is None or metrics != {pbo_metric}:
+            found["pbo"] = float("nan")
+            reasons.append(f"fail: the leaderboard ranks by {primary} but the studies scored trials in {sorted(metrics)}: "
+                           "PBO and the deflated Sharpe need one metric for both (set the leaderboard's primary to a rank-IC mean)")
+        stats = candidate_statistics(board, candidate, found["pbo"])
+        stats["dsr"] = found["dsr"]
+        verdict, more = of.verdict(stats, bounds)
+        reasons = more + reasons
+        if reasons and reasons[-1].startswith("fail: the leaderboard ranks"):
+            verdict = "fail"
+        unmeasured = [key for key in ("pbo", "dsr") if not np.isfinite(stats[key])]
+        if unmeasured:  # too few trials or dates: the pick is not cleared on what was not measured
+            verdict = of.worst_verdict(verdict, "warn")
+            reasons.append(f"warn: {' and '.join(unmeasured)} not measured ({found['clustering'] or 'too few trials'}; "
+                           f"PBO: {found['pbo_details'].get('reason', 'ok')})")
         if subject is None:
-            leaderboard_stats: dict = {}
-            verdict, reasons = "fail", [f"fail: the leaderboard picked no candidate ({model_leaderboard['selection']['reason']})"]
-        else:
-            pbo = model_leaderboard["selection"].get("pbo")
-            leaderboard_stats = candidate_statistics(board, subject, float(pbo) if pbo is not None else float("nan"))
-            verdict, reasons = of.verdict(leaderboard_stats, bounds)
-            unmeasured = [key for key in ("pbo", "dsr") if not np.isfinite(leaderboard_stats[key])]
-            if unmeasured:  # too few OOF dates or candidates: the pick is not cleared on what was not measured
-                verdict = of.worst_verdict(verdict, "warn")
-                reasons.append(f"warn: {' and '.join(unmeasured)} not measured (too few out-of-fold dates or candidates "
-                               "with OOF returns)")
-        backtest_evidence = xgboost_backtest_evidence(config, bounds, xgboost_cv_results, cpcv_paths, backtest)
-        if subject == "xgboost":  # a refitting backtest of the pick exists: it is judged as well
-            verdict = of.worst_verdict(verdict, backtest_evidence["verdict"])
-            reasons += [f"walk-forward backtest: {r}" for r in backtest_evidence["reasons"]]
+            verdict = "fail"
+            reasons.insert(0, f"fail: the leaderboard picked no candidate ({model_leaderboard['selection']['reason']}); "
+                           f"evidence shown for the best-ranked candidate {candidate}")
+    dates = backtest.index[backtest[f"{candidate}:long_short"].notna()]
+    turnover = float(backtest[f"{candidate}:turnover"].mean()) if f"{candidate}:turnover" in backtest else float("nan")
+    evidence = {
+        "candidate": candidate,
+        "backtest_dates": [str(pd.Timestamp(dates.min()).date()), str(pd.Timestamp(dates.max()).date())],
+        "holdout_start": str(split.holdout_dates[0].date()),
+        "nested": bool(_setting(backtest, "nested")),
+        "trials": found["trials"],
+        "effective_trials": found["effective_trials"],
+        "sharpe_trials_std": found["sharpe_trials_std"],
+        "dsr": found["dsr"],
+        "pbo": found["pbo"],
+        "pbo_metric": pbo_metric or primary,
+        "turnover_per_day": turnover,
+        "execution_lag_days": _setting(backtest, "execution_lag_days"),
+        "cost_bps_per_side": _setting(backtest, "cost_bps_per_side"),
+        "holding_days": _setting(backtest, "holding_days"),
+        "net_sharpe": float(of.sharpe_ratio(net, 252)) if len(net) > 2 else float("nan"),
+        "psr": float(of.probabilistic_sharpe_ratio(net.to_numpy())) if len(net) > 8 and net.std() > 0 else float("nan"),
+        "pick_rank_ic_sharpe": found["pick_score_sharpe"],
+        "baseline_net_sharpe": {c.split(":")[0]: float(of.sharpe_ratio(backtest[c].dropna(), 252))
+                                for c in backtest.columns if c.endswith(":long_short") and not c.startswith(f"{candidate}:")}
+                               | {"equal_weight": float(of.sharpe_ratio(backtest["equal_weight:benchmark"].dropna(), 252))}
+                               if "equal_weight:benchmark" in backtest else {},
+        "cpcv_path_sharpe_mean": float(np.nanmean([of.sharpe_ratio(cpcv_paths[c].dropna(), 252) for c in cpcv_paths]))
+                                 if len(cpcv_paths.columns) else float("nan"),
+        "clustering": found["clustering"],
+    }
     report = {
         "subject": subject,
         "leaderboard_run_id": model_leaderboard["mlflow_run_id"],
         "verdict": verdict,
         "reasons": reasons,
-        "pbo": leaderboard_stats.get("pbo", float("nan")),
-        "pbo_configurations": candidates,
-        "dsr": leaderboard_stats.get("dsr", float("nan")),
-        "psr": leaderboard_stats.get("psr", float("nan")),
-        "oof_sharpe": leaderboard_stats.get("oof_sharpe", float("nan")),
-        "gap_mean": leaderboard_stats.get("gap_mean", float("nan")),
-        "share_valid_below_zero": leaderboard_stats.get("share_valid_below_zero", float("nan")),
-        "xgboost_backtest": backtest_evidence,
+        "pbo": stats["pbo"],
+        "dsr": stats["dsr"],
+        "psr": evidence["psr"],
+        "oof_sharpe": stats.get("oof_sharpe", float("nan")),
+        "gap_mean": stats["gap_mean"],
+        "share_valid_below_zero": stats["share_valid_below_zero"],
+        "evidence": evidence,
     }
     log = context.log.warning if verdict != "pass" else context.log.info
     log(f"validation_report on {subject}: {verdict}" + (": " + "; ".join(reasons) if reasons else ""))
@@ -373,49 +471,40 @@ def validation_report(
             "subject": str(subject),
             "verdict": verdict,
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
-            "pbo_of_candidates": report["pbo"],
-            "dsr": report["dsr"],
-            "psr": report["psr"],
-            "oof_net_sharpe": report["oof_sharpe"],
-            "gap_mean": report["gap_mean"],
-            "candidates": ", ".join(candidates),
-            "judged_by": "leaderboard statistics" + (" and the xgboost walk-forward backtest" if subject == "xgboost" else ""),
-            "xgboost_backtest_verdict": backtest_evidence["verdict"],
-            "xgboost_backtest_pbo": backtest_evidence["pbo"],
-            "xgboost_backtest_dsr": backtest_evidence["dsr"],
-            "xgboost_net_sharpe": backtest_evidence["model_sharpe"],
-            "cpcv_path_sharpe_mean": float(pd.Series(backtest_evidence["cpcv_path_sharpe"]).mean()),
+            "evidence": dg.MetadataValue.json(_json_ready(evidence)),
+            "dsr": _finite(evidence["dsr"]),
+            "pbo": _finite(evidence["pbo"]),
+            "effective_trials": _finite(evidence["effective_trials"]),
+            "net_sharpe": _finite(evidence["net_sharpe"]),
+            "turnover_per_day": _finite(turnover),
+            "gap_mean": _finite(stats["gap_mean"]),
         },
     )
 
 
-def xgboost_backtest_evidence(config: ValidationReportConfig, bounds, cv_results: pd.DataFrame, cpcv_paths: pd.DataFrame,
-                              backtest: pd.DataFrame) -> dict:
-    """Issue 3's statistics of the XGBoost family's walk-forward backtest with refits: PBO over the
-    strategies it was compared with, its deflated and probabilistic Sharpe, the CV gap, CPCV path Sharpes."""
-    from plml_assets.lib import overfitting as of
+def _finite(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
-    trials = backtest[[c for c in backtest.columns if c.endswith(":long_short")]].fillna(0.0)
-    model = trials["xgboost:long_short"]
-    n_blocks = max(2, min(config.pbo_blocks, (len(trials) // config.pbo_min_block_days) // 2 * 2))
-    pbo = of.probability_of_backtest_overfitting(trials.to_numpy(), n_splits=n_blocks)
-    sr_var = of.trial_sharpe_variance(trials)
-    dsr = of.deflated_sharpe_ratio(model.to_numpy(), n_trials=trials.shape[1], sr_variance=sr_var)
-    psr = of.probabilistic_sharpe_ratio(model.to_numpy())
-    gap = of.train_validation_gap(cv_results[cv_results["scheme"] == "walk_forward"])
-    path_sharpe = pd.Series({c: of.sharpe_ratio(cpcv_paths[c].dropna(), periods_per_year=252) for c in cpcv_paths})
-    verdict, reasons = of.verdict({**pbo.summary(), "dsr": dsr, "psr": psr, **gap}, bounds)
-    return {
-        "verdict": verdict,
-        "reasons": reasons,
-        "pbo": float(pbo.pbo),
-        "pbo_configurations": list(trials.columns),
-        "probability_of_loss": float(pbo.probability_of_loss),
-        "degradation_slope": float(pbo.degradation_slope),
-        "dsr": float(dsr),
-        "psr": float(psr),
-        "model_sharpe": float(of.sharpe_ratio(model, periods_per_year=252)),
-        "trial_sharpe_variance": float(sr_var),
-        "gap": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in gap.items()},
-        "cpcv_path_sharpe": {k: float(v) for k, v in path_sharpe.items()},
-    }
+
+def _json_ready(value):
+    """JSON metadata has no NaN: undefined numbers become null."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+def _setting(backtest: pd.DataFrame, column: str):
+    """A backtest setting, carried in the backtest frame as a constant column."""
+    if column not in backtest.columns or backtest[column].dropna().empty:
+        raise ValueError(f"the backtest lacks its {column!r} column: re-materialize backtest")
+    value = backtest[column].dropna().iloc[0]
+    return value.item() if hasattr(value, "item") else value
