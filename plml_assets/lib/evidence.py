@@ -6,10 +6,21 @@ default): the studies' trials, the ensemble rules and the pick are all scored pe
 the deflated Sharpe compares like with like. The "Sharpe" of a per-date score series is its
 annualized information ratio ``mean / std * sqrt(252)``; for the pick it is measured on the
 backtest dates (walk-forward segment and holdout), for the trials on their out-of-fold dates.
+
+Overlapping labels: the per-date score of an ``h``-day forward return shares ``h - 1`` days of
+returns with the next date's, so consecutive per-date scores are autocorrelated and a daily series
+of T dates holds fewer independent observations. The PSR/DSR formulas assume i.i.d. observations:
+fed T daily scores they would understate the Sharpe ratio's standard error by about sqrt(h) (an
+equal-weight MA(h - 1) has variance ratio h). So the pick's Sharpe is measured on every date but
+enters the deflated Sharpe with the effective sample size ``T / (1 + 2 * sum_{k<h} rho_k)``, the
+autocorrelations estimated up to the overlap's lag h - 1 (Lo, A. (2002), "The Statistics of Sharpe
+Ratios", *Financial Analysts Journal* 58(4); :func:`effective_observations`). The trials' Sharpe
+dispersion needs no such correction: it is measured across trials, noise included.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -43,13 +54,32 @@ def tried_configurations(studies: Mapping[str, Mapping], ensemble_scores: Mappin
     return pd.DataFrame(columns).sort_index()
 
 
-def promotion_evidence(tried: pd.DataFrame, pick_scores: pd.Series, duplicate_corr: float = 0.95) -> dict:
+def effective_observations(scores: pd.Series, horizon: int) -> float:
+    """How many independent observations ``scores`` (per-date scores of a ``horizon``-day label, in date
+    order) are worth: ``T / max(1, 1 + 2 * sum_{k=1}^{horizon-1} rho_k)``, the autocorrelations
+    ``rho_k`` estimated on the series (Lo 2002). ``horizon=1`` returns T."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    values = scores.dropna().sort_index().to_numpy(dtype=float)
+    n = len(values)
+    if horizon == 1 or n < 4 * horizon:
+        return float(n)
+    centered = values - values.mean()
+    var = float(centered @ centered) / n
+    if var == 0:
+        return float(n)
+    rho = [float(centered[:-k] @ centered[k:]) / n / var for k in range(1, horizon)]
+    return float(n / max(1.0, 1.0 + 2.0 * sum(rho)))
+
+
+def promotion_evidence(tried: pd.DataFrame, pick_scores: pd.Series, duplicate_corr: float = 0.95, horizon: int = 1) -> dict:
     """Deflated Sharpe of the pick's per-date scores over the effective number of independent tries,
     and PBO of the tried set (see :func:`plml_assets.lib.overfitting.cluster_trials` and
-    :func:`plml_assets.lib.overfitting.trial_set_pbo`)."""
+    :func:`plml_assets.lib.overfitting.trial_set_pbo`). ``horizon``: the label's length in dates;
+    the pick's Sharpe enters with its effective sample size (see the module docstring)."""
     out: dict = {"trials": int(tried.shape[1]), "effective_trials": math.nan, "sharpe_trials_std": math.nan,
-                 "dsr": math.nan, "pbo": math.nan, "clustering": "", "pbo_details": {}}
-    pick = pick_scores.dropna()
+                 "dsr": math.nan, "pbo": math.nan, "clustering": "", "pbo_details": {}, "dsr_observations": 0}
+    pick = pick_scores.dropna().sort_index()
     out["pick_score_sharpe"] = of.sharpe_ratio(pick, 252) if len(pick) > 2 else math.nan
     if tried.shape[1] == 0:
         out["clustering"] = "no trial recorded per-date scores"
@@ -62,6 +92,10 @@ def promotion_evidence(tried: pd.DataFrame, pick_scores: pd.Series, duplicate_co
         variance = 0.0
     out["sharpe_trials_std"] = float(math.sqrt(variance)) if math.isfinite(variance) else math.nan
     if len(pick) >= 8 and math.isfinite(variance):
-        out["dsr"] = float(of.deflated_sharpe_ratio(pick.to_numpy(), n_trials=clusters.n_effective, sr_variance=variance))
+        stats = of.SharpeStats.from_returns(pick.to_numpy())
+        n_eff = effective_observations(pick, horizon)
+        stats = dataclasses.replace(stats, n=max(2, int(round(n_eff))))
+        out["dsr"] = float(of.deflated_sharpe_ratio(stats, n_trials=clusters.n_effective, sr_variance=variance))
+        out["dsr_observations"] = int(stats.n)
     out["pbo"], out["pbo_details"] = of.trial_set_pbo(tried, duplicate_corr=duplicate_corr)
     return out

@@ -10,7 +10,7 @@ import pytest
 
 from plml_assets.lib import backtest as bt
 from plml_assets.lib import overfitting as of
-from plml_assets.lib.evidence import promotion_evidence, tried_configurations
+from plml_assets.lib.evidence import effective_observations, promotion_evidence, tried_configurations
 from plml_assets.lib.leaderboard import nested_walk_forward
 
 DATES = pd.bdate_range("2015-01-01", periods=600)
@@ -126,3 +126,39 @@ def test_the_asset_defaults_trade_tranches_with_a_lag():
 
     for config in (BacktestConfig(), LeaderboardConfig(), CPCVConfig()):
         assert config.holding_days is None and config.execution_lag_days == 1  # None: the label horizon
+
+
+def _overlapping(rng: np.random.Generator, dates: pd.DatetimeIndex, h: int = 5) -> np.ndarray:
+    """Per-date scores of a skill-less h-day label: the mean of h consecutive i.i.d. daily draws."""
+    z = rng.normal(0, 1, len(dates) + h - 1)
+    return np.stack([z[i:i + len(dates)] for i in range(h)]).mean(axis=0)
+
+
+def test_effective_observations_of_overlapping_scores_are_about_one_in_h():
+    rng = np.random.default_rng(11)
+    dates = pd.bdate_range("2000-01-01", periods=5000)
+    iid = pd.Series(rng.normal(0, 1, len(dates)), index=dates)
+    ma = pd.Series(_overlapping(rng, dates), index=dates)
+    assert effective_observations(iid, 5) == pytest.approx(5000, rel=0.1)
+    assert effective_observations(ma, 5) == pytest.approx(1000, rel=0.2)
+    assert effective_observations(ma, 1) == 5000
+
+
+def test_overlapping_label_scores_do_not_pass_a_skill_less_pick():
+    """A skill-less pick of 5-day-label scores, one effective trial (DSR = PSR against 0): counted as
+    1,500 independent dates, about a quarter of such picks clear DSR 0.95 (sqrt(5) too confident);
+    at their effective count about the nominal 5 %."""
+    dates = pd.bdate_range("2000-01-01", periods=1500)
+    rng = np.random.default_rng(0)
+    passed = {1: 0, 5: 0}
+    runs = 300
+    for _ in range(runs):
+        base = _overlapping(rng, dates)
+        tried = pd.DataFrame({f"t{i}": base + rng.normal(0, 0.01, len(dates)) for i in range(3)}, index=dates)
+        pick = pd.Series(_overlapping(rng, dates), index=dates)
+        for h in passed:
+            found = promotion_evidence(tried, pick, horizon=h)
+            assert found["effective_trials"] == 1
+            passed[h] += found["dsr"] > 0.95
+    assert passed[1] / runs > 0.15  # the old, daily count
+    assert passed[5] / runs < 0.10

@@ -400,7 +400,7 @@ def validation_report(
                 y_all.reindex(p.index).to_numpy(), p.to_numpy(), p.index.get_level_values("date"), method="spearman")
         tried = tried_configurations(studies, ensemble_scores)
         pick_scores = backtest[f"{candidate}:rank_ic"]
-        found = promotion_evidence(tried, pick_scores, duplicate_corr=config.duplicate_corr)
+        found = promotion_evidence(tried, pick_scores, duplicate_corr=config.duplicate_corr, horizon=settings.horizon)
         net = backtest[f"{candidate}:long_short"].dropna()
         reasons: list[str] = []
         if pbo_metric is None or metrics != {pbo_metric}:
@@ -449,6 +449,9 @@ def validation_report(
         "cpcv_path_sharpe_mean": float(np.nanmean([of.sharpe_ratio(cpcv_paths[c].dropna(), 252) for c in cpcv_paths]))
                                  if len(cpcv_paths.columns) else float("nan"),
         "clustering": found["clustering"],
+        # Overlapping labels: the DSR counts the pick's dates at their effective number (Lo 2002).
+        "label_horizon_days": int(settings.horizon),
+        "dsr_observations": found["dsr_observations"],
     }
     report = {
         "subject": subject,
