@@ -312,31 +312,63 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def _run_summary(result) -> tuple[bool, str, list[str], list]:
+    """(success, run id, failed step keys, asset check evaluations) of a finished run."""
+    events = result.all_events
+    failed = [e.step_key for e in events if e.event_type_value == "STEP_FAILURE"]
+    checks = [e.event_specific_data for e in events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    return bool(result.success), result.run_id, failed, checks
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Materialize every asset in-process against the persistent local instance, then summarize."""
+    """Materialize every asset (job plml_main) against the persistent local instance, then summarize."""
     if args.quick:
         os.environ["PLML_PROFILE"] = "quick"
     home = _ensure_dagster_home()
     plml_home().mkdir(parents=True, exist_ok=True)
     from dagster import DagsterInstance
 
-    from plml_assets.definitions import defs
+    from plml_assets.definitions import main_job
 
+    workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
+    if workers < 1:
+        raise SystemExit(f"plml run: --workers must be >= 1, got {workers}")
+    # A thread budget of one per step: every model already fits on 1 thread; BLAS/OpenMP in numpy,
+    # scikit-learn and torch would otherwise start one thread per core in each of the `workers`
+    # concurrent step processes and oversubscribe the cores.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     start = time.perf_counter()
-    job = defs.resolve_implicit_global_asset_job_def()
     with DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
-        failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        checks = [e.event_specific_data for e in result.all_events
-                  if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        if workers == 1:
+            result = main_job().execute_in_process(instance=instance, raise_on_error=False)
+            summary = _run_summary(result)
+        else:
+            # Independent steps (the four family chains, CPCV, backtest, importance, ...) run side by
+            # side in their own processes, at most `workers` at a time; assets travel through the
+            # Parquet/JSON IO manager, so nothing is shared in memory.
+            from dagster import execute_job, reconstructable
+
+            print(f"plml run: {workers} step processes at a time (--workers 1 runs every step in this process)")
+            # forkserver with the definitions preloaded: each step process forks from a server that
+            # has already imported dagster, pandas, torch, MLflow and plml (seconds of CPU per step
+            # with a fresh interpreter).
+            run_config = {"execution": {"config": {"multiprocess": {
+                "max_concurrent": workers,
+                "start_method": {"forkserver": {"preload_modules": ["plml_assets.definitions"]}},
+            }}}}
+            with execute_job(reconstructable(main_job), instance=instance, run_config=run_config,
+                             raise_on_error=False) as result:
+                summary = _run_summary(result)
+    success, run_id, failed_steps, checks = summary
     elapsed = time.perf_counter() - start
     gate = [c for c in checks if c.check_name == "promotion_gate"]
     gate_only = bool(gate) and failed_steps and all("promotion_gate" in s for s in failed_steps)
     print()
     has_champion = _registry().alias_version(CHAMPION) is not None
     kept = "the promotion gate kept the champion" if has_champion else "the promotion gate promoted nothing (no champion yet)"
-    outcome = "succeeded" if result.success else (f"succeeded; {kept}" if gate_only else "FAILED")
-    print(f"plml run: {outcome} in {elapsed:.0f} s (run {result.run_id})")
+    outcome = "succeeded" if success else (f"succeeded; {kept}" if gate_only else "FAILED")
+    print(f"plml run: {outcome} in {elapsed:.0f} s (run {run_id})")
     for check in checks:
         if not check.passed:
             print(f"  check {check.asset_key.to_user_string()}:{check.check_name} failed: {check.description}")
@@ -350,7 +382,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("Where to look:")
     print(f"  DAGSTER_HOME={home} dagster dev            # asset graph, metadata, runs (workspace.yaml)")
     print(f"  mlflow ui --backend-store-uri {_registry().resolved_tracking_uri()}")
-    if result.success or gate_only:
+    if success or gate_only:
         if gate_only:
             challenger = _registry().alias_version(CHALLENGER)
             version = challenger.version if challenger else "?"
@@ -370,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="materialize the whole asset graph locally and print a summary")
     p.add_argument("--quick", action="store_true", help="quick profile: smaller CV and boosting budgets, same steps")
+    p.add_argument("--workers", type=int, default=None,
+                   help="steps run at the same time, each in its own process (default: the cores this process may use; "
+                        "1: every step in this process, one after another)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="champion, challenger and their metrics")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -71,11 +71,25 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
     "plml_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
 )
 
+#: The whole asset graph as one named job: what `plml run` executes (several steps at a time in their
+#: own processes), and what a user launches from the UI or GraphQL to rebuild everything.
+MAIN_JOB = dg.define_asset_job(
+    "plml_main", selection=dg.AssetSelection.all(),
+    description="Every asset and check of plml: data, features, studies, CV, models, ensembles, leaderboard, "
+    "backtest, validation, registry and promotion gate, drift metrics.",
+)
+
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[rollback_champion],
+    jobs=[rollback_champion, MAIN_JOB],
     schedules=[data_refresh_schedule, weekly_retrain_schedule],
     sensors=[drift_retraining_sensor, AUTOMATION],
     resources=build_resources(),
 )
+
+
+def main_job() -> dg.JobDefinition:
+    """``plml_main`` resolved: a module-level function so that ``dagster.reconstructable(main_job)``
+    can rebuild the job in each step process of the multiprocess executor."""
+    return defs.resolve_job_def("plml_main")
