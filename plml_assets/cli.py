@@ -5,6 +5,7 @@
     plml promote VERSION     point 'champion' at VERSION
     plml rollback            move 'champion' back to the previous champion
     plml doctor              check that the Dagster instance, MLflow store and Optuna storage work
+    plml analytics [--json]  wall, CPU, memory and cost of every step of the latest run, and trends
     plml advance [--days N | --to DATE | --clear]   move the simulated 'today' (new prices arrive)
 """
 
@@ -397,6 +398,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    """Where the seconds, bytes and money of the latest run went (lib/analytics.py)."""
+    _ensure_dagster_home()
+    from dagster import DagsterInstance
+
+    from plml_assets.defs.analytics.report import analytics
+    from plml_assets.lib.analytics import RateCard
+
+    rates = RateCard(core_hour=args.core_hour, gib_hour=args.gib_hour, gpu_hour=args.gpu_hour)
+    with DagsterInstance.get() as instance:
+        try:
+            report = analytics(instance, runs=args.runs, rates=rates)
+        except ValueError as exc:
+            print(f"plml analytics: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    print(f"run {report['run_id']} ({report['job']}): wall {report['wall_s']:.0f} s on {report['cores']} cores, "
+          f"CPU {num(report['cpu_s'], '.0f')} s, utilization {num(report['cpu_utilization'], '.0%')}, "
+          f"peak RSS {num(report['peak_rss_mib'], '.0f')} MiB, cost {num(report['cost_total'], '.4f')} {report['currency']} "
+          f"(rate card: {rates.core_hour}/core-h, {rates.gib_hour}/GiB-h: examples, set your own)")
+    print(f"training success rate {num(report['success_rate'], '.0%')} over the last {report['success_rate_runs']} runs")
+    print(f"\n{'step':34s} {'wall s':>7s} {'cpu s':>7s} {'rss MiB':>8s} {'threads':>7s} {'rows in':>9s} {'cost':>9s}")
+    for s in sorted(report["steps"], key=lambda s: -s["wall_s"]):
+        print(f"{s['step'][:34]:34s} {s['wall_s']:7.1f} {num(s.get('cpu_s'), '7.1f'):>7s} {num(s.get('peak_rss_mib'), '8.0f'):>8s} "
+              f"{num(s.get('threads'), '7d'):>7s} {num(s.get('rows_in'), '9d'):>9s} {num(s.get('cost'), '9.5f'):>9s}")
+    if len(report["trend"]) > 1:
+        print("\nearlier runs (newest first):")
+        for r in report["trend"]:
+            print(f"  {r['run_id'][:8]} {r['job']:20s} wall {r['wall_s']:7.0f} s  CPU {num(r['cpu_s'], '7.0f')} s  "
+                  f"peak {num(r['peak_rss_mib'], '6.0f')} MiB  cost {num(r['cost_total'], '.4f')}  "
+                  f"{'trained' if r['trained'] else 'FAILED'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plml", description="plml: prediction model learning on Dagster + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -406,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="steps run at the same time, each in its own process (default: the cores this process may use; "
                         "1: every step in this process, one after another)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("analytics", help="wall, CPU, memory and cost of every step of the latest run, and trends")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--runs", type=int, default=10, help="finished runs the trends and success rate cover")
+    p.add_argument("--core-hour", type=float, default=0.048, help="cost of one core for an hour (an example default)")
+    p.add_argument("--gib-hour", type=float, default=0.0065, help="cost of one GiB of memory for an hour (an example default)")
+    p.add_argument("--gpu-hour", type=float, default=2.5, help="cost of one GPU for an hour (an example default)")
+    p.set_defaults(func=cmd_analytics)
     p = sub.add_parser("status", help="champion, challenger and their metrics")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)

@@ -9,7 +9,15 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from plml_assets.lib.analytics import METER
 from plml_assets.resources.paths import default_asset_dir
+
+
+def _step_key(context: dg.InputContext | dg.OutputContext) -> str | None:
+    try:
+        return context.step_key if isinstance(context, dg.OutputContext) else context.step_context.step.key
+    except Exception:  # built outside a run (build_output_context in a test): nothing to meter
+        return None
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
@@ -47,12 +55,19 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 f"ParquetIOManager stores DataFrames, Series and dicts; asset {context.asset_key.to_user_string()} "
                 f"returned {type(obj).__name__}"
             )
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        metadata: dict[str, object] = {"path": dg.MetadataValue.path(str(path))}
+        step = _step_key(context)
+        if step is not None:  # what the step cost so far (lib/analytics.py; read by `plml analytics`)
+            metadata.update(METER.measure(step, len(obj) if isinstance(obj, pd.DataFrame) else None))
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> object:
         parquet = self._path(context, ".parquet")
         if parquet.exists():
             frame = pd.read_parquet(parquet)
+            step = _step_key(context)
+            if step is not None:
+                METER.read(step, len(frame))
             if frame.shape[1] == 1 and context.dagster_type.typing_type is pd.Series:
                 return frame.iloc[:, 0]
             return frame

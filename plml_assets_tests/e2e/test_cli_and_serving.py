@@ -111,6 +111,18 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
         assert len(pids) > 1, "every step ran in one process"
         ordered = sorted(spans.values())
         assert any(later_start < end for (_, end), (later_start, _) in zip(ordered, ordered[1:])), "no two steps overlapped"
+    # `plml analytics --json`: the contract other tools read, with the step processes' own figures.
+    analytics = json.loads(_plml(home, "analytics", "--json").stdout)
+    assert {"run_id", "wall_s", "cores", "cpu_utilization", "cost_total", "steps", "success_rate"} <= set(analytics)
+    assert analytics["success_rate"] == 1.0 and analytics["cores"] == len(os.sched_getaffinity(0))
+    assert 0.0 < analytics["cpu_utilization"] <= 1.05 and analytics["cost_total"] > 0
+    steps = {s["step"]: s for s in analytics["steps"]}
+    for key in ("market_prices", "xgboost_study", "cpcv_paths", "backtest", "validation_report"):
+        assert {"step", "wall_s", "cpu_s", "peak_rss_mib", "cost"} <= set(steps[key]), key
+        assert steps[key]["cpu_s"] > 0 and steps[key]["peak_rss_mib"] > 50
+    assert steps["xgboost_study"]["trials"] == 6 and steps["xgboost_study"]["trials_per_s"] > 0
+    text = _plml(home, "analytics").stdout
+    assert "utilization" in text and "cpcv_paths" in text and "training success rate 100%" in text
     status = json.loads(_plml(home, "status", "--json").stdout)
     assert status["model_name"] == "plml_model"
     assert status["versions"] == ["1"]

@@ -1,0 +1,95 @@
+"""Training analytics read from a Dagster instance: the steps of the latest runs with their walls
+(from the run's step events) and what the IO manager recorded on their materializations (CPU, peak
+RSS, threads, rows; lib/analytics.py). Used by `plml analytics`."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from plml_assets.lib import analytics as an
+
+#: steps whose failure is the promotion gate holding the champion, not a failed training (as in `plml run`)
+GATE_STEP_MARK = "promotion_gate"
+
+
+def _value(entry) -> object:
+    return getattr(entry, "value", entry)
+
+
+def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.StepFigures], list[str]]:
+    """The finished steps of one run, and the keys of the steps that failed."""
+    starts: dict[str, float] = {}
+    ends: dict[str, tuple[float, str]] = {}
+    recorded: dict[str, dict] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None or not event.step_key:
+            continue
+        kind = event.event_type
+        if kind == dg.DagsterEventType.STEP_START:
+            starts[event.step_key] = record.timestamp
+        elif kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            ends[event.step_key] = (record.timestamp, "success" if kind == dg.DagsterEventType.STEP_SUCCESS else "failure")
+        elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            meta = {k: _value(v) for k, v in event.event_specific_data.materialization.metadata.items()}
+            mine = recorded.setdefault(event.step_key, {})
+            for key in (an.CPU_KEY, an.RSS_KEY, an.THREADS_KEY, an.ROWS_IN_KEY):  # cumulative per step: keep the largest
+                if key in meta:
+                    mine[key] = max(mine.get(key, 0), meta[key])
+            if an.ROWS_OUT_KEY in meta:
+                mine[an.ROWS_OUT_KEY] = mine.get(an.ROWS_OUT_KEY, 0) + meta[an.ROWS_OUT_KEY]
+            if "trials_run_now" in meta:
+                mine["trials"] = int(meta["trials_run_now"])
+    steps = []
+    for key, (end, status) in ends.items():
+        if key not in starts:
+            continue
+        got = recorded.get(key, {})
+        steps.append(an.StepFigures(
+            step=key, wall_s=round(end - starts[key], 3), status=status, start=starts[key],
+            cpu_s=got.get(an.CPU_KEY), peak_rss_mib=got.get(an.RSS_KEY), threads=got.get(an.THREADS_KEY),
+            rows_in=got.get(an.ROWS_IN_KEY), rows_out=got.get(an.ROWS_OUT_KEY), trials=got.get("trials"),
+        ))
+    failed = [k for k, (_, status) in ends.items() if status == "failure"]
+    return steps, failed
+
+
+def training_succeeded(failed_steps: list[str], status: dg.DagsterRunStatus) -> bool:
+    """A run trained successfully when it succeeded, or when its only failure is the promotion gate
+    keeping the champion (a decision, not a failure of training)."""
+    if status == dg.DagsterRunStatus.SUCCESS:
+        return True
+    return (status == dg.DagsterRunStatus.FAILURE and bool(failed_steps)
+            and all(GATE_STEP_MARK in step for step in failed_steps))
+
+
+def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard | None = None,
+              cores: int | None = None) -> dict:
+    """The latest finished run's per-step report, plus trends and the training success rate over the
+    last ``runs`` finished runs (each with at least one step)."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    rates = rates or an.RateCard()
+    cores = cores or len(os.sched_getaffinity(0))
+    finished = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]), limit=runs)
+    reports, outcomes = [], []
+    for run in finished:
+        steps, failed = step_figures(instance, run.run_id)
+        if not steps:
+            continue
+        report = an.run_report(run.run_id, steps, cores, rates)
+        report["job"] = run.job_name
+        report["trained"] = training_succeeded(failed, run.status)
+        reports.append(report)
+        outcomes.append(report["trained"])
+    if not reports:
+        raise ValueError("no finished run with steps in this Dagster instance: run `plml run` first")
+    latest = dict(reports[0])
+    latest["success_rate"] = an.success_rate(outcomes)
+    latest["success_rate_runs"] = len(outcomes)
+    latest["trend"] = [{k: r[k] for k in ("run_id", "job", "wall_s", "cpu_s", "cpu_utilization", "peak_rss_mib",
+                                          "cost_total", "trained")} for r in reports]
+    return latest

@@ -1,0 +1,186 @@
+"""Training analytics: what every step of a run cost in seconds, CPU and memory, and in money.
+
+Two halves:
+
+- **recording** (:class:`StepMeter`): called from the IO manager when a step stores an output, in
+  the step's own process; it measures the step's CPU seconds (user + system, children included),
+  the process's peak RSS and its OS thread count, and the rows the step read and wrote. With the
+  multiprocess executor every step is a fresh process forked from the forkserver (its usage starts
+  at zero there), so the figures are the step's own; with the in-process executor the CPU is the
+  difference since the previous step's last output (orchestration between steps included) and the
+  peak RSS is the process's peak so far (an upper bound for the step).
+- **reporting** (:func:`run_report`): from the steps' walls (their STEP_START and STEP_SUCCESS /
+  STEP_FAILURE events) and the recorded metadata, per-step and per-run totals, CPU utilization
+  (CPU s / (wall x cores)), idle share, and cost by a rate card (:class:`RateCard`).
+
+No Dagster import here: the callers pass plain values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: metadata keys the IO manager adds to every materialization (read back by the report)
+CPU_KEY, RSS_KEY, THREADS_KEY, ROWS_IN_KEY, ROWS_OUT_KEY = (
+    "step_cpu_s", "step_peak_rss_mib", "step_threads", "step_rows_in", "step_rows_out")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (or of its largest child, if larger), MiB (Linux: KiB units)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return max(own.ru_maxrss, kids.ru_maxrss) / 1024.0
+
+
+def os_threads() -> int | None:
+    """OS threads of this process now (BLAS, OpenMP and torch pools included); None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return None
+
+
+@dataclass
+class StepMeter:
+    """Per-process bookkeeping of the step being executed (see the module docstring)."""
+
+    pid: int = field(default_factory=os.getpid)
+    step: str | None = None
+    base_cpu: float = field(default_factory=cpu_seconds)
+    last_cpu: float = field(default_factory=cpu_seconds)
+    rows_in: dict[str, int] = field(default_factory=dict)
+
+    def _sync(self) -> None:
+        if os.getpid() != self.pid:  # a forked step process: its usage counts from zero
+            self.pid, self.step, self.base_cpu, self.last_cpu, self.rows_in = os.getpid(), None, 0.0, 0.0, {}
+
+    def read(self, step: str, rows: int) -> None:
+        """A step loaded an input of ``rows`` rows."""
+        self._sync()
+        self.rows_in[step] = self.rows_in.get(step, 0) + int(rows)
+
+    def measure(self, step: str, rows_out: int | None) -> dict[str, float | int]:
+        """The step's figures so far, when it stores an output (several outputs: cumulative)."""
+        self._sync()
+        now = cpu_seconds()
+        if step != self.step:
+            self.step, self.base_cpu = step, self.last_cpu
+        self.last_cpu = now
+        out: dict[str, float | int] = {CPU_KEY: round(now - self.base_cpu, 3), RSS_KEY: round(peak_rss_mib(), 1),
+                                       ROWS_IN_KEY: int(self.rows_in.get(step, 0))}
+        threads = os_threads()
+        if threads is not None:
+            out[THREADS_KEY] = threads
+        if rows_out is not None:
+            out[ROWS_OUT_KEY] = int(rows_out)
+        return out
+
+
+METER = StepMeter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateCard:
+    """What compute costs. The defaults are illustrative examples (roughly an on-demand cloud
+    general-purpose VM in 2026), not truths: set your own."""
+
+    core_hour: float = 0.048
+    gib_hour: float = 0.0065
+    gpu_hour: float = 2.5
+    currency: str = "USD"
+
+    def __post_init__(self) -> None:
+        for name in ("core_hour", "gib_hour", "gpu_hour"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"rate card {name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass
+class StepFigures:
+    step: str
+    wall_s: float
+    status: str
+    start: float
+    cpu_s: float | None = None
+    peak_rss_mib: float | None = None
+    threads: int | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+    trials: int | None = None
+
+    def cost(self, rates: RateCard) -> float | None:
+        """CPU used plus memory held for the step's wall."""
+        if self.cpu_s is None:
+            return None
+        memory = (self.peak_rss_mib or 0.0) / 1024.0 * self.wall_s / 3600.0 * rates.gib_hour
+        return self.cpu_s / 3600.0 * rates.core_hour + memory
+
+    def as_dict(self, rates: RateCard) -> dict:
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "start"}
+        cost = self.cost(rates)
+        if cost is not None:
+            out["cost"] = round(cost, 6)
+        if self.rows_in and self.wall_s > 0:
+            out["rows_per_s"] = round(self.rows_in / self.wall_s, 1)
+        if self.trials and self.wall_s > 0:
+            out["trials_per_s"] = round(self.trials / self.wall_s, 4)
+        return out
+
+
+def run_report(run_id: str, steps: list[StepFigures], cores: int, rates: RateCard | None = None) -> dict:
+    """Per-step figures and run totals. ``wall_s`` is first step start to last step end; the cores
+    are held for all of it, so ``cost_total`` adds the idle cores' share to the steps' costs."""
+    rates = rates or RateCard()
+    if cores < 1:
+        raise ValueError(f"cores must be >= 1, got {cores}")
+    if not steps:
+        raise ValueError(f"run {run_id} has no finished step")
+    start = min(s.start for s in steps)
+    wall = max(s.start + s.wall_s for s in steps) - start
+    metered = [s for s in steps if s.cpu_s is not None]
+    cpu = sum(s.cpu_s for s in metered) if metered else None  # None: a run from before the metering
+    utilization = cpu / (wall * cores) if cpu is not None and wall > 0 else None
+    cost_total = None
+    if cpu is not None:
+        idle_core_s = max(0.0, wall * cores - cpu)
+        cost_total = sum(s.cost(rates) for s in metered) + idle_core_s / 3600.0 * rates.core_hour
+    peaks = [s.peak_rss_mib for s in steps if s.peak_rss_mib is not None]
+    return {
+        "run_id": run_id,
+        "wall_s": round(wall, 2),
+        "cores": cores,
+        "cpu_s": None if cpu is None else round(cpu, 2),
+        "cpu_utilization": None if utilization is None else round(utilization, 4),
+        "idle_share": None if utilization is None else round(1.0 - utilization, 4),
+        "step_wall_sum_s": round(sum(s.wall_s for s in steps), 2),
+        "peak_rss_mib": max(peaks) if peaks else None,
+        "cost_total": None if cost_total is None else round(cost_total, 6),
+        "currency": rates.currency,
+        "rate_card": asdict(rates),
+        "steps": [s.as_dict(rates) for s in sorted(steps, key=lambda s: s.start)],
+        "measured_at": time.time(),
+    }
+
+
+def success_rate(outcomes: list[bool]) -> float | None:
+    """Share of runs whose training succeeded (None with no run)."""
+    return sum(outcomes) / len(outcomes) if outcomes else None

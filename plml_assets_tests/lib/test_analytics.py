@@ -1,0 +1,98 @@
+"""Training analytics (issue 14): the step meter measures the step's own CPU, and the run report's
+utilization, idle share and cost follow from the figures by hand."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from plml_assets.lib import analytics as an
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    x = 0
+    while time.process_time() < end:
+        x += 1
+
+
+def test_the_meter_charges_each_step_its_own_cpu_and_accumulates_over_its_outputs():
+    meter = an.StepMeter()
+    meter.measure("warm_up", None)
+    _burn(0.3)
+    first = meter.measure("a", 10)
+    _burn(0.2)
+    again = meter.measure("a", 5)  # a second output of the same step: cumulative
+    _burn(0.1)
+    other = meter.measure("b", None)
+    assert first[an.CPU_KEY] == pytest.approx(0.3, abs=0.08)
+    assert again[an.CPU_KEY] == pytest.approx(0.5, abs=0.1)
+    assert other[an.CPU_KEY] == pytest.approx(0.1, abs=0.06)  # b starts where a's last output was
+    assert first[an.ROWS_OUT_KEY] == 10 and an.ROWS_OUT_KEY not in other
+    assert first[an.RSS_KEY] > 10 and first.get(an.THREADS_KEY, 1) >= 1
+
+
+def test_rows_read_are_counted_per_step():
+    meter = an.StepMeter()
+    meter.read("a", 100)
+    meter.read("a", 50)
+    meter.read("b", 7)
+    assert meter.measure("a", None)[an.ROWS_IN_KEY] == 150
+    assert meter.measure("b", None)[an.ROWS_IN_KEY] == 7
+
+
+def test_a_forked_step_process_counts_from_zero():
+    meter = an.StepMeter()
+    _burn(0.3)  # the parent's CPU must not be charged to the child's step
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        _burn(0.1)
+        os.write(write, str(meter.measure("child_step", None)[an.CPU_KEY]).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_cpu = float(os.read(read, 100).decode())
+    assert child_cpu == pytest.approx(0.1, abs=0.06)
+
+
+def test_run_report_by_hand():
+    rates = an.RateCard(core_hour=3.6, gib_hour=36.0)  # 0.001 per core-second, 0.01 per GiB-second
+    steps = [
+        an.StepFigures("a", wall_s=10.0, status="success", start=100.0, cpu_s=10.0, peak_rss_mib=1024.0, rows_in=1000),
+        an.StepFigures("b", wall_s=10.0, status="success", start=100.0, cpu_s=5.0, peak_rss_mib=512.0, trials=4),
+        an.StepFigures("c", wall_s=10.0, status="success", start=110.0, cpu_s=5.0, peak_rss_mib=None),
+    ]
+    report = an.run_report("r1", steps, cores=2, rates=rates)
+    assert report["wall_s"] == 20.0 and report["cpu_s"] == 20.0 and report["step_wall_sum_s"] == 30.0
+    assert report["cpu_utilization"] == pytest.approx(0.5) and report["idle_share"] == pytest.approx(0.5)
+    a, b, c = report["steps"][0], report["steps"][1], report["steps"][2]
+    assert a["cost"] == pytest.approx(10 * 0.001 + 1.0 * 10 * 0.01)
+    assert b["cost"] == pytest.approx(5 * 0.001 + 0.5 * 10 * 0.01) and b["trials_per_s"] == pytest.approx(0.4)
+    assert a["rows_per_s"] == pytest.approx(100.0)
+    idle = (20 * 2 - 20) * 0.001
+    assert report["cost_total"] == pytest.approx(a["cost"] + b["cost"] + c["cost"] + idle)
+    assert report["peak_rss_mib"] == 1024.0
+
+
+def test_a_run_without_metering_reports_absent_figures_not_zeros():
+    steps = [an.StepFigures("a", wall_s=3.0, status="success", start=0.0)]
+    report = an.run_report("old", steps, cores=2)
+    assert report["cpu_s"] is None and report["cpu_utilization"] is None and report["cost_total"] is None
+    assert "cost" not in report["steps"][0] and "cpu_s" not in report["steps"][0]
+
+
+@pytest.mark.parametrize("kwargs", [{"core_hour": -1.0}, {"gib_hour": float("nan")}, {"gpu_hour": "x"}])
+def test_a_bad_rate_card_is_named(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        an.RateCard(**kwargs)
+
+
+def test_bad_report_input_is_refused():
+    with pytest.raises(ValueError, match="cores"):
+        an.run_report("r", [an.StepFigures("a", 1.0, "success", 0.0)], cores=0)
+    with pytest.raises(ValueError, match="no finished step"):
+        an.run_report("r", [], cores=2)
+    assert an.success_rate([]) is None and an.success_rate([True, True, False, True]) == 0.75
