@@ -361,8 +361,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             with execute_job(reconstructable(main_job), instance=instance, run_config=run_config,
                              raise_on_error=False) as result:
                 summary = _run_summary(result)
-    success, run_id, failed_steps, checks = summary
-    elapsed = time.perf_counter() - start
+        success, run_id, failed_steps, checks = summary
+        elapsed = time.perf_counter() - start
+        # What it cost, on the run that just finished (training_analytics and its regression check).
+        from plml_assets.definitions import defs
+
+        after = defs.resolve_job_def("plml_analytics").execute_in_process(instance=instance, raise_on_error=False)
+        for event in after.all_events:
+            if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+                print(f"  check training_analytics:{event.event_specific_data.check_name}: "
+                      f"{event.event_specific_data.description}")
     gate = [c for c in checks if c.check_name == "promotion_gate"]
     gate_only = bool(gate) and failed_steps and all("promotion_gate" in s for s in failed_steps)
     print()

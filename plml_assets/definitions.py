@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from plml_assets.defs.analytics import assets as analytics_assets
 from plml_assets.defs.backtest import assets as backtest_assets
 from plml_assets.defs.comparison import assets as comparison_assets
 from plml_assets.defs.data import assets as data_assets
@@ -61,9 +62,9 @@ def build_resources() -> dict[str, object]:
 
 ASSETS = dg.load_assets_from_modules(
     [data_assets, selection_assets, validation_assets, tuning_assets, backtest_assets, training_assets,
-     comparison_assets, ensemble_assets, importance_assets, monitoring_assets, registry_assets]
+     comparison_assets, ensemble_assets, importance_assets, monitoring_assets, registry_assets, analytics_assets]
 )
-CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets])
+CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets, analytics_assets])
 
 # Declarative automation: the data assets and drift_metrics carry AutomationConditions (eager,
 # gated by the blocking price checks); this sensor evaluates them.
@@ -74,15 +75,22 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
 #: The whole asset graph as one named job: what `plml run` executes (several steps at a time in their
 #: own processes), and what a user launches from the UI or GraphQL to rebuild everything.
 MAIN_JOB = dg.define_asset_job(
-    "plml_main", selection=dg.AssetSelection.all(),
+    "plml_main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("training_analytics"),
     description="Every asset and check of plml: data, features, studies, CV, models, ensembles, leaderboard, "
     "backtest, validation, registry and promotion gate, drift metrics.",
+)
+
+#: What the last training runs cost: run after plml_main (by `plml run`), never inside it, so that it
+#: reports on finished runs.
+ANALYTICS_JOB = dg.define_asset_job(
+    "plml_analytics", selection=dg.AssetSelection.assets("training_analytics"),
+    description="training_analytics and its step_regression check, on the runs finished so far.",
 )
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[rollback_champion, MAIN_JOB],
+    jobs=[rollback_champion, MAIN_JOB, ANALYTICS_JOB],
     schedules=[data_refresh_schedule, weekly_retrain_schedule],
     sensors=[drift_retraining_sensor, AUTOMATION],
     resources=build_resources(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,6 +165,11 @@ def run_report(run_id: str, steps: list[StepFigures], cores: int, rates: RateCar
         idle_core_s = max(0.0, wall * cores - cpu)
         cost_total = sum(s.cost(rates) for s in metered) + idle_core_s / 3600.0 * rates.core_hour
     peaks = [s.peak_rss_mib for s in steps if s.peak_rss_mib is not None]
+    rows = []
+    for s in sorted(steps, key=lambda s: s.start):
+        row = s.as_dict(rates)
+        row["start_offset_s"] = round(s.start - start, 3)
+        rows.append(row)
     return {
         "run_id": run_id,
         "wall_s": round(wall, 2),
@@ -176,7 +182,7 @@ def run_report(run_id: str, steps: list[StepFigures], cores: int, rates: RateCar
         "cost_total": None if cost_total is None else round(cost_total, 6),
         "currency": rates.currency,
         "rate_card": asdict(rates),
-        "steps": [s.as_dict(rates) for s in sorted(steps, key=lambda s: s.start)],
+        "steps": rows,
         "measured_at": time.time(),
     }
 
@@ -184,3 +190,53 @@ def run_report(run_id: str, steps: list[StepFigures], cores: int, rates: RateCar
 def success_rate(outcomes: list[bool]) -> float | None:
     """Share of runs whose training succeeded (None with no run)."""
     return sum(outcomes) / len(outcomes) if outcomes else None
+
+
+def regressions(latest: dict[str, float], history: dict[str, list[float]], factor: float = 1.5, runs: int = 5,
+                min_wall_s: float = 2.0) -> list[dict]:
+    """Steps of the latest run slower than ``factor`` x their median wall over the ``runs`` earlier runs
+    (newest first in ``history``) that ran them; steps under ``min_wall_s`` are noise and skipped, and
+    a step needs at least 2 earlier walls to have a median worth comparing with."""
+    if factor <= 1:
+        raise ValueError(f"factor must be > 1, got {factor}")
+    out = []
+    for step, wall in latest.items():
+        earlier = history.get(step, [])[:runs]
+        if len(earlier) < 2 or wall < min_wall_s:
+            continue
+        median = float(statistics.median(earlier))
+        if median > 0 and wall > factor * median:
+            out.append({"step": step, "wall_s": round(wall, 2), "median_s": round(median, 2),
+                        "ratio": round(wall / median, 2), "runs": len(earlier)})
+    return sorted(out, key=lambda r: -r["ratio"])
+
+
+def gantt_png(steps: list[dict], title: str) -> bytes:
+    """Timeline of the steps (``start_offset_s``, ``wall_s``), one bar per step, in start order."""
+    from plml_assets.lib.plots import plt, to_png
+
+    ordered = sorted(steps, key=lambda s: s["start_offset_s"])
+    fig, ax = plt.subplots(figsize=(9, max(3, 0.22 * len(ordered))))
+    for i, s in enumerate(ordered):
+        ax.barh(i, s["wall_s"], left=s["start_offset_s"], color="tab:red" if s.get("status") == "failure" else "tab:blue")
+    ax.set_yticks(range(len(ordered)), [s["step"] for s in ordered], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the run's first step")
+    ax.set_title(title)
+    return to_png(fig)
+
+
+def trend_png(trend: list[dict]) -> bytes:
+    """Wall and CPU seconds of the last runs, oldest left."""
+    from plml_assets.lib.plots import plt, to_png
+
+    runs = list(reversed(trend))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    x = range(len(runs))
+    ax.plot(x, [r["wall_s"] for r in runs], marker="o", label="wall s")
+    ax.plot(x, [r["cpu_s"] if r["cpu_s"] is not None else float("nan") for r in runs], marker="s", label="CPU s")
+    ax.set_xticks(list(x), [r["run_id"][:8] for r in runs], rotation=45, fontsize=7)
+    ax.set_ylabel("seconds")
+    ax.legend()
+    ax.set_title("runs, oldest to newest")
+    return to_png(fig)

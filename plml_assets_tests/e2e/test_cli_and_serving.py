@@ -121,6 +121,9 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
         assert {"step", "wall_s", "cpu_s", "peak_rss_mib", "cost"} <= set(steps[key]), key
         assert steps[key]["cpu_s"] > 0 and steps[key]["peak_rss_mib"] > 50
     assert steps["xgboost_study"]["trials"] == 6 and steps["xgboost_study"]["trials_per_s"] > 0
+    # `plml run` then materialized training_analytics on that finished run.
+    stored = json.loads((home / "assets" / "training_analytics.json").read_text())
+    assert stored["run_id"] == analytics["run_id"] and stored["success_rate"] == 1.0
     text = _plml(home, "analytics").stdout
     assert "utilization" in text and "cpcv_paths" in text and "training success rate 100%" in text
     status = json.loads(_plml(home, "status", "--json").stdout)

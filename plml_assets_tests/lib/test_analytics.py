@@ -96,3 +96,34 @@ def test_bad_report_input_is_refused():
     with pytest.raises(ValueError, match="no finished step"):
         an.run_report("r", [], cores=2)
     assert an.success_rate([]) is None and an.success_rate([True, True, False, True]) == 0.75
+
+
+def test_a_step_slower_than_1_5x_its_median_is_named_and_noise_is_not():
+    history = {"study": [10.0, 11.0, 9.0, 10.0, 10.5, 50.0], "cv": [10.0, 10.0], "tiny": [0.5, 0.5, 0.5], "new": [9.0]}
+    latest = {"study": 16.0, "cv": 14.0, "tiny": 1.9, "new": 30.0, "unseen": 100.0}
+    slow = an.regressions(latest, history, factor=1.5, runs=5)
+    # study: median of the 5 newest earlier walls is 10.0 (the 6th, 50 s, is beyond the window); cv at 1.4x
+    # is within bounds; tiny is under 2 s; new has one earlier run; unseen none.
+    assert slow == [{"step": "study", "wall_s": 16.0, "median_s": 10.0, "ratio": 1.6, "runs": 5}]
+    with pytest.raises(ValueError, match="factor"):
+        an.regressions(latest, history, factor=1.0)
+
+
+def test_the_regression_check_warns_naming_the_step():
+    from plml_assets.defs.analytics.assets import step_regression
+
+    report = {"steps": [{"step": "cpcv_paths", "wall_s": 40.0}, {"step": "backtest", "wall_s": 20.0}],
+              "step_history": {"cpcv_paths": [20.0, 21.0, 19.0], "backtest": [19.0, 21.0]}}
+    result = step_regression(training_analytics=report)
+    assert not result.passed and result.severity.value == "WARN"
+    assert "cpcv_paths 40 s = 2.0x its median 20 s" in result.description and "backtest" not in result.description
+    calm = step_regression(training_analytics={**report, "steps": [{"step": "cpcv_paths", "wall_s": 22.0}]})
+    assert calm.passed and "2 steps compared" not in calm.description and "1 steps compared" in calm.description
+
+
+def test_plots_are_png():
+    steps = [{"step": "a", "start_offset_s": 0.0, "wall_s": 3.0, "status": "success"},
+             {"step": "b", "start_offset_s": 1.0, "wall_s": 2.0, "status": "failure"}]
+    assert an.gantt_png(steps, "run").startswith(b"\x89PNG")
+    trend = [{"run_id": "r2" * 8, "wall_s": 10.0, "cpu_s": 15.0}, {"run_id": "r1" * 8, "wall_s": 12.0, "cpu_s": None}]
+    assert an.trend_png(trend).startswith(b"\x89PNG")

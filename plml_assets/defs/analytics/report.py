@@ -66,18 +66,23 @@ def training_succeeded(failed_steps: list[str], status: dg.DagsterRunStatus) -> 
 
 
 def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard | None = None,
-              cores: int | None = None) -> dict:
-    """The latest finished run's per-step report, plus trends and the training success rate over the
-    last ``runs`` finished runs (each with at least one step)."""
+              cores: int | None = None, ignore_steps: frozenset[str] = frozenset({"training_analytics"})) -> dict:
+    """The latest finished run's per-step report, plus trends, each step's walls in the earlier runs
+    (``step_history``, newest first) and the training success rate over the last ``runs`` finished
+    runs that trained something (steps of ``ignore_steps`` and their checks, e.g. the analytics asset,
+    are left out, and a run of nothing else is not a training run)."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     rates = rates or an.RateCard()
     cores = cores or len(os.sched_getaffinity(0))
     finished = instance.get_runs(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]), limit=runs)
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]), limit=4 * runs)
     reports, outcomes = [], []
     for run in finished:
+        if len(reports) == runs:
+            break
         steps, failed = step_figures(instance, run.run_id)
+        steps = [s for s in steps if not any(s.step == k or s.step.startswith(f"{k}_") for k in ignore_steps)]
         if not steps:
             continue
         report = an.run_report(run.run_id, steps, cores, rates)
@@ -90,6 +95,11 @@ def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard |
     latest = dict(reports[0])
     latest["success_rate"] = an.success_rate(outcomes)
     latest["success_rate_runs"] = len(outcomes)
+    history: dict[str, list[float]] = {}
+    for r in reports[1:]:
+        for s in r["steps"]:
+            history.setdefault(s["step"], []).append(s["wall_s"])
+    latest["step_history"] = history
     latest["trend"] = [{k: r[k] for k in ("run_id", "job", "wall_s", "cpu_s", "cpu_utilization", "peak_rss_mib",
                                           "cost_total", "trained")} for r in reports]
     return latest

@@ -1,0 +1,79 @@
+"""`training_analytics`: where the seconds, bytes and money of the last training runs went, as an
+asset with plots, and a non-blocking check that names a step that became slow."""
+
+
+import dagster as dg
+from pydantic import Field
+
+from plml_assets.defs.analytics.report import analytics
+from plml_assets.lib import analytics as an
+from plml_assets.lib.plots import markdown_image
+
+
+class AnalyticsConfig(dg.Config):
+    runs: int = Field(default=10, ge=1, description="finished training runs the trends and success rate cover")
+    core_hour: float = Field(default=0.048, ge=0, description="cost of one core for an hour (an example, not a truth)")
+    gib_hour: float = Field(default=0.0065, ge=0, description="cost of one GiB of memory for an hour (an example)")
+    gpu_hour: float = Field(default=2.5, ge=0, description="cost of one GPU for an hour (an example)")
+    success_gate: float = Field(default=0.95, ge=0, le=1, description="the project's quality gate on the training success rate")
+
+
+@dg.asset(
+    group_name="analytics",
+    kinds={"dagster"},
+    description="The latest finished training run step by step (wall, CPU s, peak RSS, threads, rows/s, trials/s, cost "
+    "by a rate card), CPU utilization and idle share, trends and the training success rate over the last runs, read from "
+    "the Dagster instance; a timeline (Gantt) and a trend plot. Materialized by `plml run` after the graph, or by hand.",
+)
+def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfig) -> dg.Output[dict]:
+    rates = an.RateCard(core_hour=config.core_hour, gib_hour=config.gib_hour, gpu_hour=config.gpu_hour)
+    try:
+        report = analytics(context.instance, runs=config.runs, rates=rates)
+    except ValueError as exc:  # a fresh instance: nothing has run to completion yet
+        context.log.info(f"training_analytics: {exc}")
+        return dg.Output({"run_id": None, "reason": str(exc), "steps": [], "step_history": {}},
+                         metadata={"run_id": "none", "reason": str(exc)})
+    steps = report["steps"]
+    context.log.info(
+        f"training_analytics: run {report['run_id'][:8]} wall {report['wall_s']:.0f} s on {report['cores']} cores, "
+        f"CPU utilization {report['cpu_utilization']}, cost {report['cost_total']} {report['currency']}, "
+        f"success rate {report['success_rate']:.0%} over {report['success_rate_runs']} runs"
+    )
+    slow = sorted(steps, key=lambda s: -s["wall_s"])
+    table = "\n".join(
+        ["| step | wall s | CPU s | peak RSS MiB | threads | rows in | rows/s | cost |", "|---|---|---|---|---|---|---|---|"]
+        + [f"| {s['step']} | {s['wall_s']:.1f} | {s.get('cpu_s', '-')} | {s.get('peak_rss_mib', '-')} | {s.get('threads', '-')} | "
+           f"{s.get('rows_in', '-')} | {s.get('rows_per_s', '-')} | {s.get('cost', '-')} |" for s in slow])
+    metadata = {
+        "run_id": report["run_id"],
+        "wall_s": report["wall_s"],
+        "cores": report["cores"],
+        "step_wall_sum_s": report["step_wall_sum_s"],
+        "success_rate": report["success_rate"],
+        "success_rate_runs": report["success_rate_runs"],
+        "meets_success_gate": bool(report["success_rate"] >= config.success_gate),
+        "steps": dg.MetadataValue.md(table),
+        "timeline": dg.MetadataValue.md(markdown_image(an.gantt_png(steps, f"run {report['run_id'][:8]}"), "timeline")),
+        "trend": dg.MetadataValue.md(markdown_image(an.trend_png(report["trend"]), "trend")),
+        "rate_card": dg.MetadataValue.json(report["rate_card"]),
+    }
+    for key in ("cpu_s", "cpu_utilization", "idle_share", "peak_rss_mib", "cost_total"):
+        if report[key] is not None:  # absent, not zero, for runs from before the metering
+            metadata[key] = report[key]
+    return dg.Output(report, metadata=metadata)
+
+
+@dg.asset_check(asset=training_analytics, blocking=False,
+                description="Warns when a step of the latest run took more than 1.5x its median wall over the 5 earlier "
+                "runs that ran it (a performance regression), naming the step.")
+def step_regression(training_analytics: dict) -> dg.AssetCheckResult:
+    latest = {s["step"]: s["wall_s"] for s in training_analytics["steps"]}
+    slow = an.regressions(latest, training_analytics.get("step_history", {}), factor=1.5, runs=5)
+    if not slow:
+        compared = sum(1 for k in latest if len(training_analytics.get("step_history", {}).get(k, [])) >= 2)
+        return dg.AssetCheckResult(passed=True, description=f"no step above 1.5x its median ({compared} steps compared)",
+                                   metadata={"steps_compared": compared})
+    names = ", ".join(f"{r['step']} {r['wall_s']:.0f} s = {r['ratio']:.1f}x its median {r['median_s']:.0f} s" for r in slow)
+    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                               description=f"slower than 1.5x the median of the last runs: {names}",
+                               metadata={"regressions": dg.MetadataValue.json(slow)})
