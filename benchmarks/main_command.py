@@ -27,12 +27,12 @@ SECTION = "## Main command: serial vs concurrent steps"
 
 
 def step_walls(dagster_home: Path) -> tuple[float, dict[str, float]]:
-    """(run wall from its first step start to its last step end, {step: wall s}) of the one run there."""
+    """(run wall from its first step start to its last step end, {step: wall s}) of the plml_main run there."""
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    from dagster import DagsterEventType, DagsterInstance
+    from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
     with DagsterInstance.get() as instance:
-        (run,) = instance.get_runs(limit=1)
+        (run,) = instance.get_runs(filters=RunsFilter(job_name="plml_main"), limit=1)
         starts, ends = {}, {}
         for record in instance.all_logs(run.run_id):
             event = record.dagster_event

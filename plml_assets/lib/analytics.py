@@ -240,3 +240,30 @@ def trend_png(trend: list[dict]) -> bytes:
     ax.legend()
     ax.set_title("runs, oldest to newest")
     return to_png(fig)
+
+
+def family_costs(steps: list[dict], families: list[str], cv_gain: dict[str, float], baseline: str = "momentum_20d") -> list[dict]:
+    """What each model family cost in this run (its own steps: ``<family>_...``) next to what it gained:
+    its walk-forward CV rank IC over the baseline's (``cv_gain``), as cost per 0.01 of gain and as
+    shares of the families' total cost and total positive gain, with a sentence saying so."""
+    rows = []
+    for family in families:
+        mine = [s for s in steps if s["step"].startswith(f"{family}_") and s.get("cost") is not None]
+        cost = sum(s["cost"] for s in mine)
+        wall = sum(s["wall_s"] for s in mine)
+        rows.append({"family": family, "steps": len(mine), "wall_s": round(wall, 2), "cost": round(cost, 6),
+                     "cv_gain_over_" + baseline: cv_gain.get(family)})
+    total_cost = sum(r["cost"] for r in rows)
+    gains = {r["family"]: r["cv_gain_over_" + baseline] for r in rows}
+    total_gain = sum(g for g in gains.values() if g is not None and g > 0)
+    for r in rows:
+        gain = gains[r["family"]]
+        r["cost_share"] = round(r["cost"] / total_cost, 4) if total_cost > 0 else None
+        r["gain_share"] = round(max(gain, 0.0) / total_gain, 4) if gain is not None and total_gain > 0 else None
+        r["cost_per_0.01_rank_ic"] = round(r["cost"] / (gain / 0.01), 6) if gain is not None and gain > 0 else None
+        if gain is not None and gain <= 0:
+            r["recommendation"] = f"{r['family']}: no CV gain over {baseline} for {r['cost_share'] or 0:.0%} of cost"
+        elif r["cost_share"] is not None and r["gain_share"] is not None:
+            r["recommendation"] = (f"{r['family']}: {r['gain_share']:.0%} of CV gain for {r['cost_share']:.0%} of cost"
+                                   + ("; consider a smaller budget" if r["cost_share"] > 2 * r["gain_share"] else ""))
+    return rows

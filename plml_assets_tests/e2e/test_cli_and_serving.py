@@ -69,13 +69,14 @@ def readme_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 def _step_spans(dagster_home: Path) -> tuple[dict[str, tuple[float, float]], set[int]]:
-    """{step: (start, end)} and the step processes' pids of the one run in that instance, read in a
+    """{step: (start, end)} and the step processes' pids of the latest plml_main run there, read in a
     subprocess (DAGSTER_HOME is per process)."""
     script = (
         "import json\n"
         "from dagster import DagsterInstance, DagsterEventType as T\n"
+        "from dagster import RunsFilter\n"
         "with DagsterInstance.get() as i:\n"
-        "    (run,) = i.get_runs(limit=1)\n"
+        "    (run,) = i.get_runs(filters=RunsFilter(job_name='plml_main'), limit=1)\n"
         "    out = {'start': {}, 'end': {}, 'pids': []}\n"
         "    for r in i.all_logs(run.run_id):\n"
         "        e = r.dagster_event\n"
@@ -124,6 +125,10 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
     # `plml run` then materialized training_analytics on that finished run.
     stored = json.loads((home / "assets" / "training_analytics.json").read_text())
     assert stored["run_id"] == analytics["run_id"] and stored["success_rate"] == 1.0
+    families = {r["family"]: r for r in stored["families"]}
+    assert set(families) == {"xgboost", "lightgbm", "lstm", "gru"}
+    assert all(r["cost"] > 0 and r["steps"] >= 3 for r in families.values())
+    assert sum(r["cost_share"] for r in families.values()) == pytest.approx(1.0, abs=1e-3)
     text = _plml(home, "analytics").stdout
     assert "utilization" in text and "cpcv_paths" in text and "training success rate 100%" in text
     status = json.loads(_plml(home, "status", "--json").stdout)

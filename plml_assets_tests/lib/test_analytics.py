@@ -127,3 +127,17 @@ def test_plots_are_png():
     assert an.gantt_png(steps, "run").startswith(b"\x89PNG")
     trend = [{"run_id": "r2" * 8, "wall_s": 10.0, "cpu_s": 15.0}, {"run_id": "r1" * 8, "wall_s": 12.0, "cpu_s": None}]
     assert an.trend_png(trend).startswith(b"\x89PNG")
+
+
+def test_family_costs_set_cost_against_cv_gain():
+    steps = [{"step": "xgboost_study", "wall_s": 10.0, "cost": 0.03}, {"step": "xgboost_cv", "wall_s": 2.0, "cost": 0.01},
+             {"step": "lstm_study", "wall_s": 30.0, "cost": 0.06}, {"step": "backtest", "wall_s": 5.0, "cost": 0.5}]
+    rows = {r["family"]: r for r in an.family_costs(steps, ["xgboost", "lstm", "gru"], {"xgboost": 0.03, "lstm": 0.01, "gru": -0.01})}
+    x, l, g = rows["xgboost"], rows["lstm"], rows["gru"]
+    assert x["cost"] == pytest.approx(0.04) and x["steps"] == 2 and l["cost"] == pytest.approx(0.06)
+    assert x["cost_share"] == pytest.approx(0.4) and l["cost_share"] == pytest.approx(0.6)
+    assert x["gain_share"] == pytest.approx(0.75) and l["gain_share"] == pytest.approx(0.25)
+    assert x["cost_per_0.01_rank_ic"] == pytest.approx(0.04 / 3, abs=1e-6) and l["cost_per_0.01_rank_ic"] == pytest.approx(0.06)
+    assert l["recommendation"] == "lstm: 25% of CV gain for 60% of cost; consider a smaller budget"
+    assert x["recommendation"] == "xgboost: 75% of CV gain for 40% of cost"
+    assert g["cost_per_0.01_rank_ic"] is None and "no CV gain" in g["recommendation"]

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from plml_assets.defs.analytics.report import analytics
+from plml_assets.defs.shared import FAMILIES
 from plml_assets.lib import analytics as an
 from plml_assets.lib.plots import markdown_image
 
@@ -25,7 +26,7 @@ class AnalyticsConfig(dg.Config):
     "by a rate card), CPU utilization and idle share, trends and the training success rate over the last runs, read from "
     "the Dagster instance; a timeline (Gantt) and a trend plot. Materialized by `plml run` after the graph, or by hand.",
 )
-def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfig) -> dg.Output[dict]:
+def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfig, model_leaderboard: dict) -> dg.Output[dict]:
     rates = an.RateCard(core_hour=config.core_hour, gib_hour=config.gib_hour, gpu_hour=config.gpu_hour)
     try:
         report = analytics(context.instance, runs=config.runs, rates=rates)
@@ -34,6 +35,14 @@ def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfi
         return dg.Output({"run_id": None, "reason": str(exc), "steps": [], "step_history": {}},
                          metadata={"run_id": "none", "reason": str(exc)})
     steps = report["steps"]
+    # What each family cost against what it bought: its walk-forward CV rank IC over the baseline's.
+    board = {row["candidate"]: row for row in model_leaderboard["table"]}
+    baseline = model_leaderboard.get("baseline") or "momentum_20d"
+    base_ic = board.get(baseline, {}).get("walk_forward_rank_ic_mean")
+    gains = {f: board[f]["walk_forward_rank_ic_mean"] - base_ic for f in FAMILIES
+             if f in board and base_ic is not None and board[f].get("walk_forward_rank_ic_mean") is not None}
+    report["families"] = an.family_costs(steps, list(FAMILIES), gains, baseline=baseline)
+    report["recommendations"] = [r["recommendation"] for r in report["families"] if r.get("recommendation")]
     context.log.info(
         f"training_analytics: run {report['run_id'][:8]} wall {report['wall_s']:.0f} s on {report['cores']} cores, "
         f"CPU utilization {report['cpu_utilization']}, cost {report['cost_total']} {report['currency']}, "
@@ -56,6 +65,8 @@ def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfi
         "timeline": dg.MetadataValue.md(markdown_image(an.gantt_png(steps, f"run {report['run_id'][:8]}"), "timeline")),
         "trend": dg.MetadataValue.md(markdown_image(an.trend_png(report["trend"]), "trend")),
         "rate_card": dg.MetadataValue.json(report["rate_card"]),
+        "families": dg.MetadataValue.json(report["families"]),
+        "recommendations": dg.MetadataValue.md("\n".join(f"- {r}" for r in report["recommendations"]) or "none"),
     }
     for key in ("cpu_s", "cpu_utilization", "idle_share", "peak_rss_mib", "cost_total"):
         if report[key] is not None:  # absent, not zero, for runs from before the metering
