@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_name, write_section  # noqa: E402
@@ -27,24 +28,18 @@ SECTION = "## Main command: serial vs concurrent steps"
 
 
 def step_walls(dagster_home: Path) -> tuple[float, dict[str, float]]:
-    """(run wall from its first step start to its last step end, {step: wall s}) of the plml_main run there."""
+    """(run wall from its first step start to its last step end, {step: wall s}) of the latest
+    plml_main run there (plml_assets.defs.analytics.report.step_figures)."""
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    from dagster import DagsterEventType, DagsterInstance, RunsFilter
+    from dagster import DagsterInstance, RunsFilter
+
+    from plml_assets.defs.analytics.report import step_figures
 
     with DagsterInstance.get() as instance:
         (run,) = instance.get_runs(filters=RunsFilter(job_name="plml_main"), limit=1)
-        starts, ends = {}, {}
-        for record in instance.all_logs(run.run_id):
-            event = record.dagster_event
-            if event is None:
-                continue
-            if event.event_type == DagsterEventType.STEP_START:
-                starts[event.step_key] = record.timestamp
-            elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
-                ends[event.step_key] = record.timestamp
-    walls = {k: ends[k] - starts[k] for k in ends if k in starts}
-    span = max(ends.values()) - min(starts.values())
-    return span, walls
+        steps, _ = step_figures(instance, run.run_id)
+    span = max(s.start + s.wall_s for s in steps) - min(s.start for s in steps)
+    return span, {s.step: s.wall_s for s in steps}
 
 
 def one_run(workers: int, prices: str) -> dict:

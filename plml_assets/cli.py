@@ -414,7 +414,9 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     from plml_assets.defs.analytics.report import analytics
     from plml_assets.lib.analytics import RateCard
 
-    rates = RateCard(core_hour=args.core_hour, gib_hour=args.gib_hour, gpu_hour=args.gpu_hour)
+    defaults = RateCard()
+    rates = RateCard(**{k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+                        for k in ("core_hour", "gib_hour", "gpu_hour")})
     with DagsterInstance.get() as instance:
         try:
             report = analytics(instance, runs=args.runs, rates=rates)
@@ -458,9 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("analytics", help="wall, CPU, memory and cost of every step of the latest run, and trends")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--runs", type=int, default=10, help="finished runs the trends and success rate cover")
-    p.add_argument("--core-hour", type=float, default=0.048, help="cost of one core for an hour (an example default)")
-    p.add_argument("--gib-hour", type=float, default=0.0065, help="cost of one GiB of memory for an hour (an example default)")
-    p.add_argument("--gpu-hour", type=float, default=2.5, help="cost of one GPU for an hour (an example default)")
+    p.add_argument("--core-hour", type=float, default=None, help="cost of one core for an hour (default: lib/analytics.RateCard's example)")
+    p.add_argument("--gib-hour", type=float, default=None, help="cost of one GiB of memory for an hour (default: lib/analytics.RateCard's example)")
+    p.add_argument("--gpu-hour", type=float, default=None, help="cost of one GPU for an hour (default: lib/analytics.RateCard's example)")
     p.set_defaults(func=cmd_analytics)
     p = sub.add_parser("status", help="champion, challenger and their metrics")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -127,6 +127,7 @@ class StepFigures:
     rows_in: int | None = None
     rows_out: int | None = None
     trials: int | None = None
+    pid: int | None = None  # the process that ran the step
 
     def cost(self, rates: RateCard) -> float | None:
         """CPU used plus memory held for the step's wall."""

@@ -263,6 +263,9 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
     wf_signals = backtest.loc[backtest["segment"] == "walk_forward", f"{name}:rank_ic"].dropna().index
     assert wf_signals.isin(split.train_dates).all() and len(wf_signals) > 200
     assert evidence["execution_lag_days"] == 1 and evidence["cost_bps_per_side"] == 5.0
+    held_returns = backtest.loc[backtest["segment"] == "holdout", f"{name}:long_short"].dropna()
+    assert evidence["holdout_net_sharpe"] == pytest.approx(
+        held_returns.mean() / held_returns.std(ddof=1) * np.sqrt(252), rel=1e-6)
     # CPCV paths are of the pick too (its members refitted per split), 3 paths in the quick profile.
     cpcv_meta = next(e.materialization.metadata for e in result.get_asset_materialization_events()
                      if e.materialization.asset_key.to_user_string() == "cpcv_paths")

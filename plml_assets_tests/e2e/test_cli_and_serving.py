@@ -68,31 +68,6 @@ def readme_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return home, proc
 
 
-def _step_spans(dagster_home: Path) -> tuple[dict[str, tuple[float, float]], set[int]]:
-    """{step: (start, end)} and the step processes' pids of the latest plml_main run there, read in a
-    subprocess (DAGSTER_HOME is per process)."""
-    script = (
-        "import json\n"
-        "from dagster import DagsterInstance, DagsterEventType as T\n"
-        "from dagster import RunsFilter\n"
-        "with DagsterInstance.get() as i:\n"
-        "    (run,) = i.get_runs(filters=RunsFilter(job_name='plml_main'), limit=1)\n"
-        "    out = {'start': {}, 'end': {}, 'pids': []}\n"
-        "    for r in i.all_logs(run.run_id):\n"
-        "        e = r.dagster_event\n"
-        "        if e is None or not e.step_key: continue\n"
-        "        if e.event_type == T.STEP_START: out['start'][e.step_key] = r.timestamp; out['pids'].append(e.pid)\n"
-        "        if e.event_type in (T.STEP_SUCCESS, T.STEP_FAILURE): out['end'][e.step_key] = r.timestamp\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    spans = {k: (data["start"][k], data["end"][k]) for k in data["end"] if k in data["start"]}
-    return spans, {p for p in data["pids"] if p is not None}
-
-
 def _registry(home: Path) -> MlflowRegistry:
     return MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
 
@@ -106,14 +81,13 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
     assert "holdout:" in out and "CV (walk-forward)" in out
     assert "dagster dev" in out and "mlflow ui --backend-store-uri" in out
     assert (home / "mlflow.db").exists() and (home / "dagster").is_dir()
-    if len(os.sched_getaffinity(0)) > 1:  # the default: one step process per core, steps side by side
-        assert f"plml run: {len(os.sched_getaffinity(0))} step processes at a time" in out
-        spans, pids = _step_spans(home / "dagster")
-        assert len(pids) > 1, "every step ran in one process"
-        ordered = sorted(spans.values())
-        assert any(later_start < end for (_, end), (later_start, _) in zip(ordered, ordered[1:])), "no two steps overlapped"
     # `plml analytics --json`: the contract other tools read, with the step processes' own figures.
     analytics = json.loads(_plml(home, "analytics", "--json").stdout)
+    if len(os.sched_getaffinity(0)) > 1:  # the default: one step process per core, steps side by side
+        assert f"plml run: {len(os.sched_getaffinity(0))} step processes at a time" in out
+        assert len({s["pid"] for s in analytics["steps"]}) > 1, "every step ran in one process"
+        spans = sorted((s["start_offset_s"], s["start_offset_s"] + s["wall_s"]) for s in analytics["steps"])
+        assert any(later < end for (_, end), (later, _) in zip(spans, spans[1:])), "no two steps overlapped"
     assert {"run_id", "wall_s", "cores", "cpu_utilization", "cost_total", "steps", "success_rate"} <= set(analytics)
     assert analytics["success_rate"] == 1.0 and analytics["cores"] == len(os.sched_getaffinity(0))
     assert 0.0 < analytics["cpu_utilization"] <= 1.05 and analytics["cost_total"] > 0

@@ -11,11 +11,14 @@ from plml_assets.lib import analytics as an
 from plml_assets.lib.plots import markdown_image
 
 
+_RATES = an.RateCard()
+
+
 class AnalyticsConfig(dg.Config):
     runs: int = Field(default=10, ge=1, description="finished training runs the trends and success rate cover")
-    core_hour: float = Field(default=0.048, ge=0, description="cost of one core for an hour (an example, not a truth)")
-    gib_hour: float = Field(default=0.0065, ge=0, description="cost of one GiB of memory for an hour (an example)")
-    gpu_hour: float = Field(default=2.5, ge=0, description="cost of one GPU for an hour (an example)")
+    core_hour: float = Field(default=_RATES.core_hour, ge=0, description="cost of one core for an hour (an example, not a truth)")
+    gib_hour: float = Field(default=_RATES.gib_hour, ge=0, description="cost of one GiB of memory for an hour (an example)")
+    gpu_hour: float = Field(default=_RATES.gpu_hour, ge=0, description="cost of one GPU for an hour (an example)")
     success_gate: float = Field(default=0.95, ge=0, le=1, description="the project's quality gate on the training success rate")
 
 

@@ -21,6 +21,7 @@ def _value(entry) -> object:
 def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.StepFigures], list[str]]:
     """The finished steps of one run, and the keys of the steps that failed."""
     starts: dict[str, float] = {}
+    pids: dict[str, int] = {}
     ends: dict[str, tuple[float, str]] = {}
     recorded: dict[str, dict] = {}
     for record in instance.all_logs(run_id):
@@ -30,6 +31,8 @@ def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.Ste
         kind = event.event_type
         if kind == dg.DagsterEventType.STEP_START:
             starts[event.step_key] = record.timestamp
+            if event.pid is not None:
+                pids[event.step_key] = event.pid
         elif kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
             ends[event.step_key] = (record.timestamp, "success" if kind == dg.DagsterEventType.STEP_SUCCESS else "failure")
         elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION:
@@ -50,7 +53,7 @@ def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.Ste
         steps.append(an.StepFigures(
             step=key, wall_s=round(end - starts[key], 3), status=status, start=starts[key],
             cpu_s=got.get(an.CPU_KEY), peak_rss_mib=got.get(an.RSS_KEY), threads=got.get(an.THREADS_KEY),
-            rows_in=got.get(an.ROWS_IN_KEY), rows_out=got.get(an.ROWS_OUT_KEY), trials=got.get("trials"),
+            rows_in=got.get(an.ROWS_IN_KEY), rows_out=got.get(an.ROWS_OUT_KEY), trials=got.get("trials"), pid=pids.get(key),
         ))
     failed = [k for k, (_, status) in ends.items() if status == "failure"]
     return steps, failed

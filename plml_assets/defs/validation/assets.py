@@ -440,6 +440,11 @@ def validation_report(
         "cost_bps_per_side": _setting(backtest, "cost_bps_per_side"),
         "holding_days": _setting(backtest, "holding_days"),
         "net_sharpe": float(of.sharpe_ratio(net, 252)) if len(net) > 2 else float("nan"),
+        # The walk-forward segment's dates also ranked the candidates (the leaderboard's nested footing),
+        # so its Sharpe carries the family/ensemble choice, which the DSR deflates for; the holdout
+        # segment's is the one no choice saw.
+        **{f"{seg}_net_sharpe": float(of.sharpe_ratio(r, 252)) if len(r) > 2 else float("nan")
+           for seg, r in ((seg, net[backtest.loc[net.index, "segment"] == seg]) for seg in ("walk_forward", "holdout"))},
         "psr": float(of.probabilistic_sharpe_ratio(net.to_numpy())) if len(net) > 8 and net.std() > 0 else float("nan"),
         "pick_rank_ic_sharpe": found["pick_score_sharpe"],
         "baseline_net_sharpe": {c.split(":")[0]: float(of.sharpe_ratio(backtest[c].dropna(), 252))
