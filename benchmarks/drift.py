@@ -1,4 +1,4 @@
-"""Drift metrics (`lib/drift.py`) on real market shifts, with a champion-like XGBoost model.
+"""Drift metrics (`lib/monitoring/drift.py`) on real market shifts, with a champion-like XGBoost model.
 
 For each scenario a model is fitted as `train_family_model` fits the champion: the data it sees
 end on a cut-off date E, the last 250 labelled dates before E are its holdout (after a 5-date
@@ -35,18 +35,16 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import xgboost  # noqa: E402
 from _common import DOCS, cpu_name, write_section  # noqa: E402
 
-import xgboost  # noqa: E402
-
-from plml_assets.lib.drift import (DriftThresholds, data_age_days, decide_retraining, feature_drift,  # noqa: E402
-                                   performance_decay, prediction_drift, psi, realized_rank_ic, summarize)
-from plml_assets.lib.features import build_features, feature_names  # noqa: E402
-from plml_assets.lib.labels import forward_returns  # noqa: E402
-from plml_assets.lib.metrics import evaluate_predictions, per_date_ic  # noqa: E402
+from plml_assets.lib.data.labels import forward_returns  # noqa: E402
+from plml_assets.lib.data.prices import load_embedded, load_file  # noqa: E402
+from plml_assets.lib.features.base import build_features, feature_names  # noqa: E402
 from plml_assets.lib.models.registry import resolve_params  # noqa: E402
-from plml_assets.lib.prices import load_embedded, load_file  # noqa: E402
-from plml_assets.lib.training import best_iteration, design_matrix, excess_returns, fit_model, holdout_split  # noqa: E402
+from plml_assets.lib.models.training import best_iteration, design_matrix, excess_returns, fit_model, holdout_split  # noqa: E402
+from plml_assets.lib.monitoring.drift import DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay, prediction_drift, psi, realized_rank_ic, summarize  # noqa: E402
+from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
 SECTION = "## Drift on real shifts"
@@ -332,7 +330,7 @@ def render(results: list[dict], calib: dict[str, pd.DataFrame], thresholds: Drif
     lines = [
         SECTION,
         "",
-        "`lib/drift.py` on real market shifts. Per scenario one champion-like model, fitted the way `train_family_model` "
+        "`lib/monitoring/drift.py` on real market shifts. Per scenario one champion-like model, fitted the way `train_family_model` "
         f"fits the champion: the data it saw end on a cut-off date E; the last {HOLDOUT_DAYS} labelled dates before E are "
         f"its holdout (after a {HORIZON}-date purge); quick-profile XGBoost (`resolve_params(\"xgboost\", quick=True)`, "
         "150 rounds at most, early stopping on the purged tail, nthread=1, seed 0) fitted by `fit_model` on the dates "
@@ -513,7 +511,7 @@ def reading(results: list[dict], calib: dict[str, pd.DataFrame], thresholds: Dri
             f"labels are not known ({r18['labelled']} of {r18['n_dates']} dates labelled)."
         )
     out.append(
-        "- Suggested settings (not applied; `lib/drift.py` unchanged): (1) take the drift reference up to the champion's "
+        "- Suggested settings (not applied; `lib/monitoring/drift.py` unchanged): (1) take the drift reference up to the champion's "
         "newest data (`plml.holdout_end`), not `plml.train_end` - an asset change, the largest single gain; (2) with that "
         "reference, `max_drifted_share` 0.4, with the current reference 0.5, or `psi_retrain` 0.5 with the share at 0.3 "
         "(placebo, low-volatility / vol-up windows that fire: " + _placebo_rates(calib, thresholds) + f"; {_check_rules(results)}); "

@@ -36,13 +36,13 @@ sys.path.insert(0, str(REPO))
 
 from _common import DOCS, cpu_name, median_seconds, peak_mib, write_section  # noqa: E402
 
-from plml_assets.lib.feature_generation import (  # noqa: E402
+from plml_assets.lib.features.base import build_features  # noqa: E402
+from plml_assets.lib.features.generation import (  # noqa: E402
     DEFAULT_BASE,
     GENERATION_VERSION,
     GenerationSpec,
     generate,
 )
-from plml_assets.lib.features import build_features  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
 SECTION = "## Feature generation"

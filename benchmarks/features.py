@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import DOCS, cpu_name, median_seconds, peak_mib, write_section  # noqa: E402
 
-from plml_assets.lib.features import FEATURE_SET_VERSION, build_features  # noqa: E402
+from plml_assets.lib.features.base import FEATURE_SET_VERSION, build_features  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
 SECTION = "## Feature computation"

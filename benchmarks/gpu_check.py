@@ -41,12 +41,12 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from plml_assets.lib.features import build_features  # noqa: E402
-from plml_assets.lib.labels import forward_returns  # noqa: E402
-from plml_assets.lib.metrics import evaluate_predictions  # noqa: E402
+from plml_assets.lib.data.labels import forward_returns  # noqa: E402
+from plml_assets.lib.data.prices import load_embedded  # noqa: E402
+from plml_assets.lib.features.base import build_features  # noqa: E402
 from plml_assets.lib.models.registry import make_model  # noqa: E402
-from plml_assets.lib.prices import load_embedded  # noqa: E402
-from plml_assets.lib.training import early_stopping_split, excess_returns  # noqa: E402
+from plml_assets.lib.models.training import early_stopping_split, excess_returns  # noqa: E402
+from plml_assets.lib.validation.metrics import evaluate_predictions  # noqa: E402
 
 HORIZON = 5
 

@@ -32,19 +32,18 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import DOCS, cpu_name, write_section  # noqa: E402
-
 import optuna  # noqa: E402
 import xgboost  # noqa: E402
+from _common import DOCS, cpu_name, write_section  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from plml_assets.lib.features import build_features  # noqa: E402
-from plml_assets.lib.labels import forward_returns  # noqa: E402
-from plml_assets.lib.metrics import evaluate_predictions, per_date_ic  # noqa: E402
-from plml_assets.lib.prices import load_embedded  # noqa: E402
-from plml_assets.lib.splits import PurgedWalkForward  # noqa: E402
-from plml_assets.lib.training import design_matrix, excess_returns, fit_model, holdout_split  # noqa: E402
+from plml_assets.lib.data.labels import forward_returns  # noqa: E402
+from plml_assets.lib.data.prices import load_embedded  # noqa: E402
+from plml_assets.lib.features.base import build_features  # noqa: E402
+from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model, holdout_split  # noqa: E402
 from plml_assets.lib.tuning import DEFAULT_SPACES, cv_objective, run_study, xgboost_fit_predict  # noqa: E402
+from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic  # noqa: E402
+from plml_assets.lib.validation.splits import PurgedWalkForward  # noqa: E402
 
 SECTION = "## Hyper-parameter search"
 HORIZON = 5
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{v:+.3f}' for v in fold_ics)} (std {fold_ics.std():.3f}), so on real daily returns most of the spread between "
         "configurations is fold noise, and the best of "
         f"{args.trials} noisy scores is biased upward. The holdout column is the honest check of what a "
-        "search buys; `lib/overfitting.py` (PBO, deflated Sharpe) quantifies that selection bias for a study's trials. It is "
+        "search buys; `lib/validation/overfitting.py` (PBO, deflated Sharpe) quantifies that selection bias for a study's trials. It is "
         f"one period of {describe['holdout_dates']} dates: a holdout rank IC here has a standard error of about {hold_se:.3f} (per-date "
         f"std over the square root of dates / {HORIZON}, the labels overlap), so holdout differences between methods smaller than "
         f"that are noise. {_holdout_sign(frame, default_hold)}",

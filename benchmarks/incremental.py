@@ -43,12 +43,11 @@ sys.path.insert(0, str(REPO))
 
 from _common import DOCS, cpu_name, write_section  # noqa: E402
 
-from plml_assets.lib.features import build_features  # noqa: E402
-from plml_assets.lib.labels import forward_returns  # noqa: E402
-from plml_assets.lib.metrics import evaluate_predictions, per_date_ic  # noqa: E402
+from plml_assets.lib.data.labels import forward_returns  # noqa: E402
+from plml_assets.lib.data.prices import load_embedded, load_file  # noqa: E402
+from plml_assets.lib.features.base import build_features  # noqa: E402
 from plml_assets.lib.models.registry import resolve_params  # noqa: E402
-from plml_assets.lib.prices import load_embedded, load_file  # noqa: E402
-from plml_assets.lib.training import (  # noqa: E402
+from plml_assets.lib.models.training import (  # noqa: E402
     best_iteration,
     design_matrix,
     excess_returns,
@@ -57,6 +56,7 @@ from plml_assets.lib.training import (  # noqa: E402
     predict_rows,
     update_model,
 )
+from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic  # noqa: E402
 
 DATA = REPO.parent / "shared/data/sp500_5yr.csv.gz"
 SECTION = "## Incremental vs full retrain"

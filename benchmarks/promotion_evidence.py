@@ -86,7 +86,7 @@ def run(args) -> dict:
     if args.before:
         import pandas as pd
 
-        from plml_assets.lib.prices import load_embedded
+        from plml_assets.lib.data.prices import load_embedded
 
         panel = load_embedded().reset_index() if prices == "embedded" else pd.read_csv(prices)
         panel = panel[pd.to_datetime(panel["date"]) < pd.Timestamp(args.before)]

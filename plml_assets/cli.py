@@ -186,7 +186,7 @@ def cmd_advance(args: argparse.Namespace) -> int:
     moving it forward makes new data arrive for the data refresh, the automation and the drift sensor."""
     import pandas as pd
 
-    from plml_assets.lib.prices import PriceDataError
+    from plml_assets.lib.data.prices import PriceDataError
     from plml_assets.resources.paths import as_of_file
     from plml_assets.resources.prices import PriceSource
 
@@ -407,12 +407,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analytics(args: argparse.Namespace) -> int:
-    """Where the seconds, bytes and money of the latest run went (lib/analytics.py)."""
+    """Where the seconds, bytes and money of the latest run went (lib/analytics/metering.py)."""
     _ensure_dagster_home()
     from dagster import DagsterInstance
 
     from plml_assets.defs.analytics.report import analytics
-    from plml_assets.lib.analytics import RateCard
+    from plml_assets.lib.analytics.metering import RateCard
 
     defaults = RateCard()
     rates = RateCard(**{k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
@@ -460,9 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("analytics", help="wall, CPU, memory and cost of every step of the latest run, and trends")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--runs", type=int, default=10, help="finished runs the trends and success rate cover")
-    p.add_argument("--core-hour", type=float, default=None, help="cost of one core for an hour (default: lib/analytics.RateCard's example)")
-    p.add_argument("--gib-hour", type=float, default=None, help="cost of one GiB of memory for an hour (default: lib/analytics.RateCard's example)")
-    p.add_argument("--gpu-hour", type=float, default=None, help="cost of one GPU for an hour (default: lib/analytics.RateCard's example)")
+    p.add_argument("--core-hour", type=float, default=None, help="cost of one core for an hour (default: lib/analytics/metering.RateCard's example)")
+    p.add_argument("--gib-hour", type=float, default=None, help="cost of one GiB of memory for an hour (default: lib/analytics/metering.RateCard's example)")
+    p.add_argument("--gpu-hour", type=float, default=None, help="cost of one GPU for an hour (default: lib/analytics/metering.RateCard's example)")
     p.set_defaults(func=cmd_analytics)
     p = sub.add_parser("status", help="champion, challenger and their metrics")
     p.add_argument("--json", action="store_true", help="print JSON")

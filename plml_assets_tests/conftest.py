@@ -20,7 +20,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from plml_assets.lib.prices import load_embedded
+from plml_assets.lib.data.prices import load_embedded
 from plml_assets.resources.io import ParquetIOManager
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage

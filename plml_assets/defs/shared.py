@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
-from plml_assets.lib.training import HoldoutSplit, design_matrix, excess_returns, holdout_split
+from plml_assets.lib.models.training import HoldoutSplit, design_matrix, excess_returns, holdout_split
 from plml_assets.resources.settings import ExperimentSettings
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)

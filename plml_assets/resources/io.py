@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.lib.analytics import METER
+from plml_assets.lib.analytics.metering import METER
 from plml_assets.resources.paths import default_asset_dir
 
 
@@ -57,7 +57,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             )
         metadata: dict[str, object] = {"path": dg.MetadataValue.path(str(path))}
         step = _step_key(context)
-        if step is not None:  # what the step cost so far (lib/analytics.py; read by `plml analytics`)
+        if step is not None:  # what the step cost so far (lib/analytics/metering.py; read by `plml analytics`)
             metadata.update(METER.measure(step, len(obj) if isinstance(obj, pd.DataFrame) else None))
         context.add_output_metadata(metadata)
 

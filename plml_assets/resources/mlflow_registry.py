@@ -24,6 +24,7 @@ from pydantic import Field
 
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home
 
+
 def _is_not_found(exc: MlflowException) -> bool:
     """MLflow reports a missing alias as INVALID_PARAMETER_VALUE, the same code as a malformed store
     URI: only a 'not found' message means absence."""

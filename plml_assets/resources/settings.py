@@ -67,7 +67,7 @@ class SelectionSettings(dg.ConfigurableResource):
     sample_rows: int = Field(default=200_000, description="rows sampled (seeded) for the importance models")
 
     def selection_config(self, seed: int):
-        from plml_assets.lib.selection import SelectionConfig
+        from plml_assets.lib.selection.selector import SelectionConfig
 
         config = SelectionConfig(
             max_features=self.max_features,

@@ -11,7 +11,7 @@ import pytest
 
 from plml_assets.defs.data.assets import base_features, generated_features, labels, market_prices
 from plml_assets.defs.data.checks import market_prices_quality
-from plml_assets.lib.prices import PriceDataError
+from plml_assets.lib.data.prices import PriceDataError
 from plml_assets_tests.conftest import slice_resources
 
 

@@ -29,10 +29,10 @@ import pytest
 from plml_assets.defs.data.assets import labels as labels_asset
 from plml_assets.defs.registry.assets import champion_model, promotion_gate, registered_model
 from plml_assets.defs.shared import split_for
-from plml_assets.lib import overfitting as of
-from plml_assets.lib.labels import forward_returns
-from plml_assets.lib.metrics import evaluate_predictions
-from plml_assets.lib.prices import load_embedded
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.data.prices import load_embedded
+from plml_assets.lib.validation import overfitting as of
+from plml_assets.lib.validation.metrics import evaluate_predictions
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 from plml_assets_tests.conftest import PLML_ENV_VARS, SLICE_SYMBOLS
@@ -287,7 +287,7 @@ def test_when_every_check_passes_the_champion_moves_to_the_challenger(world, reg
     assert gate.passed, gate.description
     assert result.success
     margin = challenger_model.holdout_rank_ic - weak.holdout_rank_ic
-    assert gate.description.startswith(f"promote: challenger v") and f"vs champion v{champion}" in gate.description
+    assert gate.description.startswith("promote: challenger v") and f"vs champion v{champion}" in gate.description
     assert f"margin {margin:+.4f} > 0.0" in gate.description and "blocked" not in gate.description
     challenger = registry.alias_version("challenger")
     assert challenger.run_id == challenger_model.run_id and challenger.version != champion

@@ -14,9 +14,9 @@ import pytest
 from plml_assets.definitions import ASSETS, CHECKS
 from plml_assets.defs.registry.assets import score_holdout
 from plml_assets.defs.shared import split_for
-from plml_assets.lib.ensemble import METHODS
-from plml_assets.lib.leaderboard import nested_walk_forward
-from plml_assets.lib.metrics import per_date_ic
+from plml_assets.lib.comparison.leaderboard import nested_walk_forward
+from plml_assets.lib.ensemble.combine import METHODS
+from plml_assets.lib.validation.metrics import per_date_ic
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets_tests.conftest import SLICE_SYMBOLS, slice_resources
 
@@ -290,7 +290,7 @@ def test_every_step_of_the_run_is_metered(first_run, graph_instance):
     """Issue 14: the IO manager records each step's CPU, peak RSS, threads and rows on its
     materializations (in-process executor here), and the report reads them back with the walls."""
     from plml_assets.defs.analytics.report import step_figures
-    from plml_assets.lib import analytics as an
+    from plml_assets.lib.analytics import metering as an
 
     _, result = first_run
     steps, failed = step_figures(graph_instance, result.run_id)
@@ -445,8 +445,8 @@ def test_better_challenger_replaces_the_champion(first_run, graph_dir, graph_ins
 def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(first_run, graph_dir, graph_instance):
     """Three more years of prices arrive; the data assets and drift_metrics are rebuilt against the
     champion, and the drift sensor turns drift_metrics' decision into a retraining request or a skip."""
-    from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
     from plml_assets.definitions import defs
+    from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
 
     plml_home, instance = graph_dir, graph_instance
     resources, _ = first_run

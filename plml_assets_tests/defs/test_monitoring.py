@@ -1,5 +1,5 @@
 """The drift sensor on a real Dagster instance: it reads each drift_metrics materialization once and
-requests a retraining run only when lib/drift.decide_retraining says so; schedules and automation."""
+requests a retraining run only when lib/monitoring/drift.decide_retraining says so; schedules and automation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import dagster as dg
 import pytest
 
-from plml_assets.defs.monitoring.sensors import RETRAIN_SELECTION, drift_retraining_sensor, latest_drift_record
 from plml_assets.definitions import defs
-from plml_assets.lib.drift import DriftThresholds
+from plml_assets.defs.monitoring.sensors import RETRAIN_SELECTION, drift_retraining_sensor, latest_drift_record
+from plml_assets.lib.monitoring.drift import DriftThresholds
 
 THRESHOLDS = DriftThresholds().__dict__
 CALM = {"feature_drift_share": 0.05, "max_feature_psi": 0.12, "top_drifted": ["vol_20d"], "prediction_psi": 0.02,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from plml_assets.defs.selection.assets import run_selection, selector_for
-from plml_assets.lib.feature_generation import GenerationSpec, generate
+from plml_assets.defs.selection.assets import selection_plan
+from plml_assets.lib.features.generation import GenerationSpec, generate
+from plml_assets.lib.selection.pipeline import fold_selector, run_selection
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 
@@ -33,16 +34,16 @@ def test_each_fit_selects_among_the_pairs_of_its_own_top_k():
     interactions = {n for n, r in feature_recipes["recipes"].items() if r["primitive"] in ("product", "ratio")}
     assert len(interactions) == 12  # every pair of the 4 base features, product and ratio
     for rows, allowed in ((early, {"a__x__b", "a__div__b"}), (~early, {"c__x__d", "c__div__d"})):
-        result = run_selection(X[rows], y[rows], selection, settings, feature_recipes=feature_recipes)
+        result = run_selection(X[rows], y[rows], selection_plan(selection, settings), feature_recipes=feature_recipes)
         assert set(result.selected) & interactions, result.dropped  # an interaction is chosen...
         assert (set(result.selected) & interactions) <= allowed  # ...and only among this fit's own pairs
         assert {n for n, reason in result.dropped.items() if "outside the top-2 base features" in reason} == interactions - allowed
         table = result.to_frame()
         assert set(table["feature"]) == set(X.columns)  # every column is accounted for, the excluded ones with their reason
     # The fold selector applies the same rule to the positions it is given.
-    select = selector_for(X, y, selection, settings, feature_recipes)
+    select = fold_selector(X, y, selection_plan(selection, settings), feature_recipes)
     late_choice = select(np.flatnonzero(~early))
     assert set(late_choice) & interactions and (set(late_choice) & interactions) <= {"c__x__d", "c__div__d"}
     # Without recipes (e.g. generation disabled) nothing is excluded.
-    plain = run_selection(X[early], y[early], selection, settings)
+    plain = run_selection(X[early], y[early], selection_plan(selection, settings))
     assert not any("outside the top" in reason for reason in plain.dropped.values())

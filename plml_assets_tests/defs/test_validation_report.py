@@ -3,8 +3,6 @@ over everything tried. The asset is invoked directly on small synthetic inputs."
 
 from __future__ import annotations
 
-import math
-
 import dagster as dg
 import numpy as np
 import pandas as pd

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.prices import load_embedded
+from plml_assets.lib.data.prices import load_embedded
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets_tests.conftest import REPO, SLICE_END, SLICE_START, SLICE_SYMBOLS, postgres_url
 
@@ -153,7 +153,8 @@ def test_champion_scores_raw_prices_in_a_fresh_process(readme_run, tmp_path):
     feats = pd.read_parquet(home / "assets" / "features.parquet")
     registry = _registry(home)
     import mlflow
-    from plml_assets.lib.serving import _predict
+
+    from plml_assets.lib.registry.serving import _predict
 
     with registry.tracking():
         scorer = mlflow.pyfunc.load_model("models:/plml_model@champion").unwrap_python_model()

@@ -19,13 +19,13 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 from mlflow.models import infer_signature
 
-from plml_assets.defs.monitoring.schedules import DATA_REFRESH
 from plml_assets.definitions import defs
-from plml_assets.lib.features import build_features
-from plml_assets.lib.labels import forward_returns
+from plml_assets.defs.monitoring.schedules import DATA_REFRESH
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.features.base import build_features
 from plml_assets.lib.models.registry import resolve_params
-from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer
-from plml_assets.lib.training import design_matrix, excess_returns, fit_model
+from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model
+from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets_tests.conftest import dagster_dev, slice_long_panel
 

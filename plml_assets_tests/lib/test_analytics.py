@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from plml_assets.lib import analytics as an
+from plml_assets.lib.analytics import metering as an
 
 
 def _burn(seconds: float) -> None:

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skfolio.datasets import load_sp500_dataset
 
-from plml_assets.lib import backtest as bt
-from plml_assets.lib import backtest_plots as bp
-from plml_assets.lib.features import build_features
-from plml_assets.lib.labels import forward_returns
-from plml_assets.lib.prices import wide_to_panel
+from plml_assets.lib.backtest import engine as bt
+from plml_assets.lib.backtest import plots as bp
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.data.prices import wide_to_panel
+from plml_assets.lib.features.base import build_features
 
 SYMBOLS = ["AAPL", "AMD", "BAC", "CVX", "JPM", "KO", "MSFT", "PG"]
 
@@ -412,7 +412,7 @@ def test_plots_are_png(real_prices):
 
 
 def test_backtest_lib_does_not_import_dagster():
-    code = ("import sys, plml_assets.lib.backtest, plml_assets.lib.backtest_plots; "
+    code = ("import sys, plml_assets.lib.backtest.engine, plml_assets.lib.backtest.plots; "
             "sys.exit(int(any(m.split('.')[0] == 'dagster' for m in sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 

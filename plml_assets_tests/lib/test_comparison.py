@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.comparison import compare_families
+from plml_assets.lib.comparison.families import compare_families
 
 
 def cv_frame(values: list[float], scheme_folds=(("walk_forward", 3), ("kfold", 2)), shift_dates: bool = False) -> pd.DataFrame:

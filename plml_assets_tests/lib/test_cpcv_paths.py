@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.backtest import cpcv_path_backtests
-from plml_assets.lib.splits import CombinatorialPurgedCV
+from plml_assets.lib.backtest.engine import cpcv_path_backtests
+from plml_assets.lib.validation.splits import CombinatorialPurgedCV
 
 
 def _slice(embedded_panel: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from plml_assets.lib.drift import (
+from plml_assets.lib.monitoring.drift import (
     DriftThresholds,
     RetrainDecision,
     data_age_days,

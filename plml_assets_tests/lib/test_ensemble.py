@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.ensemble import (
+from plml_assets.lib.ensemble.combine import (
     METHODS,
     STACK_ALPHA_FACTORS,
     EnsembleFit,
@@ -16,7 +16,7 @@ from plml_assets.lib.ensemble import (
     fit_ensemble,
     member_matrix,
 )
-from plml_assets.lib.metrics import evaluate_predictions
+from plml_assets.lib.validation.metrics import evaluate_predictions
 
 N_DATES, N_SYMBOLS, N_FOLDS, HORIZON = 200, 30, 5, 5
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib import backtest as bt
-from plml_assets.lib import overfitting as of
-from plml_assets.lib.evidence import effective_observations, promotion_evidence, tried_configurations
-from plml_assets.lib.leaderboard import nested_walk_forward
+from plml_assets.lib.backtest import engine as bt
+from plml_assets.lib.comparison.leaderboard import nested_walk_forward
+from plml_assets.lib.registry.evidence import effective_observations, promotion_evidence, tried_configurations
+from plml_assets.lib.validation import overfitting as of
 
 DATES = pd.bdate_range("2015-01-01", periods=600)
 

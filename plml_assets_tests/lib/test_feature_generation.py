@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plml_assets.lib.feature_generation import (
-    base_rank_ic,
-    interactions_beyond_top_k,
+from plml_assets.lib.features.generation import (
     DEFAULT_BASE,
     EWM_TAIL_WEIGHT,
     RATIO_EPS,
     GenerationSpec,
     apply_recipes,
+    base_rank_ic,
     generate,
+    interactions_beyond_top_k,
     plan_recipes,
     recipe_lookback,
 )
@@ -269,7 +269,7 @@ def test_default_spec_names_and_default_base_filtering():
 
 
 def test_default_base_exists_in_build_features():
-    from plml_assets.lib.features import feature_names
+    from plml_assets.lib.features.base import feature_names
 
     assert set(DEFAULT_BASE) <= set(feature_names(["open", "high", "low", "close", "volume"]))
 
@@ -453,7 +453,7 @@ def test_each_fit_keeps_the_pairs_of_its_own_top_k():
     importance = base_rank_ic(X[half], y[half], ["a"])
     dates = X[half].index.get_level_values("date")
     known = y[half].notna().to_numpy()
-    from plml_assets.lib.metrics import per_date_ic
+    from plml_assets.lib.validation.metrics import per_date_ic
     expected = abs(per_date_ic(y[half].to_numpy()[known], X[half]["a"].to_numpy()[known], dates[known], method="spearman").mean())
     assert importance["a"] == pytest.approx(expected)
     assert interactions_beyond_top_k({"lag": {"primitive": "lag", "inputs": ["a"], "params": {"periods": 1}}}, importance, 2) == {}

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from skfolio.datasets import load_sp500_dataset
 
-from plml_assets.lib.features import (
+from plml_assets.lib.features.base import (
     FEATURE_LOOKBACK_DAYS,
     FEATURE_SET_VERSION,
     PRICE_HOLE_FILL_LIMIT,

@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plml_assets.lib.importance import (
+from plml_assets.lib.models.base import Model
+from plml_assets.lib.models.training import fit_model, predict_rows, spread_dates
+from plml_assets.lib.plots import importance_stability_plot
+from plml_assets.lib.selection.importance import (
     fold_importances,
     importance_stability,
     permutation_importance,
     shuffle_within_dates,
     summarize_importances,
 )
-from plml_assets.lib.models.base import Model
-from plml_assets.lib.plots import importance_stability_plot
-from plml_assets.lib.splits import PurgedWalkForward
-from plml_assets.lib.metrics import per_date_ic
-from plml_assets.lib.training import fit_model, predict_rows, spread_dates
+from plml_assets.lib.validation.metrics import per_date_ic
+from plml_assets.lib.validation.splits import PurgedWalkForward
 
 HORIZON = 5
 SMALL_XGB = {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.1, "nthread": 1}

@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from plml_assets.lib.metrics import evaluate_predictions
 from plml_assets.lib.models.base import Model
 from plml_assets.lib.models.registry import load_model
-from plml_assets.lib.training import (
+from plml_assets.lib.models.training import (
     best_iteration,
     early_stopping_split,
     fit_model,
@@ -26,6 +25,7 @@ from plml_assets.lib.training import (
     update_model,
     winsorize_bounds,
 )
+from plml_assets.lib.validation.metrics import evaluate_predictions
 
 HORIZON = 5
 FAMILIES = ["xgboost", "lightgbm", "lstm", "gru"]

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from skfolio.datasets import load_sp500_dataset
 
-from plml_assets.lib.features import build_features
-from plml_assets.lib.labels import forward_returns
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.features.base import build_features
 
 LATE_SYMBOL, LATE_START_ROW = "BBY", 300
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.labels import forward_returns
+from plml_assets.lib.data.labels import forward_returns
 
 SYMBOLS = ["AAPL", "JPM", "KO", "MSFT"]
 GAPPY = "KO"

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib import overfitting as of
-from plml_assets.lib.leaderboard import (Candidate, SelectionCriteria, candidate_statistics, leaderboard_table, select,
-                                         validate_against_baseline)
+from plml_assets.lib.comparison.leaderboard import Candidate, SelectionCriteria, candidate_statistics, leaderboard_table, select, validate_against_baseline
+from plml_assets.lib.validation import overfitting as of
 
 DATES = pd.bdate_range("2020-01-01", periods=300)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plml_assets.lib.metrics import evaluate_predictions, overfitting_gap, per_date_ic, summarize_folds
+from plml_assets.lib.validation.metrics import evaluate_predictions, overfitting_gap, per_date_ic, summarize_folds
 
 EXPECTED_KEYS = {"ic", "rank_ic", "ic_ir", "rmse", "directional_accuracy", "n_rows", "n_dates"}
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from plml_assets.lib.features import build_features
-from plml_assets.lib.labels import forward_returns
-from plml_assets.lib.metrics import evaluate_predictions
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.features.base import build_features
 from plml_assets.lib.models.lightgbm_model import LightGBMModel
 from plml_assets.lib.models.registry import MODEL_FAMILIES, load_model, make_model
 from plml_assets.lib.models.sequence import GRUModel, LSTMModel, SequenceModel, SequenceWindows
+from plml_assets.lib.validation.metrics import evaluate_predictions
 
 HORIZON = 5
 SYMBOLS = ["AAPL", "AMD", "BAC", "CVX", "JPM", "KO"]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from plml_assets.lib.overfitting import (
+from plml_assets.lib.validation.overfitting import (
     EULER_MASCHERONI,
     SharpeStats,
     ValidationBounds,

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from plml_assets.lib.promotion import decide
+from plml_assets.lib.registry.promotion import decide
 
 
 @pytest.mark.parametrize(

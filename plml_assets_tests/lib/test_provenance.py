@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from plml_assets.lib.provenance import content_digest, feature_list_hash
+from plml_assets.lib.registry.provenance import content_digest, feature_list_hash
 
 
 def test_content_digest_follows_values_index_columns_and_settings():

@@ -15,9 +15,9 @@ import pytest
 import torch
 from scipy.special import ndtri
 
+from plml_assets.lib.features.scaling import SCALINGS, FeatureScaler
 from plml_assets.lib.models.base import SCALER_FILE
 from plml_assets.lib.models.registry import DEFAULT_PARAMS, load_model, make_model, resolve_params
-from plml_assets.lib.scaling import SCALINGS, FeatureScaler
 from plml_assets_tests.lib.test_models import SMALL, TINY_NET, split_by_date
 
 FAMILIES = ["xgboost", "lightgbm", "lstm", "gru"]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from plml_assets.lib.selection import SelectionConfig, SelectionResult, select_features
+from plml_assets.lib.selection.selector import SelectionConfig, SelectionResult, select_features
 
 N_DATES, N_SYMBOLS, HORIZON = 300, 10, 5
 NOISE = [f"noise_{k}" for k in range(8)]
@@ -323,7 +323,7 @@ def test_permutation_shuffles_within_dates_so_a_date_level_feature_has_no_import
     """A feature equal for every symbol on a date (a market-wide trend) cannot change a date's ranking:
     shuffled within dates its drop is exactly 0; a shuffle across all rows would carry it between
     dates and invent an importance."""
-    from plml_assets.lib.selection import _fit, _permutation_drops
+    from plml_assets.lib.selection.selector import _fit, _permutation_drops
 
     rng = np.random.default_rng(3)
     n_dates, n_symbols = 120, 12
@@ -344,7 +344,7 @@ def test_permutation_shuffles_within_dates_so_a_date_level_feature_has_no_import
                                                         st.sampled_from([0.0, 1.0, 2.5]))),
 )
 def test_column_ranks_match_pandas_rank_with_ties_averaged_and_nan_kept(matrix):
-    from plml_assets.lib.selection import _column_ranks
+    from plml_assets.lib.selection.selector import _column_ranks
 
     expected = pd.DataFrame(matrix).rank(na_option="keep").to_numpy(dtype=np.float64)
     np.testing.assert_allclose(_column_ranks(matrix), expected, equal_nan=True)

@@ -10,11 +10,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from plml_assets.lib.importance import fold_importances
 from plml_assets.lib.models.sequence import SequenceModel, SequenceWindows, date_segments
-from plml_assets.lib.splits import CombinatorialPurgedCV, PurgedKFold, PurgedWalkForward
-from plml_assets.lib.training import cross_validate, early_stopping_split, fit_model, predict_rows
+from plml_assets.lib.models.training import cross_validate, early_stopping_split, fit_model, predict_rows
+from plml_assets.lib.selection.importance import fold_importances
 from plml_assets.lib.tuning import FamilyFitPredict, cv_objective
+from plml_assets.lib.validation.splits import CombinatorialPurgedCV, PurgedKFold, PurgedWalkForward
 
 HORIZON = 5
 WINDOW = 6

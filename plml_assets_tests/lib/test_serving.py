@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, build_features
-from plml_assets.lib.labels import forward_returns
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.features.base import FEATURE_LOOKBACK_DAYS, build_features
+from plml_assets.lib.models.training import early_stopping_split, excess_returns
 from plml_assets.lib.models.xgboost_model import XGBoostModel
-from plml_assets.lib.serving import PanelScorer, as_panel
-from plml_assets.lib.training import early_stopping_split, excess_returns
+from plml_assets.lib.registry.serving import PanelScorer, as_panel
 
 HORIZON = 5
 
@@ -199,7 +199,7 @@ def test_a_sequence_net_scores_the_latest_date_with_its_window_of_history(prices
     from types import SimpleNamespace
 
     from plml_assets.lib.models.registry import make_model
-    from plml_assets.lib.serving import MODEL_ARTIFACT
+    from plml_assets.lib.registry.serving import MODEL_ARTIFACT
 
     features, _ = build_features(prices)
     columns = ["ret_5d", "ret_20d", "vol_20d"]

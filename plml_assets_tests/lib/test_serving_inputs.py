@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from plml_assets.lib.features import build_features, feature_inputs
-from plml_assets.lib.labels import forward_returns
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.data.prices import load_file
+from plml_assets.lib.features.base import build_features, feature_inputs
+from plml_assets.lib.models.training import excess_returns
 from plml_assets.lib.models.xgboost_model import XGBoostModel
-from plml_assets.lib.prices import load_file
-from plml_assets.lib.serving import MODEL_ARTIFACT, EnsembleScorer, PanelScorer, member_artifact, model_signature
-from plml_assets.lib.training import excess_returns
+from plml_assets.lib.registry.serving import MODEL_ARTIFACT, EnsembleScorer, PanelScorer, member_artifact, model_signature
 
 HORIZON = 5
 SYMBOLS = ["AAPL", "AMD", "BAC", "CVX", "JPM", "KO", "MSFT", "PG", "WMT", "XOM"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
-from plml_assets.lib.splits import CombinatorialPurgedCV, PurgedKFold, PurgedWalkForward, WalkForward
+from plml_assets.lib.validation.splits import CombinatorialPurgedCV, PurgedKFold, PurgedWalkForward, WalkForward
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -40,7 +40,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plml_assets.lib.splits import CombinatorialPurgedCV, WalkForward
+from plml_assets.lib.validation.splits import CombinatorialPurgedCV, WalkForward
 
 skfolio_ms = pytest.importorskip("skfolio.model_selection")
 

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plml_assets.lib.labels import forward_returns
-from plml_assets.lib.splits import PurgedWalkForward
-from plml_assets.lib.training import (
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.models.training import (
     cross_validate,
     design_matrix,
     early_stopping_split,
@@ -22,6 +21,7 @@ from plml_assets.lib.training import (
     predict_rows,
     winsorize_bounds,
 )
+from plml_assets.lib.validation.splits import PurgedWalkForward
 
 SMALL_XGB = {"n_estimators": 50, "max_depth": 3, "nthread": 1}
 HORIZON = 5

@@ -19,16 +19,13 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from plml_assets.lib.labels import forward_returns
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.models.training import excess_returns
 from plml_assets.lib.models.xgboost_model import XGBoostModel
-from plml_assets.lib.splits import PurgedWalkForward
-from plml_assets.lib.training import excess_returns
 from plml_assets.lib.tuning import (
     DEFAULT_SPACES,
     PickRule,
     SearchSpace,
-    _claims_before,
-    _make_pruner,
     cv_objective,
     family_fit_predict,
     make_storage,
@@ -42,6 +39,8 @@ from plml_assets.lib.tuning import (
     trials_frame,
     xgboost_fit_predict,
 )
+from plml_assets.lib.tuning.study import _claims_before, _make_pruner
+from plml_assets.lib.validation.splits import PurgedWalkForward
 from plml_assets_tests.conftest import REPO
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -342,7 +341,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np, optuna, pandas as pd
-    from plml_assets.lib.splits import PurgedWalkForward
+    from plml_assets.lib.validation.splits import PurgedWalkForward
     from plml_assets.lib.tuning import SearchSpace, cv_objective, run_study, xgboost_fit_predict
 
     url, name, n_trials, worker, pad, sync = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]

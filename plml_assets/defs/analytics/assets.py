@@ -7,9 +7,8 @@ from pydantic import Field
 
 from plml_assets.defs.analytics.report import analytics
 from plml_assets.defs.shared import FAMILIES
-from plml_assets.lib import analytics as an
+from plml_assets.lib.analytics import metering as an
 from plml_assets.lib.plots import markdown_image
-
 
 _RATES = an.RateCard()
 

@@ -1,6 +1,6 @@
 """Training analytics read from a Dagster instance: the steps of the latest runs with their walls
 (from the run's step events) and what the IO manager recorded on their materializations (CPU, peak
-RSS, threads, rows; lib/analytics.py). Used by `plml analytics`."""
+RSS, threads, rows; lib/analytics/metering.py). Used by `plml analytics`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import dagster as dg
 
-from plml_assets.lib import analytics as an
+from plml_assets.lib.analytics import metering as an
 
 #: steps whose failure is the promotion gate holding the champion, not a failed training (as in `plml run`)
 GATE_STEP_MARK = "promotion_gate"

@@ -17,7 +17,6 @@ weight universe. Portfolios are overlapping tranches matched to the label horizo
 the book re-formed each day and held h days), traded with a one-day execution lag, costs per side.
 """
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,13 +28,13 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, training_window
-from plml_assets.lib import backtest as bt
-from plml_assets.lib.backtest_plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
-from plml_assets.lib.ensemble import ensemble_oof_scores
-from plml_assets.lib.leaderboard import nested_walk_forward
-from plml_assets.lib.metrics import per_date_ic
+from plml_assets.lib.backtest import engine as bt
+from plml_assets.lib.backtest.plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
+from plml_assets.lib.comparison.leaderboard import nested_walk_forward
+from plml_assets.lib.ensemble.combine import ensemble_oof_scores
+from plml_assets.lib.models.training import cross_validate, folds_from_assignments
 from plml_assets.lib.plots import markdown_image
-from plml_assets.lib.training import cross_validate, folds_from_assignments
+from plml_assets.lib.validation.metrics import per_date_ic
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 

@@ -12,12 +12,21 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for
-from plml_assets.lib.baselines import momentum_score
-from plml_assets.lib.comparison import check_same_evaluation, compare_families
-from plml_assets.lib.leaderboard import (PRIMARY_METRICS, Candidate, SelectionCriteria, fold_rank_ics, leaderboard_table,
-                                         long_short_returns, nested_walk_forward, select, validate_against_baseline)
-from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
+from plml_assets.lib.comparison.families import check_same_evaluation, compare_families
+from plml_assets.lib.comparison.leaderboard import (
+    PRIMARY_METRICS,
+    Candidate,
+    SelectionCriteria,
+    fold_rank_ics,
+    leaderboard_table,
+    long_short_returns,
+    nested_walk_forward,
+    select,
+    validate_against_baseline,
+)
+from plml_assets.lib.models.baselines import momentum_score
 from plml_assets.lib.plots import family_comparison_plot, markdown_image
+from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 

@@ -8,9 +8,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.lib import prices as price_lib
-from plml_assets.lib.features import FEATURE_SET_VERSION, build_features
-from plml_assets.lib.labels import forward_returns
+from plml_assets.lib.data import prices as price_lib
+from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.features.base import FEATURE_SET_VERSION, build_features
 from plml_assets.resources.prices import PriceSource
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -129,7 +129,7 @@ def generated_features(
     base_features: pd.DataFrame,
 ):
     from plml_assets.defs.shared import fail_fast_on_bad_input, json_object
-    from plml_assets.lib.feature_generation import GenerationSpec, generate, recipe_lookback
+    from plml_assets.lib.features.generation import GenerationSpec, generate, recipe_lookback
 
     with fail_fast_on_bad_input():
         start = time.perf_counter()

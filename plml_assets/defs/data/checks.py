@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.lib import prices as price_lib
+from plml_assets.lib.data import prices as price_lib
 from plml_assets.resources.settings import ExperimentSettings
 
 CHECK_NAMES = ("schema", "duplicates", "prices", "missing", "ranges", "history")

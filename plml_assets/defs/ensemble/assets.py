@@ -13,10 +13,10 @@ from pydantic import Field
 import plml_assets
 from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for
 from plml_assets.defs.training.assets import _input_example, _pip_requirements
-from plml_assets.lib.ensemble import METHODS, ensemble_oof_scores, fit_ensemble
-from plml_assets.lib.metrics import evaluate_predictions
-from plml_assets.lib.provenance import code_version
-from plml_assets.lib.serving import EnsembleScorer, member_artifact, model_signature
+from plml_assets.lib.ensemble.combine import METHODS, ensemble_oof_scores, fit_ensemble
+from plml_assets.lib.registry.provenance import code_version
+from plml_assets.lib.registry.serving import EnsembleScorer, member_artifact, model_signature
+from plml_assets.lib.validation.metrics import evaluate_predictions
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 

@@ -7,9 +7,9 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, training_window
-from plml_assets.lib.importance import fold_importances, importance_stability, summarize_importances
+from plml_assets.lib.models.training import folds_from_assignments
 from plml_assets.lib.plots import importance_stability_plot, markdown_image
-from plml_assets.lib.training import folds_from_assignments
+from plml_assets.lib.selection.importance import fold_importances, importance_stability, summarize_importances
 from plml_assets.resources.settings import ExperimentSettings
 
 QUICK_MAX_DATES = 30  # validation dates per fold the quick profile scores permutations on

@@ -9,10 +9,9 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import fail_fast_on_bad_input, split_for
-from plml_assets.lib.drift import (DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay,
-                                   prediction_drift, realized_rank_ic, summarize)
+from plml_assets.lib.monitoring.drift import DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay, prediction_drift, realized_rank_ic, summarize
 from plml_assets.lib.plots import drift_plot, markdown_image
-from plml_assets.lib.serving import history_days, model_features
+from plml_assets.lib.registry.serving import history_days, model_features
 from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -61,7 +60,7 @@ def _no_champion(thresholds: DriftThresholds) -> dg.Output:
     automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
     description="The newest data against the champion's training window: PSI and KS per feature, drift of the champion's "
     "score distribution, realized rank IC on dates labelled since its holdout, the data's age, and the retraining decision "
-    "(lib/drift.decide_retraining) the drift sensor acts on.",
+    "(lib/monitoring/drift.decide_retraining) the drift sensor acts on.",
 )
 def drift_metrics(
     context: dg.AssetExecutionContext,

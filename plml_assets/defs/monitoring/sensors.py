@@ -11,7 +11,7 @@ import os
 import dagster as dg
 
 from plml_assets.defs.shared import FAMILIES, json_object
-from plml_assets.lib.drift import DriftThresholds, decide_retraining, retrain_mode
+from plml_assets.lib.monitoring.drift import DriftThresholds, decide_retraining, retrain_mode
 
 DRIFT_KEY = dg.AssetKey("drift_metrics")
 PRICES_KEY = dg.AssetKey("market_prices")
@@ -69,7 +69,7 @@ def _cursor(raw: str | None) -> dict:
     target=RETRAIN_SELECTION,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Reads each new materialization of drift_metrics once and, when lib/drift.decide_retraining says so, "
+    description="Reads each new materialization of drift_metrics once and, when lib/monitoring/drift.decide_retraining says so, "
     "requests a run that retrains and re-registers, with the reasons in the run tags; at most one retrain per price "
     "version, never two at once.",
 )

@@ -8,9 +8,9 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import split_for
-from plml_assets.lib.baselines import momentum_score
-from plml_assets.lib.metrics import evaluate_predictions
-from plml_assets.lib.promotion import decide
+from plml_assets.lib.models.baselines import momentum_score
+from plml_assets.lib.registry.promotion import decide
+from plml_assets.lib.validation.metrics import evaluate_predictions
 from plml_assets.resources.mlflow_registry import CHALLENGER, MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 

@@ -16,15 +16,14 @@ import plml_assets
 from plml_assets.defs.selection.assets import selected_features
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, split_for
 from plml_assets.defs.validation.assets import cv_summary
-from plml_assets.lib import prices as price_lib
-from plml_assets.lib.features import FEATURE_SET_VERSION
-from plml_assets.lib.baselines import momentum_score
-from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
+from plml_assets.lib.data import prices as price_lib
+from plml_assets.lib.features.base import FEATURE_SET_VERSION
+from plml_assets.lib.models.baselines import momentum_score
+from plml_assets.lib.models.training import best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word, predict_rows, update_model
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
-from plml_assets.lib.provenance import code_version, feature_list_hash
-from plml_assets.lib.serving import MODEL_ARTIFACT, PanelScorer, history_days, model_signature
-from plml_assets.lib.training import (best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word,
-                                     predict_rows, update_model)
+from plml_assets.lib.registry.provenance import code_version, feature_list_hash
+from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer, history_days, model_signature
+from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 

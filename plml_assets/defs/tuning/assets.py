@@ -7,14 +7,15 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import pandas as pd
+from optuna.trial import TrialState
 from pydantic import Field
 
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, training_window
 from plml_assets.lib import tuning
 from plml_assets.lib.models.registry import resolve_params
+from plml_assets.lib.models.training import folds_from_assignments
 from plml_assets.lib.plots import markdown_image
-from plml_assets.lib.provenance import content_digest
-from plml_assets.lib.training import folds_from_assignments
+from plml_assets.lib.registry.provenance import content_digest
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets.resources.settings import ExperimentSettings
@@ -95,7 +96,7 @@ def trial_evidence(study, objective: tuning.CVObjective, metric: str) -> dict:
     dates = objective.oof_dates()
     scores = tuning.trial_date_scores(study, dates)
     trials = []
-    for t in study.get_trials(deepcopy=False, states=(tuning.TrialState.COMPLETE, tuning.TrialState.PRUNED)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         folds = t.user_attrs.get(f"fold_{metric}")
         if folds is None:
             continue

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.selection.assets import selector_for
+from plml_assets.defs.selection.assets import selection_plan
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, training_window
-from plml_assets.lib.metrics import summarize_folds
+from plml_assets.lib.models.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
-from plml_assets.lib.splits import PurgedKFold, PurgedWalkForward
-from plml_assets.lib.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
+from plml_assets.lib.selection.pipeline import fold_selector
+from plml_assets.lib.validation.metrics import summarize_folds
+from plml_assets.lib.validation.splits import PurgedKFold, PurgedWalkForward
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
 SCHEMES = ("walk_forward", "kfold")
@@ -81,7 +82,7 @@ def cv_fold_features(
                 f"cv_splits holds {len(unknown)} date(s) outside the current training window "
                 f"{split.describe()['train_start']}..{split.describe()['train_end']}: re-materialize cv_splits"
             )
-        select = selector_for(X, y, selection, settings, feature_recipes)
+        select = fold_selector(X, y, selection_plan(selection, settings), feature_recipes)
         dates = X.index.get_level_values("date").to_numpy()
         parts = []
         for scheme in SCHEMES:
@@ -259,10 +260,10 @@ def cpcv_paths(
     **inputs,
 ) -> dg.Output[pd.DataFrame]:
     from plml_assets.defs.backtest.assets import backtest_candidate
-    from plml_assets.lib import backtest as bt
-    from plml_assets.lib.ensemble import EnsembleFit
+    from plml_assets.lib.backtest import engine as bt
+    from plml_assets.lib.ensemble.combine import EnsembleFit
     from plml_assets.lib.plots import histogram_plot
-    from plml_assets.lib.splits import CombinatorialPurgedCV
+    from plml_assets.lib.validation.splits import CombinatorialPurgedCV
 
     with fail_fast_on_bad_input():
         start = time.perf_counter()
@@ -282,7 +283,7 @@ def cpcv_paths(
         )
         dates = X.index.get_level_values("date")
         folds = list(splitter.split(X, y, groups=dates))
-        select = selector_for(X, y, selection, settings, feature_recipes)
+        select = fold_selector(X, y, selection_plan(selection, settings), feature_recipes)
         date_values = dates.to_numpy()
         columns = []
         for train_idx, _ in folds:  # one feature selection per split, shared by every member
@@ -371,10 +372,10 @@ def validation_report(
     **inputs,
 ) -> dg.Output[dict]:
     from plml_assets.defs.backtest.assets import backtest_candidate
-    from plml_assets.lib import overfitting as of
-    from plml_assets.lib.evidence import PRIMARY_TO_DATE_METRIC, promotion_evidence, tried_configurations
-    from plml_assets.lib.leaderboard import candidate_statistics
-    from plml_assets.lib.metrics import per_date_ic
+    from plml_assets.lib.comparison.leaderboard import candidate_statistics
+    from plml_assets.lib.registry.evidence import PRIMARY_TO_DATE_METRIC, promotion_evidence, tried_configurations
+    from plml_assets.lib.validation import overfitting as of
+    from plml_assets.lib.validation.metrics import per_date_ic
 
     with fail_fast_on_bad_input():
         bounds = of.ValidationBounds(

@@ -32,7 +32,7 @@ from typing import ClassVar, Self
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.scaling import SCALINGS, FeatureScaler
+from plml_assets.lib.features.scaling import SCALINGS, FeatureScaler
 
 Dataset = tuple[pd.DataFrame, pd.Series]
 

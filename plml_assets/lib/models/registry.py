@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import importlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from plml_assets.lib.models.base import Model
 

@@ -1,7 +1,7 @@
 """Prediction targets: forward returns over a horizon of trading days.
 
 A label at (t, s) uses prices up to ``horizon`` rows after t, so it is known only ``horizon``
-trading days later; splits must purge and embargo around it (see ``lib/splits``).
+trading days later; splits must purge and embargo around it (see ``lib/validation/splits``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib import overfitting as of
+from plml_assets.lib.validation import overfitting as of
 
 #: leaderboard primary metric -> the per-date metric behind it
 PRIMARY_TO_DATE_METRIC = {
@@ -74,8 +74,8 @@ def effective_observations(scores: pd.Series, horizon: int) -> float:
 
 def promotion_evidence(tried: pd.DataFrame, pick_scores: pd.Series, duplicate_corr: float = 0.95, horizon: int = 1) -> dict:
     """Deflated Sharpe of the pick's per-date scores over the effective number of independent tries,
-    and PBO of the tried set (see :func:`plml_assets.lib.overfitting.cluster_trials` and
-    :func:`plml_assets.lib.overfitting.trial_set_pbo`). ``horizon``: the label's length in dates;
+    and PBO of the tried set (see :func:`plml_assets.lib.validation.overfitting.cluster_trials` and
+    :func:`plml_assets.lib.validation.overfitting.trial_set_pbo`). ``horizon``: the label's length in dates;
     the pick's Sharpe enters with its effective sample size (see the module docstring)."""
     out: dict = {"trials": int(tried.shape[1]), "effective_trials": math.nan, "sharpe_trials_std": math.nan,
                  "dsr": math.nan, "pbo": math.nan, "clustering": "", "pbo_details": {}, "dsr_observations": 0}

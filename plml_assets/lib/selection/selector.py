@@ -466,7 +466,7 @@ def _permutation_drops(
     """Drop in mean per-date rank-IC on validation rows when each feature is shuffled across symbols
     within each date (a shuffle across all rows would also move values between dates, so a feature
     that only trends over time would look important)."""
-    from plml_assets.lib.importance import shuffle_within_dates
+    from plml_assets.lib.selection.importance import shuffle_within_dates
 
     codes, uniques = pd.factorize(dates)
     scorer = _RankIC(labels, codes, len(uniques))

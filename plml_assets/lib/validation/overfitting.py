@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from plml_assets.lib.metrics import LOWER_IS_BETTER
+from plml_assets.lib.validation.metrics import LOWER_IS_BETTER
 
 __all__ = [
     "EULER_MASCHERONI",
@@ -481,8 +481,8 @@ def train_validation_gap(fold_metrics: pd.DataFrame, metric: str = "rank_ic") ->
     """Per-fold overfitting gap statistics from a cross-validation table.
 
     ``fold_metrics`` has one row per fold with ``train_<metric>`` and ``valid_<metric>`` columns
-    (as :func:`plml_assets.lib.training.cross_validate` writes). The gap follows
-    :func:`plml_assets.lib.metrics.overfitting_gap`: positive when validation is worse,
+    (as :func:`plml_assets.lib.models.training.cross_validate` writes). The gap follows
+    :func:`plml_assets.lib.validation.metrics.overfitting_gap`: positive when validation is worse,
     ``train − valid`` for higher-is-better metrics, ``valid − train`` for those in
     ``LOWER_IS_BETTER``. Folds with a NaN on either side are dropped.
 
@@ -541,7 +541,7 @@ class ValidationBounds:
       selection process is worse than a coin. A quarter is already a lot of lost rank.
     * ``dsr_warn = 0.95``: the one-sided 5% level the DSR paper tests at; ``dsr_fail = 0.5``: the
       observed Sharpe is more likely below than above the expected best of ``N`` skill-less trials.
-    * ``gap_warn = 0.1`` (the default of :func:`plml_assets.lib.metrics.overfitting_gap`),
+    * ``gap_warn = 0.1`` (the default of :func:`plml_assets.lib.validation.metrics.overfitting_gap`),
       ``gap_fail = 0.2``: mean train − validation rank IC. Honest daily equity models validate at a
       rank IC of 0.01-0.05, so a 0.1 gap means the fit is mostly memorized noise.
     * ``valid_below_zero_warn = 0.5``: more than half the folds validate below zero; no fail bound.

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.metrics import per_date_ic
 from plml_assets.lib.models.base import Model
-from plml_assets.lib.training import early_stopping_split, fit_model, predict_rows, spread_dates
+from plml_assets.lib.models.training import early_stopping_split, fit_model, predict_rows, spread_dates
+from plml_assets.lib.validation.metrics import per_date_ic
 
 __all__ = [
     "fold_importances",
@@ -100,7 +100,7 @@ def permutation_importance(
     """Drop in mean per-date rank IC on the validation rows ``rows`` (positions in ``X``) when one
     feature is shuffled across symbols within each date, averaged over ``repeats`` seeded shuffles.
 
-    Scores come from :func:`~plml_assets.lib.training.predict_rows`, so a sequence net gets its
+    Scores come from :func:`~plml_assets.lib.models.training.predict_rows`, so a sequence net gets its
     history; the feature is shuffled within date on the history rows too. ``max_dates`` keeps an
     evenly spread subsample of the validation dates (whole cross-sections) to bound the cost
     (None: all). ``features`` defaults to the model's own features. Returns a Series feature ->
@@ -172,7 +172,7 @@ def fold_importances(
     log: Log | None = None,
 ) -> pd.DataFrame:
     """Fit one ``family`` model per fold on the fold's training rows and own columns with
-    :func:`~plml_assets.lib.training.fit_model` (the recipe ``cross_validate`` uses: pass the same
+    :func:`~plml_assets.lib.models.training.fit_model` (the recipe ``cross_validate`` uses: pass the same
     target, e.g. the excess return), then measure its gain importance (trees, normalised to sum 1;
     NaN for nets) and its within-date permutation importance on the fold's validation rows.
 

@@ -8,7 +8,7 @@ from a purged CV instead, and :func:`ensemble_oof_scores` scores the ensemble it
 Predictions and labels are Series on a (``date``, ``symbol``) MultiIndex. A label at date index
 ``i`` (on the sorted unique-date axis) is the forward return over ``(i, i + horizon]``, known only at
 ``i + horizon``; so a fit evaluated from date index ``p`` on may use OOF rows of dates ``i`` with
-``i + horizon < p`` only (the repo-wide rule of ``lib/splits.py``): the ``horizon`` dates right
+``i + horizon < p`` only (the repo-wide rule of ``lib/validation/splits.py``): the ``horizon`` dates right
 before ``p`` are purged.
 
 Rules (:data:`METHODS`), all on per-date cross-sectional transforms of the members, so that members of
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from plml_assets.lib.metrics import evaluate_predictions, per_date_ic
+from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic
 
 __all__ = [
     "METHODS",

@@ -21,9 +21,9 @@ import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from plml_assets.lib import prices as price_lib
-from plml_assets.lib.feature_generation import apply_recipes, recipe_lookback
-from plml_assets.lib.features import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION, build_features, feature_inputs
+from plml_assets.lib.data import prices as price_lib
+from plml_assets.lib.features.base import FEATURE_LOOKBACK_DAYS, FEATURE_SET_VERSION, build_features, feature_inputs
+from plml_assets.lib.features.generation import apply_recipes, recipe_lookback
 from plml_assets.lib.models.registry import load_model, model_class
 
 MODEL_ARTIFACT = "model_dir"
@@ -219,7 +219,7 @@ def member_artifact(name: str) -> str:
 class EnsembleScorer(PanelScorer):
     """Several single models behind the same raw-price interface: features are rebuilt once (base
     and every member's generated features), each member scores its own columns, and the fitted
-    ensemble rule (``plml_assets.lib.ensemble.EnsembleFit``) combines the scores per date."""
+    ensemble rule (``plml_assets.lib.ensemble.combine.EnsembleFit``) combines the scores per date."""
 
     def __init__(
         self,
@@ -253,6 +253,6 @@ class EnsembleScorer(PanelScorer):
         return {name: (self.models_[name], spec["features"]) for name, spec in self.member_specs.items()}
 
     def combine(self, scores: pd.DataFrame) -> np.ndarray:
-        from plml_assets.lib.ensemble import EnsembleFit
+        from plml_assets.lib.ensemble.combine import EnsembleFit
 
         return EnsembleFit.from_dict(self.ensemble).combine(scores).reindex(scores.index).to_numpy()

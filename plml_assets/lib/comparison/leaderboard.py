@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib import overfitting as of
+from plml_assets.lib.validation import overfitting as of
 
 KINDS = ("model", "ensemble", "baseline")
 # Table columns a rule may rank by; all are known before the holdout is looked at.
@@ -274,7 +274,7 @@ def validate_against_baseline(table: pd.DataFrame, selection: Selection, baselin
 
 def candidate_statistics(table: pd.DataFrame, name: str, pbo: float) -> dict[str, float]:
     """The overfitting statistics of one leaderboard candidate, keyed as
-    :func:`plml_assets.lib.overfitting.verdict` reads them: the PBO of the candidate set it was
+    :func:`plml_assets.lib.validation.overfitting.verdict` reads them: the PBO of the candidate set it was
     picked from, its OOF deflated Sharpe (deflated over every configuration tried) and probabilistic
     Sharpe, its mean train/validation gap, and the share of its walk-forward folds not validating
     above zero (an undefined fold counts as not positive). The same statistics exist for a single
@@ -294,7 +294,7 @@ def candidate_statistics(table: pd.DataFrame, name: str, pbo: float) -> dict[str
 
 def fold_rank_ics(scores: pd.Series, y: pd.Series, fold_of_row: pd.Series) -> list[float]:
     """Mean per-date rank IC of ``scores`` on each fold's rows (folds in ascending order)."""
-    from plml_assets.lib.metrics import evaluate_predictions
+    from plml_assets.lib.validation.metrics import evaluate_predictions
 
     frame = pd.DataFrame({"score": scores, "y": y, "fold": fold_of_row}).dropna(subset=["fold"])
     return [
@@ -308,7 +308,7 @@ def long_short_returns(scores: pd.Series, prices: pd.DataFrame, *, quantile: flo
     """Daily net returns of the long-short quantile portfolio traded on ``scores`` (in
     ``holding_days`` overlapping tranches, ``execution_lag`` dates after each signal) over the dates
     they cover, and its annualized net Sharpe on those dates."""
-    from plml_assets.lib import backtest as bt
+    from plml_assets.lib.backtest import engine as bt
 
     dates = scores.index.get_level_values("date").unique()
     run = bt.run_backtest(scores, prices, construction="long_short", quantile=quantile, cost_bps=cost_bps, dates=dates,

@@ -36,8 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.baselines import momentum_score
-from plml_assets.lib.metrics import per_date_ic
+from plml_assets.lib.models.baselines import momentum_score
+from plml_assets.lib.validation.metrics import per_date_ic
 
 __all__ = [
     "Backtest",
@@ -638,7 +638,7 @@ def rank_normalize(X: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fit_target(y: pd.Series, excess_target: bool) -> tuple[pd.Series, tuple[float, float]]:
-    from plml_assets.lib.training import excess_returns, winsorize_bounds
+    from plml_assets.lib.models.training import excess_returns, winsorize_bounds
 
     target = excess_returns(y) if excess_target else y
     return target, winsorize_bounds(target)
@@ -672,8 +672,8 @@ def xgboost_fit_predict(params: Mapping[str, Any] | None = None, horizon: int = 
     XGBoostModel hyper-parameters (``nthread`` defaults to 1). The target is the date-demeaned
     forward return when ``excess_target`` (see ``lib.training.excess_returns``).
     """
+    from plml_assets.lib.models.training import early_stopping_split, fit_model
     from plml_assets.lib.models.xgboost_model import XGBoostModel
-    from plml_assets.lib.training import early_stopping_split, fit_model
 
     chosen = {"nthread": 1, **(params or {})}
     XGBoostModel(**chosen)  # fail now on a bad hyper-parameter, not in the first window
@@ -853,7 +853,7 @@ def cpcv_path_backtests(
     path's dates count: the simulation runs to the last price date, and flat days after the
     training window would dilute a path's Sharpe.
     """
-    from plml_assets.lib.overfitting import sharpe_ratio
+    from plml_assets.lib.validation.overfitting import sharpe_ratio
 
     returns: dict[str, pd.Series] = {}
     stats = []

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from plml_assets.lib.metrics import per_date_ic
+from plml_assets.lib.validation.metrics import per_date_ic
 
 __all__ = [
     "DriftThresholds",

@@ -14,7 +14,7 @@ def code_version() -> str:
         version = metadata.version("plml")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     try:
         sha = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=True

@@ -41,8 +41,8 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.features import INDEX_NAMES, _cs_pct_rank, _cs_zscore
-from plml_assets.lib.metrics import per_date_ic
+from plml_assets.lib.features.base import INDEX_NAMES, _cs_pct_rank, _cs_zscore
+from plml_assets.lib.validation.metrics import per_date_ic
 
 GENERATION_VERSION = "1.1.0"  # 1.1: interactions of every base pair; each fit keeps its own top-k pairs
 #: ``all_pairs`` grows with the square of the base list: past this many interaction columns the

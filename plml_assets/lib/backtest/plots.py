@@ -1,6 +1,6 @@
 """PNG plots of a backtest (matplotlib, Agg): equity, drawdown, rolling rank IC, yearly returns.
 
-Inputs are the frames of ``lib.backtest``: a :func:`~plml_assets.lib.backtest.simulate` result
+Inputs are the frames of ``lib.backtest``: a :func:`~plml_assets.lib.backtest.engine.simulate` result
 (``gross_return``, ``net_return`` by date), an optional benchmark return Series on the same dates,
 and per-date rank IC Series (``ic_stats(...).rank_ic``). Every function returns PNG bytes. Results
 are drawn from their first trade on (``track_record``), like the metrics.
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.backtest import track_record
+from plml_assets.lib.backtest.engine import track_record
 from plml_assets.lib.plots import plt, to_png
 
 __all__ = ["drawdown_plot", "equity_curve_plot", "rolling_ic_plot", "yearly_returns_plot"]

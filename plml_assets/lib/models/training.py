@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.metrics import evaluate_predictions, overfitting_gap
 from plml_assets.lib.models.base import Model
 from plml_assets.lib.models.registry import make_model
+from plml_assets.lib.validation.metrics import evaluate_predictions, overfitting_gap
 
 Log = Callable[[str], None]
 
