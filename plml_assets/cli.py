@@ -435,6 +435,9 @@ def cmd_analytics(args: argparse.Namespace) -> int:
           f"peak RSS {num(report['peak_rss_mib'], '.0f')} MiB, cost {num(report['cost_total'], '.4f')} {report['currency']} "
           f"(rate card: {rates.core_hour}/core-h, {rates.gib_hour}/GiB-h: examples, set your own)")
     print(f"training success rate {num(report['success_rate'], '.0%')} over the last {report['success_rate_runs']} runs")
+    for v in report.get("registered_models", []):
+        print(f"registered {v['model']} v{v['version']} ({v['candidate']}): {num(report['cost_per_registered_model'], '.4f')} "
+              f"{report['currency']} (this run's cost over the versions it registered)")
     print(f"\n{'step':34s} {'wall s':>7s} {'cpu s':>7s} {'rss MiB':>8s} {'threads':>7s} {'rows in':>9s} {'cost':>9s}")
     for s in sorted(report["steps"], key=lambda s: -s["wall_s"]):
         print(f"{s['step'][:34]:34s} {s['wall_s']:7.1f} {num(s.get('cpu_s'), '7.1f'):>7s} {num(s.get('peak_rss_mib'), '8.0f'):>8s} "

@@ -35,6 +35,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "plml.champion_history"
 _LOCK = threading.Lock()
+_SYSTEM_METRICS_ENV = ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class MlflowRegistry(dg.ConfigurableResource):
     )
     experiment_name: str = Field(default="plml", description="MLflow experiment for training runs")
     model_name: str = Field(default="plml_model", description="registered model name (models:/<name>@champion)")
+    system_metrics_interval_s: float = Field(
+        default=1.0, ge=0.0,
+        description="seconds between MLflow system-metrics samples (CPU, memory, disk, network; GPU where NVML sees one) "
+        "on every training run; 0 turns them off",
+    )
 
     # ---- locations -------------------------------------------------------------------------
     def resolved_tracking_uri(self) -> str:
@@ -108,6 +114,29 @@ class MlflowRegistry(dg.ConfigurableResource):
                     else:
                         os.environ[key] = value
 
+
+    @contextlib.contextmanager
+    def training_run(self, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+        """An MLflow run open around a whole fit (not only its logging), with MLflow's own system-metrics
+        logging sampling every ``system_metrics_interval_s`` seconds, so the run's ``system/*`` metrics
+        show what the fit used. A run shorter than one interval gets no sample (MLflow publishes a sample
+        only after waiting one interval). Log into it with the fluent API inside the block."""
+        interval = self.system_metrics_interval_s
+        with self.tracking():
+            saved = {k: os.environ.get(k) for k in _SYSTEM_METRICS_ENV}
+            if interval > 0:
+                mlflow.set_system_metrics_sampling_interval(interval)
+                mlflow.set_system_metrics_samples_before_logging(1)
+            try:
+                with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=tags,
+                                      log_system_metrics=interval > 0) as run:
+                    yield run
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
 
     # ---- registry --------------------------------------------------------------------------
     def version_info(self, version: str | int) -> VersionInfo:

@@ -108,6 +108,17 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
         assert json.loads(cv_family["params"].iloc[0]) == json.loads(json.dumps(study["params"]))
         model_family = json.loads((plml_home / "assets" / f"{family}_model.json").read_text())
         assert model_family["family"] == family and model_family["tags"]["plml.cv_params_match"] == "true"
+        # Issue 14: the training runs were open around the fits themselves (not only their logging), so
+        # MLflow's own system metrics cover them: the model run lasted at least its fit, and a run open
+        # for longer than one sampling interval (1 s) holds CPU and memory samples.
+        fit_run = registry.client().get_run(model_family["run_id"])
+        for r in (fit_run, run):
+            assert r.info.status == "FINISHED"
+        assert (fit_run.info.end_time - fit_run.info.start_time) / 1000 >= model_family["fit_seconds"]
+        for r in (fit_run, run):
+            if (r.info.end_time - r.info.start_time) / 1000 > 3:
+                assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(r.data.metrics), (
+                    family, r.info.run_name, sorted(r.data.metrics))
         assert model_family["model_bytes"] > 0
 
     # Every family on the same folds and holdout, side by side.

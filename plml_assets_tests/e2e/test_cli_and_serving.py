@@ -96,6 +96,12 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
         assert {"step", "wall_s", "cpu_s", "peak_rss_mib", "cost"} <= set(steps[key]), key
         assert steps[key]["cpu_s"] > 0 and steps[key]["peak_rss_mib"] > 50
     assert steps["xgboost_study"]["trials"] == 6 and steps["xgboost_study"]["trials_per_s"] > 0
+    assert not any(k.startswith("gpu_") for s in analytics["steps"] for k in s)  # no GPU here: absent, not zero
+    # The run registered v1: what that model cost is the run's cost (one version registered).
+    assert [v["version"] for v in analytics["registered_models"]] == ["1"]
+    assert analytics["cost_per_registered_model"] == pytest.approx(analytics["cost_total"], rel=1e-6)
+    tag = _registry(home).client().get_model_version("plml_model", "1").tags["plml.training_cost"]
+    assert tag.endswith(" USD") and float(tag.split()[0]) > 0
     # `plml run` then materialized training_analytics on that finished run.
     stored = json.loads((home / "assets" / "training_analytics.json").read_text())
     assert stored["run_id"] == analytics["run_id"] and stored["success_rate"] == 1.0
@@ -105,6 +111,7 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
     assert sum(r["cost_share"] for r in families.values()) == pytest.approx(1.0, abs=1e-3)
     text = _plml(home, "analytics").stdout
     assert "utilization" in text and "cpcv_paths" in text and "training success rate 100%" in text
+    assert "registered plml_model v1" in text
     status = json.loads(_plml(home, "status", "--json").stdout)
     assert status["model_name"] == "plml_model"
     assert status["versions"] == ["1"]

@@ -141,3 +141,83 @@ def test_family_costs_set_cost_against_cv_gain():
     assert l["recommendation"] == "lstm: 25% of CV gain for 60% of cost; consider a smaller budget"
     assert x["recommendation"] == "xgboost: 75% of CV gain for 40% of cost"
     assert g["cost_per_0.01_rank_ic"] is None and "no CV gain" in g["recommendation"]
+
+
+class _FakeNvml:
+    """A stand-in for ``pynvml`` (mocked: this machine has no NVIDIA GPU or driver; the real library
+    is exercised on the GPU machine by benchmarks/gpu_check.py). Two devices; this process holds
+    ``mine`` MiB on device 0, another process 999 MiB on device 1; utilization follows ``util``."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, util=(40.0, 60.0), mine=512, list_processes=True, fail_init=False):
+        self.util, self.mine, self.list_processes, self.fail_init = list(util), mine, list_processes, fail_init
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("U", (), {"gpu": self.util[h]})()
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        if not self.list_processes:
+            return []
+        proc = type("P", (), {})
+        entry = proc()
+        entry.pid, entry.usedGpuMemory = (os.getpid(), self.mine * 2**20) if h == 0 else (1, 999 * 2**20)
+        return [entry]
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": 300 * 2**20})()
+
+
+def test_gpu_figures_are_the_steps_mean_utilization_and_this_processs_peak_memory():
+    nvml = _FakeNvml()
+    sampler = an.GpuSampler(interval_s=60, nvml=nvml)  # no background sample during the test: samples by hand
+    assert sampler.start()
+    nvml.util, nvml.mine = [80.0, 100.0], 2048
+    sampler.sample()
+    figures = sampler.figures()
+    sampler.stop()
+    assert figures == {an.GPU_UTIL_KEY: 70.0, an.GPU_MEM_KEY: 2048.0, an.GPUS_KEY: 2}  # mean of 50 and 90; the peak
+    sampler.reset()
+    assert sampler.figures() == {}  # a new step starts from nothing
+    # A driver that lists no process (containers): the device's used memory stands in.
+    blind = an.GpuSampler(interval_s=60, nvml=_FakeNvml(list_processes=False))
+    assert blind.start()
+    assert blind.figures()[an.GPU_MEM_KEY] == 600.0  # 300 MiB on each of the two devices
+    blind.stop()
+
+
+def test_without_a_gpu_the_fields_are_absent_not_zero():
+    assert not an.GpuSampler(nvml=_FakeNvml(fail_init=True)).start()
+    real = an.GpuSampler()  # this machine: nvidia-ml-py installed, no driver or device
+    assert real.start() is False and real.figures() == {}
+    figures = an.StepMeter().measure("a", 1)
+    assert not {an.GPU_UTIL_KEY, an.GPU_MEM_KEY, an.GPUS_KEY} & set(figures)
+    step = an.StepFigures(step="a", wall_s=10.0, status="success", start=0.0, cpu_s=1.0)
+    assert "gpu_utilization_pct" not in step.as_dict(an.RateCard())
+
+
+def test_the_meter_reports_gpu_fields_per_step_and_a_gpu_step_is_charged_the_gpu_hour():
+    meter = an.StepMeter()
+    meter.gpu = an.GpuSampler(interval_s=60, nvml=_FakeNvml())
+    meter.gpu.start()
+    meter.read("lstm_model", 10)
+    out = meter.measure("lstm_model", 1)
+    assert out[an.GPU_UTIL_KEY] == 50.0 and out[an.GPU_MEM_KEY] == 512.0 and out[an.GPUS_KEY] == 2
+    meter.gpu.stop()
+    rates = an.RateCard(core_hour=1.0, gib_hour=0.0, gpu_hour=10.0)
+    gpu_step = an.StepFigures(step="lstm_model", wall_s=360.0, status="success", start=0.0, cpu_s=36.0,
+                              gpu_utilization_pct=50.0, gpu_memory_peak_mib=512.0, gpus=1)
+    cpu_step = an.StepFigures(step="labels", wall_s=360.0, status="success", start=0.0, cpu_s=36.0)
+    assert gpu_step.cost(rates) == pytest.approx(0.01 + 1.0)  # 36 CPU s at 1/h + one GPU for 0.1 h at 10/h
+    assert cpu_step.cost(rates) == pytest.approx(0.01)

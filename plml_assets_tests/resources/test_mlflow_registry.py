@@ -233,3 +233,36 @@ def test_rollback_job_restores_the_previous_champion_and_fails_clearly_without_o
     failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no earlier champion to roll back to" in str(failure.event_specific_data.error)
     assert registry.alias_version(CHAMPION).version == "1"
+
+
+def test_training_run_logs_mlflows_system_metrics_while_it_is_open(registry):
+    """Issue 14: a training run carries MLflow's own system metrics (psutil-backed CPU and memory; GPU
+    where NVML sees one), sampled every ``system_metrics_interval_s`` while the block runs, and the
+    sampling settings do not leak out of the block."""
+    import time
+
+    fast = registry.model_copy(update={"system_metrics_interval_s": 0.5})
+    before = {k: os.environ.get(k) for k in ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")}
+    with fast.training_run("fit", {"plml.kind": "test"}) as run:
+        deadline = time.perf_counter() + 2.5
+        while time.perf_counter() < deadline:  # busy, like a fit
+            sum(i * i for i in range(10_000))
+        run_id = run.info.run_id
+    assert {k: os.environ.get(k) for k in before} == before
+    got = registry.client().get_run(run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["plml.kind"] == "test"
+    history = registry.client().get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2 and all(0 <= m.value <= 100 * os.cpu_count() for m in history)
+    assert registry.client().get_metric_history(run_id, "system/system_memory_usage_megabytes")[-1].value > 0
+    # Switched off: no sampler, no system metrics.
+    off = registry.model_copy(update={"system_metrics_interval_s": 0.0})
+    with off.training_run("fit-off", {}) as run:
+        time.sleep(1.2)
+    assert not [k for k in registry.client().get_run(run.info.run_id).data.metrics if k.startswith("system/")]
+
+
+def test_a_failed_fit_leaves_its_training_run_failed(registry):
+    with pytest.raises(RuntimeError, match="fit blew up"):
+        with registry.training_run("fit-fails", {}) as run:
+            raise RuntimeError("fit blew up")
+    assert registry.client().get_run(run.info.run_id).info.status == "FAILED"

@@ -9,6 +9,7 @@ from plml_assets.defs.analytics.report import analytics
 from plml_assets.defs.shared import FAMILIES
 from plml_assets.lib.analytics import metering as an
 from plml_assets.lib.plots import markdown_image
+from plml_assets.resources.mlflow_registry import MlflowRegistry
 
 _RATES = an.RateCard()
 
@@ -28,7 +29,8 @@ class AnalyticsConfig(dg.Config):
     "by a rate card), CPU utilization and idle share, trends and the training success rate over the last runs, read from "
     "the Dagster instance; a timeline (Gantt) and a trend plot. Materialized by `plml run` after the graph, or by hand.",
 )
-def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfig, model_leaderboard: dict) -> dg.Output[dict]:
+def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfig, model_leaderboard: dict,
+                       mlflow_registry: MlflowRegistry) -> dg.Output[dict]:
     rates = an.RateCard(core_hour=config.core_hour, gib_hour=config.gib_hour, gpu_hour=config.gpu_hour)
     try:
         report = analytics(context.instance, runs=config.runs, rates=rates)
@@ -45,16 +47,20 @@ def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfi
              if f in board and base_ic is not None and board[f].get("walk_forward_rank_ic_mean") is not None}
     report["families"] = an.family_costs(steps, list(FAMILIES), gains, baseline=baseline)
     report["recommendations"] = [r["recommendation"] for r in report["families"] if r.get("recommendation")]
+    cost_tag = f"{report['cost_per_registered_model']} {report['currency']}" if report["cost_per_registered_model"] is not None else None
+    for version in report["registered_models"] if cost_tag else []:  # shown beside the version in the MLflow registry
+        mlflow_registry.client().set_model_version_tag(version["model"], version["version"], "plml.training_cost", cost_tag)
     context.log.info(
         f"training_analytics: run {report['run_id'][:8]} wall {report['wall_s']:.0f} s on {report['cores']} cores, "
         f"CPU utilization {report['cpu_utilization']}, cost {report['cost_total']} {report['currency']}, "
-        f"success rate {report['success_rate']:.0%} over {report['success_rate_runs']} runs"
+        f"success rate {report['success_rate']:.0%} over {report['success_rate_runs']} runs; "
+        + (f"{len(report['registered_models'])} model version(s) registered at {cost_tag} each" if cost_tag else "no model version registered")
     )
     slow = sorted(steps, key=lambda s: -s["wall_s"])
-    table = "\n".join(
-        ["| step | wall s | CPU s | peak RSS MiB | threads | rows in | rows/s | cost |", "|---|---|---|---|---|---|---|---|"]
-        + [f"| {s['step']} | {s['wall_s']:.1f} | {s.get('cpu_s', '-')} | {s.get('peak_rss_mib', '-')} | {s.get('threads', '-')} | "
-           f"{s.get('rows_in', '-')} | {s.get('rows_per_s', '-')} | {s.get('cost', '-')} |" for s in slow])
+    columns = ["wall_s", "cpu_s", "peak_rss_mib", "threads", "rows_in", "rows_per_s", "trials_per_s", "cost"]
+    columns += [c for c in ("gpu_utilization_pct", "gpu_memory_peak_mib") if any(c in s for s in steps)]  # only with a GPU
+    table = "\n".join(["| step | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+                      + [f"| {s['step']} | " + " | ".join(str(s.get(c, "-")) for c in columns) + " |" for s in slow])
     metadata = {
         "run_id": report["run_id"],
         "wall_s": report["wall_s"],
@@ -70,7 +76,9 @@ def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfi
         "families": dg.MetadataValue.json(report["families"]),
         "recommendations": dg.MetadataValue.md("\n".join(f"- {r}" for r in report["recommendations"]) or "none"),
     }
-    for key in ("cpu_s", "cpu_utilization", "idle_share", "peak_rss_mib", "cost_total"):
+    if report["registered_models"]:
+        metadata["registered_models"] = dg.MetadataValue.json(report["registered_models"])
+    for key in ("cpu_s", "cpu_utilization", "idle_share", "peak_rss_mib", "cost_total", "cost_per_registered_model"):
         if report[key] is not None:  # absent, not zero, for runs from before the metering
             metadata[key] = report[key]
     return dg.Output(report, metadata=metadata)

@@ -10,6 +10,9 @@ import dagster as dg
 
 from plml_assets.lib.analytics import metering as an
 
+#: the asset whose materializations are the registered model versions (metadata: model, version, candidate)
+REGISTERED_KEY = dg.AssetKey("registered_model")
+
 #: steps whose failure is the promotion gate holding the champion, not a failed training (as in `plml run`)
 GATE_STEP_MARK = "promotion_gate"
 
@@ -38,11 +41,13 @@ def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.Ste
         elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION:
             meta = {k: _value(v) for k, v in event.event_specific_data.materialization.metadata.items()}
             mine = recorded.setdefault(event.step_key, {})
-            for key in (an.CPU_KEY, an.RSS_KEY, an.THREADS_KEY, an.ROWS_IN_KEY):  # cumulative per step: keep the largest
+            for key in (an.CPU_KEY, an.RSS_KEY, an.THREADS_KEY, an.ROWS_IN_KEY, an.GPU_MEM_KEY, an.GPUS_KEY):  # cumulative: the largest
                 if key in meta:
                     mine[key] = max(mine.get(key, 0), meta[key])
             if an.ROWS_OUT_KEY in meta:
                 mine[an.ROWS_OUT_KEY] = mine.get(an.ROWS_OUT_KEY, 0) + meta[an.ROWS_OUT_KEY]
+            if an.GPU_UTIL_KEY in meta:  # the mean over the step so far: the latest output's
+                mine[an.GPU_UTIL_KEY] = meta[an.GPU_UTIL_KEY]
             if "trials_run_now" in meta:
                 mine["trials"] = int(meta["trials_run_now"])
     steps = []
@@ -54,9 +59,22 @@ def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.Ste
             step=key, wall_s=round(end - starts[key], 3), status=status, start=starts[key],
             cpu_s=got.get(an.CPU_KEY), peak_rss_mib=got.get(an.RSS_KEY), threads=got.get(an.THREADS_KEY),
             rows_in=got.get(an.ROWS_IN_KEY), rows_out=got.get(an.ROWS_OUT_KEY), trials=got.get("trials"), pid=pids.get(key),
+            gpu_utilization_pct=got.get(an.GPU_UTIL_KEY), gpu_memory_peak_mib=got.get(an.GPU_MEM_KEY), gpus=got.get(an.GPUS_KEY),
         ))
     failed = [k for k, (_, status) in ends.items() if status == "failure"]
     return steps, failed
+
+
+def registered_versions(instance: dg.DagsterInstance, limit: int = 200) -> dict[str, list[dict]]:
+    """The model versions each run registered, by run id, from ``registered_model``'s materializations."""
+    out: dict[str, list[dict]] = {}
+    result = instance.fetch_materializations(REGISTERED_KEY, limit=limit)
+    for record in result.records:
+        meta = {k: _value(v) for k, v in record.asset_materialization.metadata.items()}
+        if "version" in meta:
+            out.setdefault(record.run_id, []).append(
+                {"model": meta.get("model"), "version": str(meta["version"]), "candidate": meta.get("candidate")})
+    return out
 
 
 def training_succeeded(failed_steps: list[str], status: dg.DagsterRunStatus) -> bool:
@@ -81,6 +99,7 @@ def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard |
     finished = instance.get_runs(
         filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]), limit=4 * runs)
     reports, outcomes = [], []
+    versions = registered_versions(instance)
     for run in finished:
         if len(reports) == runs:
             break
@@ -91,6 +110,12 @@ def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard |
         report = an.run_report(run.run_id, steps, cores, rates)
         report["job"] = run.job_name
         report["trained"] = training_succeeded(failed, run.status)
+        # What a registered model cost: the whole run that trained, validated and registered it (idle cores
+        # included), split evenly over the versions it registered.
+        report["registered_models"] = versions.get(run.run_id, [])
+        n = len(report["registered_models"])
+        report["cost_per_registered_model"] = (round(report["cost_total"] / n, 6)
+                                               if n and report["cost_total"] is not None else None)
         reports.append(report)
         outcomes.append(report["trained"])
     if not reports:
@@ -104,5 +129,6 @@ def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard |
             history.setdefault(s["step"], []).append(s["wall_s"])
     latest["step_history"] = history
     latest["trend"] = [{k: r[k] for k in ("run_id", "job", "wall_s", "cpu_s", "cpu_utilization", "peak_rss_mib",
-                                          "cost_total", "trained")} for r in reports]
+                                          "cost_total", "cost_per_registered_model", "trained")}
+                       for r in reports]
     return latest

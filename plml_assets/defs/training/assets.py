@@ -169,86 +169,88 @@ def train_family_model(
     device = _device(family, config.device)
     if device is not None:
         params["device"] = device
-    fit_start = time.perf_counter()
-    if champion is None:
-        model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon)
-        mode = "full"
-    else:
-        new_rows = X_train.index.get_level_values("date") > pd.Timestamp(champion.champion_train_end_)
-        X_train, y_train = X_train[new_rows], y_train[new_rows]
-        model, fit_mask = update_model(champion, X_train, y_train, settings.horizon)
-        mode = "incremental"
-        context.log.info(f"{asset_name}: updating champion v{champion.champion_version_} on {len(X_train):,} new rows "
-                         f"after {champion.champion_train_end_} (its features and parameters)")
-    fit_seconds = time.perf_counter() - fit_start
-    clip = model.target_clip_
-    cv_params = json.loads(cv_results["params"].iloc[0]) if "params" in cv_results else {}
-    cv_params_match = cv_params == json.loads(json.dumps(study["params"]))
-    if not cv_params_match:
-        context.log.warning(
-            f"{asset_name} hyper-parameters differ from those cross-validated in {family}_cv_results "
-            f"({cv_params}): the cv_* metrics describe another configuration; re-materialize {family}_cv_results"
+    run_tags = {"plml.family": family, "dagster.run_id": context.run.run_id, "dagster.asset": asset_name}
+    # The run is open for the whole fit, so its MLflow system metrics cover the fit too.
+    with mlflow_registry.training_run(f"{family}-{context.run.run_id[:8]}", run_tags) as run, tempfile.TemporaryDirectory() as tmp:
+        fit_start = time.perf_counter()
+        if champion is None:
+            model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon)
+            mode = "full"
+        else:
+            new_rows = X_train.index.get_level_values("date") > pd.Timestamp(champion.champion_train_end_)
+            X_train, y_train = X_train[new_rows], y_train[new_rows]
+            model, fit_mask = update_model(champion, X_train, y_train, settings.horizon)
+            mode = "incremental"
+            context.log.info(f"{asset_name}: updating champion v{champion.champion_version_} on {len(X_train):,} new rows "
+                             f"after {champion.champion_train_end_} (its features and parameters)")
+        fit_seconds = time.perf_counter() - fit_start
+        clip = model.target_clip_
+        cv_params = json.loads(cv_results["params"].iloc[0]) if "params" in cv_results else {}
+        cv_params_match = cv_params == json.loads(json.dumps(study["params"]))
+        if not cv_params_match:
+            context.log.warning(
+                f"{asset_name} hyper-parameters differ from those cross-validated in {family}_cv_results "
+                f"({cv_params}): the cv_* metrics describe another configuration; re-materialize {family}_cv_results"
+            )
+        kept = best_iteration(model) + 1
+        context.log.info(
+            f"{asset_name}: {len(X_train):,} training rows x {len(columns)} features, {iteration_word(family)} {kept} kept, "
+            f"fitted in {fit_seconds:.1f} s on {getattr(model, 'device_', 'cpu')}"
         )
-    kept = best_iteration(model) + 1
-    context.log.info(
-        f"{asset_name}: {len(X_train):,} training rows x {len(columns)} features, {iteration_word(family)} {kept} kept, "
-        f"fitted in {fit_seconds:.1f} s on {getattr(model, 'device_', 'cpu')}"
-    )
-    # Holdout rows are scored with the feature history before them (sequence nets read it).
-    span = features.loc[features.index.get_level_values("date") <= split.holdout_dates[-1], columns]
-    hold_pred = predict_rows(model, span, span.index.get_indexer(X_hold.index))
-    hold_dates = X_hold.index.get_level_values("date")
-    holdout = evaluate_predictions(y_hold.to_numpy(), hold_pred, hold_dates)
-    baseline = momentum_score(market_prices).reindex(X_hold.index).to_numpy()
-    ic_curve = cumulative_ic_plot(
-        {
-            family: per_date_ic(y_hold.to_numpy(), hold_pred, hold_dates, method="spearman"),
-            "momentum_20d": per_date_ic(y_hold.to_numpy(), baseline, hold_dates, method="spearman"),
-        },
-        f"{family} holdout {split.holdout_dates[0].date()}..{split.holdout_dates[-1].date()}",
-    )
-    importance = pd.Series(model.feature_importance()) if hasattr(model, "feature_importance") else pd.Series(dtype=float)
-    importance_png = importance_plot(importance / max(importance.sum(), 1e-12)) if len(importance) else None
-    folds_png = fold_metrics_plot(cv_results)
-    fit_rows = np.flatnonzero(fit_mask)
-    train_m = evaluate_predictions(
-        y_train.to_numpy()[fit_rows], predict_rows(model, X_train, fit_rows), X_train.index.get_level_values("date")[fit_rows]
-    )
-    cv = cv_summary(cv_results, "walk_forward") | cv_summary(cv_results, "kfold")
-    data_fp = price_lib.fingerprint(market_prices)
-    feat_hash = feature_list_hash(columns)
-    metrics = {
-        **{f"holdout_{k}": float(holdout[k]) for k in METRIC_KEYS},
-        **{f"train_{k}": float(train_m[k]) for k in METRIC_KEYS},
-        **cv,
-        "best_iteration": float(kept - 1),
-        "fit_seconds": float(fit_seconds),
-    }
-    tags = {
-        "plml.family": family,
-        "plml.data_fingerprint": data_fp,
-        "plml.feature_list_hash": feat_hash,
-        "plml.code_version": code_version(),
-        "plml.feature_set_version": FEATURE_SET_VERSION,
-        "plml.horizon": str(settings.horizon),
-        "plml.holdout_start": str(split.holdout_dates[0].date()),
-        "plml.holdout_end": str(split.holdout_dates[-1].date()),
-        "plml.train_end": str(split.train_dates[-1].date()),
-        "plml.study_name": str(study.get("study_name", "")),
-        "dagster.run_id": context.run.run_id,
-        "dagster.asset": asset_name,
-        "plml.cv_params_match": str(cv_params_match).lower(),
-        "plml.retrain_mode": mode,
-    }
-    if champion is not None:
-        tags["plml.updated_from"] = str(champion.champion_version_)
-    example = _input_example(market_prices, feature_recipes["recipes"])
-    scorer = PanelScorer(
-        columns, settings.horizon, list(market_prices.columns),
-        training_symbols=sorted(X_train.index.get_level_values("symbol").unique()), family=family,
-        recipes=feature_recipes["recipes"],
-    )
-    with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
+        # Holdout rows are scored with the feature history before them (sequence nets read it).
+        span = features.loc[features.index.get_level_values("date") <= split.holdout_dates[-1], columns]
+        hold_pred = predict_rows(model, span, span.index.get_indexer(X_hold.index))
+        hold_dates = X_hold.index.get_level_values("date")
+        holdout = evaluate_predictions(y_hold.to_numpy(), hold_pred, hold_dates)
+        baseline = momentum_score(market_prices).reindex(X_hold.index).to_numpy()
+        ic_curve = cumulative_ic_plot(
+            {
+                family: per_date_ic(y_hold.to_numpy(), hold_pred, hold_dates, method="spearman"),
+                "momentum_20d": per_date_ic(y_hold.to_numpy(), baseline, hold_dates, method="spearman"),
+            },
+            f"{family} holdout {split.holdout_dates[0].date()}..{split.holdout_dates[-1].date()}",
+        )
+        importance = pd.Series(model.feature_importance()) if hasattr(model, "feature_importance") else pd.Series(dtype=float)
+        importance_png = importance_plot(importance / max(importance.sum(), 1e-12)) if len(importance) else None
+        folds_png = fold_metrics_plot(cv_results)
+        fit_rows = np.flatnonzero(fit_mask)
+        train_m = evaluate_predictions(
+            y_train.to_numpy()[fit_rows], predict_rows(model, X_train, fit_rows), X_train.index.get_level_values("date")[fit_rows]
+        )
+        cv = cv_summary(cv_results, "walk_forward") | cv_summary(cv_results, "kfold")
+        data_fp = price_lib.fingerprint(market_prices)
+        feat_hash = feature_list_hash(columns)
+        metrics = {
+            **{f"holdout_{k}": float(holdout[k]) for k in METRIC_KEYS},
+            **{f"train_{k}": float(train_m[k]) for k in METRIC_KEYS},
+            **cv,
+            "best_iteration": float(kept - 1),
+            "fit_seconds": float(fit_seconds),
+        }
+        tags = {
+            "plml.family": family,
+            "plml.data_fingerprint": data_fp,
+            "plml.feature_list_hash": feat_hash,
+            "plml.code_version": code_version(),
+            "plml.feature_set_version": FEATURE_SET_VERSION,
+            "plml.horizon": str(settings.horizon),
+            "plml.holdout_start": str(split.holdout_dates[0].date()),
+            "plml.holdout_end": str(split.holdout_dates[-1].date()),
+            "plml.train_end": str(split.train_dates[-1].date()),
+            "plml.study_name": str(study.get("study_name", "")),
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset": asset_name,
+            "plml.cv_params_match": str(cv_params_match).lower(),
+            "plml.retrain_mode": mode,
+        }
+        if champion is not None:
+            tags["plml.updated_from"] = str(champion.champion_version_)
+        example = _input_example(market_prices, feature_recipes["recipes"])
+        scorer = PanelScorer(
+            columns, settings.horizon, list(market_prices.columns),
+            training_symbols=sorted(X_train.index.get_level_values("symbol").unique()), family=family,
+            recipes=feature_recipes["recipes"],
+        )
         model_dir = Path(tmp) / MODEL_ARTIFACT
         model.save(model_dir)
         model_bytes = _folder_bytes(model_dir)
@@ -256,33 +258,31 @@ def train_family_model(
         scorer.model_ = model
         example_out = scorer.score(example)
         signature = model_signature(scorer, example, example_out)
-        with mlflow.start_run(
-            experiment_id=mlflow_registry.experiment_id(), run_name=f"{family}-{context.run.run_id[:8]}", tags=tags
-        ) as run:
-            mlflow.log_params({**params, "horizon": settings.horizon, "holdout_days": settings.holdout_days,
-                               "n_features": len(columns), "train_rows": len(X_train)})
-            mlflow.log_metrics(metrics)
-            mlflow.log_dict({"features": columns, "winsor_clip": list(clip),
-                             "recipes": {c: r for c, r in feature_recipes["recipes"].items() if c in columns}}, "features.json")
-            mlflow.log_dict(split.describe(), "holdout_window.json")
-            mlflow.log_text(cv_results.to_csv(index=False), "cv_results.csv")
-            plots = {"holdout_cumulative_rank_ic": ic_curve, "cv_folds": folds_png}
-            if importance_png is not None:
-                plots["feature_importance"] = importance_png
-            for name, png in plots.items():
-                (Path(tmp) / f"{name}.png").write_bytes(png)
-                mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
-            del scorer.model_  # the pyfunc is rebuilt from the artefact in load_context
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=scorer,
-                artifacts={MODEL_ARTIFACT: str(model_dir)},
-                code_paths=[str(Path(plml_assets.__file__).parent)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(family),
-            )
-            run_id = run.info.run_id
+        mlflow.set_tags(tags)
+        mlflow.log_params({**params, "horizon": settings.horizon, "holdout_days": settings.holdout_days,
+                           "n_features": len(columns), "train_rows": len(X_train)})
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict({"features": columns, "winsor_clip": list(clip),
+                         "recipes": {c: r for c, r in feature_recipes["recipes"].items() if c in columns}}, "features.json")
+        mlflow.log_dict(split.describe(), "holdout_window.json")
+        mlflow.log_text(cv_results.to_csv(index=False), "cv_results.csv")
+        plots = {"holdout_cumulative_rank_ic": ic_curve, "cv_folds": folds_png}
+        if importance_png is not None:
+            plots["feature_importance"] = importance_png
+        for name, png in plots.items():
+            (Path(tmp) / f"{name}.png").write_bytes(png)
+            mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
+        del scorer.model_  # the pyfunc is rebuilt from the artefact in load_context
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=scorer,
+            artifacts={MODEL_ARTIFACT: str(model_dir)},
+            code_paths=[str(Path(plml_assets.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(family),
+        )
+        run_id = run.info.run_id
     context.log.info(
         f"{asset_name}: holdout rank IC {holdout['rank_ic']:.4f}, IC {holdout['ic']:.4f}, "
         f"directional accuracy {holdout['directional_accuracy']:.3f}; model {model_bytes / 1024:.0f} KiB; MLflow run {run_id}"

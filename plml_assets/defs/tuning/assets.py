@@ -1,5 +1,6 @@
 """Optuna studies: one per model family, over the purged CV folds, stored in the Optuna RDB."""
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -62,30 +63,28 @@ def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fix
     )
 
 
-def _log_study_run(
-    mlflow_registry: MlflowRegistry, context: dg.AssetExecutionContext, family: str, result: tuning.StudyResult,
-    frame: pd.DataFrame, plots: dict[str, bytes], summary: dict, space: tuning.SearchSpace,
-) -> str:
-    """One MLflow run per study materialization: the trial table, plots and chosen parameters
-    (not a nested run per trial: the trials live in the Optuna storage; see lib/tuning)."""
-    with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
-        with mlflow.start_run(
-            experiment_id=mlflow_registry.experiment_id(), run_name=f"{family}-study-{context.run.run_id[:8]}",
-            tags={"plml.kind": "study", "plml.family": family, "plml.study_name": summary["study_name"],
-                  "dagster.run_id": context.run.run_id, "dagster.asset": f"{family}_study"},
-        ) as run:
-            mlflow.log_params({f"best.{k}": v for k, v in summary["tuned_params"].items()}
-                              | {"n_trials_budget": summary["n_trials"], "sampler": summary["sampler"],
-                                 "pruner": summary["pruner"], "objectives": ",".join(summary["objectives"])})
-            mlflow.log_metrics({k: float(v) for k, v in summary["best_values"].items()}
-                               | {f"trials_{k.lower()}": float(v) for k, v in summary["counts"].items()})
-            mlflow.log_text(frame.to_csv(index=False), "trials.csv")
-            mlflow.log_dict(space.to_dict(), "search_space.json")
-            mlflow.log_dict(summary, "study.json")
-            for name, png in plots.items():
-                (Path(tmp) / f"{name}.png").write_bytes(png)
-                mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
-            return run.info.run_id
+def _study_run_tags(context: dg.AssetExecutionContext, family: str, study_name: str) -> dict[str, str]:
+    return {"plml.kind": "study", "plml.family": family, "plml.study_name": study_name,
+            "dagster.run_id": context.run.run_id, "dagster.asset": f"{family}_study"}
+
+
+def _log_study_run(run, frame: pd.DataFrame, plots: dict[str, bytes], summary: dict, space: tuning.SearchSpace) -> str:
+    """One MLflow run per study materialization (``run``, open since before the first trial, so its
+    system metrics cover the search): the trial table, plots and chosen parameters (not a nested run
+    per trial: the trials live in the Optuna storage; see lib/tuning)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({f"best.{k}": v for k, v in summary["tuned_params"].items()}
+                          | {"n_trials_budget": summary["n_trials"], "sampler": summary["sampler"],
+                             "pruner": summary["pruner"], "objectives": ",".join(summary["objectives"])})
+        mlflow.log_metrics({k: float(v) for k, v in summary["best_values"].items()}
+                           | {f"trials_{k.lower()}": float(v) for k, v in summary["counts"].items()})
+        mlflow.log_text(frame.to_csv(index=False), "trials.csv")
+        mlflow.log_dict(space.to_dict(), "search_space.json")
+        mlflow.log_dict(summary, "study.json")
+        for name, png in plots.items():
+            (Path(tmp) / f"{name}.png").write_bytes(png)
+            mlflow.log_artifact(str(Path(tmp) / f"{name}.png"), "plots")
+    return run.info.run_id
 
 
 def trial_evidence(study, objective: tuning.CVObjective, metric: str) -> dict:
@@ -131,91 +130,94 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         optuna_storage: OptunaStorage,
         mlflow_registry: MlflowRegistry,
     ) -> dg.Output[dict]:
-        with fail_fast_on_bad_input():
-            start = time.perf_counter()
-            default_trials, default_timeout = DEFAULT_BUDGETS[settings.profile][family]
-            n_trials = default_trials if config.n_trials is None else config.n_trials
-            timeout = default_timeout if config.timeout_s is None else config.timeout_s
-            if config.scheme not in ("walk_forward", "kfold"):
-                raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
-            if n_trials < 0 or (timeout is not None and timeout <= 0):
-                raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
-            fixed = json_object(config.fixed_params, "fixed_params")
-            space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
-                     if config.search_space.strip() else tuning.DEFAULT_SPACES[family])
-            clash = sorted(set(fixed) & set(space.names))
-            if clash:
-                raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")
-            base = resolve_params(family, overrides=fixed, quick=settings.quick, seed=settings.seed)
-            fixed_during_search = {k: v for k, v in base.items() if k not in space.names}
-            X, y, _ = training_window(features, labels, settings)
-            assignments = cv_splits[cv_splits["scheme"] == config.scheme]
-            folds = folds_from_assignments(X, assignments)
-            columns = fold_columns(cv_fold_features, config.scheme)
-            objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
-            name = config.study_name or (
-                f"{mlflow_registry.model_name}-{family}-"
-                + content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
-                          fixed_during_search, list(objective.names), config.metric, settings.horizon)
-            )
-            defaults = {k: v for k, v in base.items() if k in space.names}
-            try:
-                space.check_params(defaults)
-                enqueue = [defaults] if len(defaults) == len(space) else []
-            except ValueError as exc:
-                context.log.warning(f"{family}_study: the default configuration is outside the search space ({exc}); not enqueued")
-                enqueue = []
-            context.log.info(
-                f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(folds)} {config.scheme} folds on "
-                f"{len(X):,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {list(objective.names)}, "
-                f"storage {optuna_storage.display_url()}"
-            )
-            rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
-                    if len(objective.names) > 1 else None)
-            result = tuning.run_study(
-                objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
-                sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
-                seed=settings.seed, worker=config.worker, enqueue=enqueue, pick_rule=rule, log=context.log.info,
-            )
-        study = result.study
-        tuned = result.best_params if result.best is not None else {}
-        params = resolve_params(family, tuned=tuned, overrides=fixed, quick=settings.quick, seed=settings.seed)
-        frame = tuning.trials_frame(study, rule)
-        names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
-        best_values = dict(zip(names, result.best.values)) if result.best is not None else {}
-        counts = {state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL")} if len(frame) else {}
-        plots: dict[str, bytes] = {}
-        if result.best is not None:
-            plots["optimization_history"] = tuning.plot_optimization_history(study)
-            importances = tuning.param_importances(study, seed=settings.seed)
-            if len(importances):
-                plots["param_importances"] = tuning.plot_param_importances(importances)
-            if len(study.directions) > 1:
-                plots["pareto_front"] = tuning.plot_pareto_front(study, rule)
-        else:
-            importances = pd.Series(dtype=float)
-            context.log.warning(f"{family}_study: no trial completed; the {family} defaults are used")
-        summary = {
-            "family": family,
-            "study_name": name,
-            "storage": optuna_storage.display_url(),
-            "n_trials": n_trials,
-            "counts": counts,
-            "sampler": config.sampler,
-            "pruner": config.pruner,
-            "objectives": list(objective.names),
-            "metric": config.metric,
-            "scheme": config.scheme,
-            "pick_rule": rule.describe() if rule else f"highest mean validation {config.metric}",
-            "best_trial": result.best.number if result.best is not None else None,
-            "best_values": best_values,
-            "tuned_params": tuned,
-            "default_value": tuning.trial_value_of(frame, defaults, names[0]),
-            "params": params,
-            "search_space": space.to_dict(),
-            "ran_this_time": result.ran,
-        }
-        mlflow_run_id = _log_study_run(mlflow_registry, context, family, result, frame, plots, summary, space)
+        with contextlib.ExitStack() as open_run:  # the MLflow run is open from the first trial to the logging
+            with fail_fast_on_bad_input():
+                start = time.perf_counter()
+                default_trials, default_timeout = DEFAULT_BUDGETS[settings.profile][family]
+                n_trials = default_trials if config.n_trials is None else config.n_trials
+                timeout = default_timeout if config.timeout_s is None else config.timeout_s
+                if config.scheme not in ("walk_forward", "kfold"):
+                    raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
+                if n_trials < 0 or (timeout is not None and timeout <= 0):
+                    raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
+                fixed = json_object(config.fixed_params, "fixed_params")
+                space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
+                         if config.search_space.strip() else tuning.DEFAULT_SPACES[family])
+                clash = sorted(set(fixed) & set(space.names))
+                if clash:
+                    raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")
+                base = resolve_params(family, overrides=fixed, quick=settings.quick, seed=settings.seed)
+                fixed_during_search = {k: v for k, v in base.items() if k not in space.names}
+                X, y, _ = training_window(features, labels, settings)
+                assignments = cv_splits[cv_splits["scheme"] == config.scheme]
+                folds = folds_from_assignments(X, assignments)
+                columns = fold_columns(cv_fold_features, config.scheme)
+                objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
+                name = config.study_name or (
+                    f"{mlflow_registry.model_name}-{family}-"
+                    + content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
+                              fixed_during_search, list(objective.names), config.metric, settings.horizon)
+                )
+                defaults = {k: v for k, v in base.items() if k in space.names}
+                try:
+                    space.check_params(defaults)
+                    enqueue = [defaults] if len(defaults) == len(space) else []
+                except ValueError as exc:
+                    context.log.warning(f"{family}_study: the default configuration is outside the search space ({exc}); not enqueued")
+                    enqueue = []
+                context.log.info(
+                    f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(folds)} {config.scheme} folds on "
+                    f"{len(X):,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {list(objective.names)}, "
+                    f"storage {optuna_storage.display_url()}"
+                )
+                rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
+                        if len(objective.names) > 1 else None)
+                run = open_run.enter_context(mlflow_registry.training_run(
+                    f"{family}-study-{context.run.run_id[:8]}", _study_run_tags(context, family, name)))
+                result = tuning.run_study(
+                    objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
+                    sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
+                    seed=settings.seed, worker=config.worker, enqueue=enqueue, pick_rule=rule, log=context.log.info,
+                )
+            study = result.study
+            tuned = result.best_params if result.best is not None else {}
+            params = resolve_params(family, tuned=tuned, overrides=fixed, quick=settings.quick, seed=settings.seed)
+            frame = tuning.trials_frame(study, rule)
+            names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+            best_values = dict(zip(names, result.best.values)) if result.best is not None else {}
+            counts = {state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL")} if len(frame) else {}
+            plots: dict[str, bytes] = {}
+            if result.best is not None:
+                plots["optimization_history"] = tuning.plot_optimization_history(study)
+                importances = tuning.param_importances(study, seed=settings.seed)
+                if len(importances):
+                    plots["param_importances"] = tuning.plot_param_importances(importances)
+                if len(study.directions) > 1:
+                    plots["pareto_front"] = tuning.plot_pareto_front(study, rule)
+            else:
+                importances = pd.Series(dtype=float)
+                context.log.warning(f"{family}_study: no trial completed; the {family} defaults are used")
+            summary = {
+                "family": family,
+                "study_name": name,
+                "storage": optuna_storage.display_url(),
+                "n_trials": n_trials,
+                "counts": counts,
+                "sampler": config.sampler,
+                "pruner": config.pruner,
+                "objectives": list(objective.names),
+                "metric": config.metric,
+                "scheme": config.scheme,
+                "pick_rule": rule.describe() if rule else f"highest mean validation {config.metric}",
+                "best_trial": result.best.number if result.best is not None else None,
+                "best_values": best_values,
+                "tuned_params": tuned,
+                "default_value": tuning.trial_value_of(frame, defaults, names[0]),
+                "params": params,
+                "search_space": space.to_dict(),
+                "ran_this_time": result.ran,
+            }
+            mlflow_run_id = _log_study_run(run, frame, plots, summary, space)
         summary["mlflow_run_id"] = mlflow_run_id
         summary.update(trial_evidence(study, objective, config.metric))
         summary["seconds"] = round(time.perf_counter() - start, 1)

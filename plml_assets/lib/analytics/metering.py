@@ -22,6 +22,7 @@ import math
 import os
 import resource
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from pathlib import Path
 #: metadata keys the IO manager adds to every materialization (read back by the report)
 CPU_KEY, RSS_KEY, THREADS_KEY, ROWS_IN_KEY, ROWS_OUT_KEY = (
     "step_cpu_s", "step_peak_rss_mib", "step_threads", "step_rows_in", "step_rows_out")
+#: added only where NVML sees a GPU (absent, not zero, without one)
+GPU_UTIL_KEY, GPU_MEM_KEY, GPUS_KEY = "step_gpu_utilization_pct", "step_gpu_memory_peak_mib", "step_gpus"
 
 
 def cpu_seconds() -> float:
@@ -54,6 +57,81 @@ def os_threads() -> int | None:
     return None
 
 
+class GpuSampler:
+    """GPU use of this process while a step runs, through NVML (nvidia-ml-py, ``pynvml``): a daemon
+    thread samples every ``interval_s`` each GPU's utilization (the device's, shared with any other
+    process on it) and the GPU memory this process holds (its compute processes' entry; the device's
+    used memory where the driver does not list processes, e.g. in some containers). Without the
+    package, a driver or a GPU, :meth:`start` returns False and :meth:`figures` is empty: the step's
+    GPU fields are absent, not zero."""
+
+    def __init__(self, interval_s: float = 0.5, nvml=None) -> None:
+        self.interval_s = interval_s
+        self._nvml = nvml
+        self._handles: list = []
+        self._util: list[float] = []
+        self._peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        if self._thread is not None:
+            return True
+        try:
+            if self._nvml is None:
+                import pynvml
+
+                self._nvml = pynvml
+            self._nvml.nvmlInit()
+            count = self._nvml.nvmlDeviceGetCount()
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except Exception:  # no package, no driver (NVMLError), no device: nothing to sample
+            self._handles = []
+        if not self._handles:
+            return False
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="plml-gpu-sampler", daemon=True)
+        self._thread.start()
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        nv, pid = self._nvml, os.getpid()
+        util, mine = [], 0.0
+        for h in self._handles:
+            try:
+                util.append(float(nv.nvmlDeviceGetUtilizationRates(h).gpu))
+                procs = nv.nvmlDeviceGetComputeRunningProcesses(h)
+                used = [p.usedGpuMemory for p in procs if p.pid == pid and p.usedGpuMemory is not None]
+                if not procs:  # the driver lists no process (containers): the device's own figure
+                    used = [nv.nvmlDeviceGetMemoryInfo(h).used]
+                mine += sum(used) / 2**20
+            except Exception:  # a transient NVML error loses one sample, not the step
+                continue
+        if util:
+            self._util.append(sum(util) / len(util))
+        self._peak_mib = max(self._peak_mib, mine)
+
+    def reset(self) -> None:
+        """Start a new step's figures (the in-process executor runs every step in one process)."""
+        self._util, self._peak_mib = [], 0.0
+
+    def figures(self) -> dict[str, float | int]:
+        if not self._handles or not self._util:
+            return {}
+        return {GPU_UTIL_KEY: round(sum(self._util) / len(self._util), 1), GPU_MEM_KEY: round(self._peak_mib, 1),
+                GPUS_KEY: len(self._handles)}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * self.interval_s + 1)
+        self._thread = None
+
+
 @dataclass
 class StepMeter:
     """Per-process bookkeeping of the step being executed (see the module docstring)."""
@@ -63,14 +141,27 @@ class StepMeter:
     base_cpu: float = field(default_factory=cpu_seconds)
     last_cpu: float = field(default_factory=cpu_seconds)
     rows_in: dict[str, int] = field(default_factory=dict)
+    gpu: GpuSampler | None = None  # started at a step's first input or output, in the step's process
+    gpu_step: str | None = None
 
     def _sync(self) -> None:
         if os.getpid() != self.pid:  # a forked step process: its usage counts from zero
             self.pid, self.step, self.base_cpu, self.last_cpu, self.rows_in = os.getpid(), None, 0.0, 0.0, {}
+            self.gpu, self.gpu_step = None, None  # a sampler thread does not survive a fork
+
+    def _gpu(self, step: str) -> GpuSampler:
+        if self.gpu is None:
+            self.gpu = GpuSampler()
+            self.gpu.start()
+        if step != self.gpu_step:
+            self.gpu.reset()
+            self.gpu_step = step
+        return self.gpu
 
     def read(self, step: str, rows: int) -> None:
         """A step loaded an input of ``rows`` rows."""
         self._sync()
+        self._gpu(step)
         self.rows_in[step] = self.rows_in.get(step, 0) + int(rows)
 
     def measure(self, step: str, rows_out: int | None) -> dict[str, float | int]:
@@ -87,6 +178,9 @@ class StepMeter:
             out[THREADS_KEY] = threads
         if rows_out is not None:
             out[ROWS_OUT_KEY] = int(rows_out)
+        gpu = self._gpu(step)
+        gpu.sample()
+        out.update(gpu.figures())
         return out
 
 
@@ -128,13 +222,18 @@ class StepFigures:
     rows_out: int | None = None
     trials: int | None = None
     pid: int | None = None  # the process that ran the step
+    gpu_utilization_pct: float | None = None  # None: no GPU seen (not 0 %)
+    gpu_memory_peak_mib: float | None = None
+    gpus: int | None = None
 
     def cost(self, rates: RateCard) -> float | None:
-        """CPU used plus memory held for the step's wall."""
+        """CPU used plus memory held for the step's wall, plus the GPUs for the wall when the step's
+        process held GPU memory (a CUDA context holds the device whether or not it computes)."""
         if self.cpu_s is None:
             return None
         memory = (self.peak_rss_mib or 0.0) / 1024.0 * self.wall_s / 3600.0 * rates.gib_hour
-        return self.cpu_s / 3600.0 * rates.core_hour + memory
+        gpu = (self.gpus or 0) * self.wall_s / 3600.0 * rates.gpu_hour if (self.gpu_memory_peak_mib or 0) > 0 else 0.0
+        return self.cpu_s / 3600.0 * rates.core_hour + memory + gpu
 
     def as_dict(self, rates: RateCard) -> dict:
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "start"}
