@@ -41,6 +41,7 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from plml_assets.lib.analytics.metering import GPU_MEM_KEY, GPU_UTIL_KEY, GpuSampler  # noqa: E402
 from plml_assets.lib.data.labels import forward_returns  # noqa: E402
 from plml_assets.lib.data.prices import load_embedded  # noqa: E402
 from plml_assets.lib.features.base import build_features  # noqa: E402
@@ -137,10 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     for family, device, params in plan(args, cuda):
         model = make_model(family, **params)
         sync(device)
+        sampler = GpuSampler(interval_s=0.2)  # what `plml analytics` records per step, here per fit
+        sees_gpu = sampler.start()
         t0 = time.perf_counter()
         model.fit(train, valid)
         sync(device)
         t1 = time.perf_counter()
+        sampler.sample()
+        gpu_figures = sampler.figures()
+        sampler.stop()
+        if device == "cuda":
+            if not (sees_gpu and gpu_figures.get(GPU_MEM_KEY, 0) > 0):
+                print(f"FAILED: NVML did not see {family}'s CUDA fit (step GPU fields would be absent): {gpu_figures}", file=sys.stderr)
+                return 1
+            print(f"  {family:8s} cuda NVML: utilization {gpu_figures[GPU_UTIL_KEY]:.0f} %, "
+                  f"this process's GPU memory peak {gpu_figures[GPU_MEM_KEY]:.0f} MiB")
         pred = model.predict(valid[0])
         sync(device)
         t2 = time.perf_counter()

@@ -84,7 +84,7 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
     registry: MlflowRegistry = resources["mlflow_registry"]
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"market_prices", "labels", "base_features", "features", "feature_recipes", "feature_selection", "cv_splits",
-            "cv_fold_features", "registered_model", "backtest", "cpcv_paths", "validation_report", "model_comparison",
+            "cv_fold_features", "registered_model", "backtest", "cpcv_fold_features", "cpcv_paths", "validation_report", "model_comparison",
             "feature_generation_report", "feature_importance", "ensemble_model", "ensemble_predictions",
             "model_leaderboard"} <= materialized
     for family in FAMILIES:  # one lineage shape per family

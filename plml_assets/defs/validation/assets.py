@@ -222,9 +222,59 @@ def cv_summary(results: pd.DataFrame, scheme: str = "walk_forward") -> dict[str,
     return out
 
 
-class CPCVConfig(dg.Config):
+class CPCVSplitConfig(dg.Config):
     n_groups: int = Field(default=6, description="CPCV date groups N (quick profile: 4)")
     n_test_groups: int = Field(default=2, description="test groups k per split: C(N, k) splits, C(N-1, k-1) backtest paths")
+
+
+@dg.asset(
+    group_name="validation",
+    kinds={"pandas"},
+    description="The Combinatorial Purged CV splits of the training window and the features each split selected on its "
+    "own training rows (its own interaction pairs too), made once, before the leaderboard, so that cpcv_paths only "
+    "refits the pick's members on them.",
+)
+def cpcv_fold_features(
+    context: dg.AssetExecutionContext,
+    config: CPCVSplitConfig,
+    features: pd.DataFrame,
+    feature_recipes: dict,
+    labels: pd.DataFrame,
+    settings: ExperimentSettings,
+    selection: SelectionSettings,
+) -> dg.Output[dict]:
+    with fail_fast_on_bad_input():
+        start = time.perf_counter()
+        X, y, split = training_window(features, labels, settings)
+        splitter = _cpcv_splitter(config.n_groups, config.n_test_groups, settings)
+        dates = X.index.get_level_values("date")
+        folds = list(splitter.split(X, y, groups=dates))
+        select = fold_selector(X, y, selection_plan(selection, settings), feature_recipes)
+        date_values = dates.to_numpy()
+        columns = []
+        for k, (train_idx, _) in enumerate(folds, start=1):  # one feature selection per split, shared by every member
+            fit_mask, _ = early_stopping_split(date_values[train_idx], settings.horizon)
+            columns.append(select(train_idx[fit_mask]))
+            context.log.info(f"cpcv_fold_features: split {k}/{len(folds)}: {len(columns[-1])} features on {int(fit_mask.sum()):,} fitting rows")
+    window = split.describe()
+    out = {"splitter": splitter.describe(), "train_start": window["train_start"], "train_end": window["train_end"],
+           "train_dates": len(split.train_dates), "columns": columns}
+    return dg.Output(out, metadata={
+        "splits": len(folds),
+        "features_per_split": float(np.mean([len(c) for c in columns])),
+        "splitter": dg.MetadataValue.json(splitter.describe()),
+        "seconds": round(time.perf_counter() - start, 1),
+    })
+
+
+def _cpcv_splitter(n_groups: int, n_test_groups: int, settings: ExperimentSettings):
+    from plml_assets.lib.validation.splits import CombinatorialPurgedCV
+
+    return CombinatorialPurgedCV(n_groups=min(n_groups, 4) if settings.quick else n_groups, n_test_groups=n_test_groups,
+                                 horizon=settings.horizon, embargo=settings.embargo_days)
+
+
+class CPCVConfig(dg.Config):
     cost_bps: float = Field(default=5.0, ge=0, description="transaction cost per side of the path portfolios")
     quantile: float = Field(default=0.2, description="long-short quantile of the path portfolios")
     holding_days: int | None = Field(default=None, description="tranche holding days of the path portfolios (None: the horizon)")
@@ -242,9 +292,9 @@ _PICK_INS = {
     kinds={"pandas"},
     ins=_PICK_INS,
     retry_policy=TRAINING_RETRY,
-    description="Combinatorial Purged CV of the leaderboard's pick (any family or ensemble) on the training window: every "
-    "split selects its own features and refits each member with its study's parameters, an ensemble combines them by "
-    "its fitted rule; the out-of-sample predictions recombine into backtest paths, each traded long-short in horizon "
+    description="Combinatorial Purged CV of the leaderboard's pick (any family or ensemble) on the training window: on the "
+    "splits of cpcv_fold_features, each with the features it selected, every member is refitted with its study's "
+    "parameters and an ensemble combines them by its fitted rule; the out-of-sample predictions recombine into backtest paths, each traded long-short in horizon "
     "tranches with a one-day lag, net of costs.",
 )
 def cpcv_paths(
@@ -252,11 +302,10 @@ def cpcv_paths(
     config: CPCVConfig,
     market_prices: pd.DataFrame,
     features: pd.DataFrame,
-    feature_recipes: dict,
     labels: pd.DataFrame,
     model_leaderboard: dict,
+    cpcv_fold_features: dict,
     settings: ExperimentSettings,
-    selection: SelectionSettings,
     **inputs,
 ) -> dg.Output[pd.DataFrame]:
     from plml_assets.defs.backtest.assets import backtest_candidate
@@ -277,18 +326,22 @@ def cpcv_paths(
                 raise ValueError(f"cpcv_paths: unknown candidate {candidate!r}")
             members, fit = list(ens["members"]), EnsembleFit.from_dict(ens["methods"][method]["fit"])
         X, y, split = training_window(features, labels, settings)
-        n_groups = min(config.n_groups, 4) if settings.quick else config.n_groups
-        splitter = CombinatorialPurgedCV(
-            n_groups=n_groups, n_test_groups=config.n_test_groups, horizon=settings.horizon, embargo=settings.embargo_days
-        )
-        dates = X.index.get_level_values("date")
-        folds = list(splitter.split(X, y, groups=dates))
-        select = fold_selector(X, y, selection_plan(selection, settings), feature_recipes)
-        date_values = dates.to_numpy()
-        columns = []
-        for train_idx, _ in folds:  # one feature selection per split, shared by every member
-            fit_mask, _ = early_stopping_split(date_values[train_idx], settings.horizon)
-            columns.append(select(train_idx[fit_mask]))
+        made = cpcv_fold_features["splitter"]
+        splitter = CombinatorialPurgedCV(**{k: made[k] for k in ("n_groups", "n_test_groups", "horizon", "embargo")})
+        window = split.describe()
+        if (splitter.horizon, splitter.embargo) != (settings.horizon, settings.embargo_days) or (
+                cpcv_fold_features["train_start"], cpcv_fold_features["train_end"], cpcv_fold_features["train_dates"]) != (
+                window["train_start"], window["train_end"], len(split.train_dates)):
+            raise ValueError(
+                f"cpcv_fold_features was made for training window {cpcv_fold_features['train_start']}..{cpcv_fold_features['train_end']} "
+                f"({cpcv_fold_features['train_dates']} dates, horizon {splitter.horizon}, embargo {splitter.embargo}), not this one "
+                f"({window['train_start']}..{window['train_end']}, {len(split.train_dates)} dates, horizon {settings.horizon}, "
+                f"embargo {settings.embargo_days}): re-materialize cpcv_fold_features"
+            )
+        folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
+        columns = cpcv_fold_features["columns"]
+        if len(columns) != len(folds):
+            raise ValueError(f"cpcv_fold_features holds {len(columns)} splits, the splitter makes {len(folds)}: re-materialize it")
         member_preds: dict[str, list[pd.Series]] = {}
         split_rank_ic = []
         for f in members:
