@@ -342,6 +342,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with DagsterInstance.get() as instance:
         if workers == 1:
+            from plml_assets.lib.analytics.metering import METER
+
+            METER.reset()  # every step runs in this process: the first is not charged the imports before it
             result = main_job().execute_in_process(instance=instance, raise_on_error=False)
             summary = _run_summary(result)
         else:

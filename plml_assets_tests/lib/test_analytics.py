@@ -221,3 +221,12 @@ def test_the_meter_reports_gpu_fields_per_step_and_a_gpu_step_is_charged_the_gpu
     cpu_step = an.StepFigures(step="labels", wall_s=360.0, status="success", start=0.0, cpu_s=36.0)
     assert gpu_step.cost(rates) == pytest.approx(0.01 + 1.0)  # 36 CPU s at 1/h + one GPU for 0.1 h at 10/h
     assert cpu_step.cost(rates) == pytest.approx(0.01)
+
+
+def test_reset_keeps_the_first_in_process_step_from_being_charged_what_came_before():
+    meter = an.StepMeter()
+    _burn(0.3)  # imports and set-up before the run
+    meter.reset()
+    _burn(0.05)
+    first = meter.measure("market_prices", 1)
+    assert first[an.CPU_KEY] == pytest.approx(0.05, abs=0.04)

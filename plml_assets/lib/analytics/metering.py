@@ -158,6 +158,12 @@ class StepMeter:
             self.gpu_step = step
         return self.gpu
 
+    def reset(self) -> None:
+        """Count from now: call before running steps in this process (the in-process executor), so the
+        first step is not charged the imports and set-up that came before it."""
+        self.step, self.base_cpu, self.last_cpu, self.rows_in = None, cpu_seconds(), cpu_seconds(), {}
+        self.gpu_step = None
+
     def read(self, step: str, rows: int) -> None:
         """A step loaded an input of ``rows`` rows."""
         self._sync()
