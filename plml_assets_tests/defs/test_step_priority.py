@@ -1,0 +1,21 @@
+"""The multiprocess executor starts the ready step of highest ``dagster/priority`` first: the chain to
+the leaderboard and the CPCV of its pick outrank the steps nothing else reads, which fill idle cores."""
+
+from __future__ import annotations
+
+from dagster._core.execution.api import create_execution_plan
+
+from plml_assets.defs.shared import FAMILIES, STEP_PRIORITY
+from plml_assets.definitions import main_job
+
+
+def test_the_critical_chain_outranks_the_leaves_and_every_table_entry_names_steps():
+    plan = create_execution_plan(main_job())
+    priority = {s.key: int(s.tags.get("dagster/priority", 0)) for s in plan.steps}
+    leaves = ("feature_importance", "feature_generation_report", "model_comparison", "drift_metrics")
+    for family in FAMILIES:
+        assert priority[f"{family}_study"] > priority[f"{family}_cv"] > priority[f"{family}_training"] > max(priority[k] for k in leaves)
+    assert priority["cpcv_paths"] > priority["backtest"] > priority["registered_model"] > priority["cpcv_fold_features"]
+    assert all(priority[k] < 0 for k in leaves)
+    kinds = {k for k in STEP_PRIORITY if k in priority or any(step.endswith(f"_{k}") for step in priority)}
+    assert kinds == set(STEP_PRIORITY), set(STEP_PRIORITY) - kinds  # no stale entry
