@@ -34,7 +34,7 @@ def _is_not_found(exc: MlflowException) -> bool:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "plml.champion_history"
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: training_run holds it for a whole fit
 _SYSTEM_METRICS_ENV = ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")
 
 

@@ -59,11 +59,11 @@ def os_threads() -> int | None:
 
 class GpuSampler:
     """GPU use of this process while a step runs, through NVML (nvidia-ml-py, ``pynvml``): a daemon
-    thread samples every ``interval_s`` each GPU's utilization (the device's, shared with any other
-    process on it) and the GPU memory this process holds (its compute processes' entry; the device's
-    used memory where the driver does not list processes, e.g. in some containers). Without the
-    package, a driver or a GPU, :meth:`start` returns False and :meth:`figures` is empty: the step's
-    GPU fields are absent, not zero."""
+    thread samples every ``interval_s`` the GPU memory this process holds on each device (the driver's
+    compute-process entries for its pid) and, on the devices where it holds some, their utilization
+    (device-wide, shared with any other process there). Without the package, a driver, a GPU, or an
+    entry for this pid (a container whose pids the driver does not see), :meth:`figures` is empty:
+    the step's GPU fields are absent, not zero, and it is not charged GPU time."""
 
     def __init__(self, interval_s: float = 0.5, nvml=None) -> None:
         self.interval_s = interval_s
@@ -71,6 +71,7 @@ class GpuSampler:
         self._handles: list = []
         self._util: list[float] = []
         self._peak_mib = 0.0
+        self._mine: set[int] = set()  # devices on which this process held memory in this step
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,16 +100,20 @@ class GpuSampler:
             self.sample()
 
     def sample(self) -> None:
+        """One sample of the devices on which this process holds memory (listed under its pid). A device
+        where the driver lists no process, or lists it under another pid namespace (some containers),
+        is not attributed: unknown, so absent, rather than charging the step another process's GPU."""
         nv, pid = self._nvml, os.getpid()
         util, mine = [], 0.0
-        for h in self._handles:
+        for i, h in enumerate(self._handles):
             try:
-                util.append(float(nv.nvmlDeviceGetUtilizationRates(h).gpu))
-                procs = nv.nvmlDeviceGetComputeRunningProcesses(h)
-                used = [p.usedGpuMemory for p in procs if p.pid == pid and p.usedGpuMemory is not None]
-                if not procs:  # the driver lists no process (containers): the device's own figure
-                    used = [nv.nvmlDeviceGetMemoryInfo(h).used]
+                used = [p.usedGpuMemory for p in nv.nvmlDeviceGetComputeRunningProcesses(h)
+                        if p.pid == pid and p.usedGpuMemory]
+                if not used:
+                    continue
+                self._mine.add(i)
                 mine += sum(used) / 2**20
+                util.append(float(nv.nvmlDeviceGetUtilizationRates(h).gpu))
             except Exception:  # a transient NVML error loses one sample, not the step
                 continue
         if util:
@@ -117,13 +122,15 @@ class GpuSampler:
 
     def reset(self) -> None:
         """Start a new step's figures (the in-process executor runs every step in one process)."""
-        self._util, self._peak_mib = [], 0.0
+        self._util, self._peak_mib, self._mine = [], 0.0, set()
 
     def figures(self) -> dict[str, float | int]:
-        if not self._handles or not self._util:
+        """Mean utilization of the devices this process used (device-wide: another process on the same
+        device shares the figure), this process's peak GPU memory on them, and how many there were."""
+        if not self._mine or not self._util:
             return {}
         return {GPU_UTIL_KEY: round(sum(self._util) / len(self._util), 1), GPU_MEM_KEY: round(self._peak_mib, 1),
-                GPUS_KEY: len(self._handles)}
+                GPUS_KEY: len(self._mine)}
 
     def stop(self) -> None:
         self._stop.set()
