@@ -3,7 +3,7 @@
 Data: the last ``--rows`` labelled rows of the 20-stock panel bundled in skfolio, features from
 ``build_features`` (computed on the full history, so the slice has warm windows), target the
 5-day forward return in excess of the universe's mean, split by date into fit / early-stopping
-rows with the horizon purged between (``lib.training.early_stopping_split``).
+rows with the horizon purged between (``lib.models.training.early_stopping_split``).
 
 Runs: XGBoost with device="cpu" and "cuda", LightGBM on CPU (its PyPI wheel has no CUDA), LSTM
 and GRU on "cpu" and "cuda". The networks train a fixed number of epochs (no early stopping) so

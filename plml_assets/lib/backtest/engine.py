@@ -456,7 +456,7 @@ def _ic_summary(series: pd.Series, prefix: str) -> dict[str, float]:
 
 
 def ic_stats(scores: pd.Series, forward_returns: pd.Series) -> ICStats:
-    """Per-date Pearson IC and Spearman rank IC (``lib.metrics.per_date_ic``) with mean, std
+    """Per-date Pearson IC and Spearman rank IC (``lib.validation.metrics.per_date_ic``) with mean, std
     (ddof=1), ICIR (``mean / std``, per date, not annualized) and t-stat (``mean / std * sqrt(n)``).
 
     Summary keys: ``ic_mean``, ``ic_std``, ``ic_ir``, ``ic_tstat`` and the same for ``rank_ic``,
@@ -666,11 +666,11 @@ def ridge_fit_predict(alpha: float = 1.0, excess_target: bool = True, normalized
 def xgboost_fit_predict(params: Mapping[str, Any] | None = None, horizon: int = 5, excess_target: bool = True) -> FitPredict:
     """A ``fit_predict`` for :func:`walk_forward_scores` with ``lib.models.xgboost_model.XGBoostModel``.
 
-    Fitted with ``lib.training.fit_model``: early stopping on the last 15 % of the training
+    Fitted with ``lib.models.training.fit_model``: early stopping on the last 15 % of the training
     dates, ``horizon`` dates purged before them, target clipped at quantiles of the fitting rows.
     A training block too short for that split is fitted without early stopping. ``params`` are
     XGBoostModel hyper-parameters (``nthread`` defaults to 1). The target is the date-demeaned
-    forward return when ``excess_target`` (see ``lib.training.excess_returns``).
+    forward return when ``excess_target`` (see ``lib.models.training.excess_returns``).
     """
     from plml_assets.lib.models.training import early_stopping_split, fit_model
     from plml_assets.lib.models.xgboost_model import XGBoostModel
@@ -696,7 +696,7 @@ def xgboost_fit_predict(params: Mapping[str, Any] | None = None, horizon: int = 
 
 
 def momentum_scores(prices: pd.DataFrame, window: int = 20) -> pd.Series:
-    """Trailing ``window``-day return (``lib.baselines.momentum_score``): winners keep winning."""
+    """Trailing ``window``-day return (``lib.models.baselines.momentum_score``): winners keep winning."""
     return momentum_score(prices, window)
 
 

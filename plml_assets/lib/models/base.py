@@ -3,7 +3,7 @@
 ``__init__`` stores hyper-parameters only; fitted state ends in ``_`` (scikit-learn's convention).
 A ``Dataset`` is ``(X, y)``: features on the panel index and the label aligned to it.
 
-Scaling. Every family takes a ``scaling`` hyper-parameter (one of ``lib.scaling.SCALINGS``) and
+Scaling. Every family takes a ``scaling`` hyper-parameter (one of ``lib.features.scaling.SCALINGS``) and
 uses the helpers below, so the transform is the same code in every adapter: ``fit`` calls
 :meth:`Model._fit_scaling` on its training rows (never on ``valid``), which fits ``scaler_`` and
 returns the scaled rows; ``valid`` and ``predict`` inputs go through :meth:`Model._apply_scaling`;

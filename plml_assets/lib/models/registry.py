@@ -54,7 +54,7 @@ def load_model(family: str, path: str | Path) -> Model:
 #: The settings plml fits each family with when nothing is tuned or overridden: 1 thread (on 2
 #: shared cores a second thread was measured up to 10x slower under contention), a boosting budget
 #: that early stopping cuts, and for the sequence nets a per-epoch sample of windows so an epoch
-#: costs the same on 20 symbols as on 500. ``scaling`` (``lib.scaling``, fitted on the training
+#: costs the same on 20 symbols as on 500. ``scaling`` (``lib.features.scaling``, fitted on the training
 #: rows, carried in the model): none for the trees, which split on order (a monotone transform
 #: changes at most their clipped tails); robust_z for the nets, whose mean/std standardization
 #: alone lets a heavy-tailed feature's outliers inflate its deviation and squash the bulk of its

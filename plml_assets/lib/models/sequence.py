@@ -18,7 +18,7 @@ previous days. A date on which one symbol alone has no row is no gap (see above)
 calendar the frame's own dates are the calendar: one segment, as for a contiguous (walk-forward)
 training set, whose windows are the same either way.
 
-Scaling. The ``scaling`` hyper-parameter (``lib.scaling``, shared with every family through
+Scaling. The ``scaling`` hyper-parameter (``lib.features.scaling``, shared with every family through
 ``Model._fit_scaling``/``_apply_scaling``) is applied first, fitted on the training rows. Then
 each feature is standardized with a mean and standard deviation fitted on the training rows alone
 and stored in the model; NaN (and +/-inf) then become 0, the training mean, and values are
@@ -30,7 +30,7 @@ History. :meth:`SequenceModel.predict` builds each row's window from the rows of
 the ``window - 1`` preceding rows of every symbol too (serving rebuilds features from raw price
 history anyway) and keep the predictions of the rows you need. In :meth:`SequenceModel.fit`:
 - ``calendar`` (default: the dates of the rows given) cuts the windows into segments, see above;
-  ``lib.training.fit_model`` passes the panel's dates when the training rows have holes;
+  ``lib.models.training.fit_model`` passes the panel's dates when the training rows have holes;
 - a row whose target is NaN is not a training sample but still serves as history for later rows,
   so a caller can prepend history rows with an unknown label (``fit_model`` so gives the
   validation rows the purged rows before them, so their windows do not jump the purge);
@@ -44,7 +44,7 @@ rows (windowed as in ``fit``) at ``FINE_TUNE_LR_FACTOR`` times ``lr`` with a fre
 reading them through the scaler, feature standardization and target scaling fitted by ``fit``
 (not refitted: the network learnt in those units). The weights it started from compete as epoch
 0 in early stopping. ``best_epoch_`` and ``n_epochs_`` then count the epochs behind the kept
-weights from the fit's kept epoch on, so ``lib.training.best_iteration`` keeps its meaning.
+weights from the fit's kept epoch on, so ``lib.models.training.best_iteration`` keeps its meaning.
 
 Determinism. ``fit`` seeds torch (in a forked RNG state, so the caller's global RNG is left as it
 was) and shuffles with its own generator; on CPU it runs under
