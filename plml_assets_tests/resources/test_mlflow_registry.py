@@ -239,11 +239,13 @@ def test_training_run_logs_mlflows_system_metrics_while_it_is_open(registry):
     """Issue 14: a training run carries MLflow's own system metrics (psutil-backed CPU and memory; GPU
     where NVML sees one), sampled every ``system_metrics_interval_s`` while the block runs, and the
     sampling settings do not leak out of the block."""
+    import threading
     import time
 
     fast = registry.model_copy(update={"system_metrics_interval_s": 0.5})
     before = {k: os.environ.get(k) for k in ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")}
     with fast.training_run("fit", {"plml.kind": "test"}) as run:
+        assert [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # MLflow's sampler runs
         deadline = time.perf_counter() + 2.5
         while time.perf_counter() < deadline:  # busy, like a fit
             sum(i * i for i in range(10_000))
@@ -257,7 +259,7 @@ def test_training_run_logs_mlflows_system_metrics_while_it_is_open(registry):
     # Switched off: no sampler, no system metrics.
     off = registry.model_copy(update={"system_metrics_interval_s": 0.0})
     with off.training_run("fit-off", {}) as run:
-        time.sleep(1.2)
+        assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # no sampler started
     assert not [k for k in registry.client().get_run(run.info.run_id).data.metrics if k.startswith("system/")]
 
 
