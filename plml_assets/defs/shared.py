@@ -30,6 +30,13 @@ def step_priority(kind: str) -> dict[str, str]:
 
 
 
+def redone_runs(context: dg.AssetExecutionContext) -> tuple[str, ...]:
+    """The Dagster run ids a step's fit redoes: its own run's (a step retry) and, for a re-execution,
+    the parent and root runs'. MlflowRegistry.training_run marks their leftover RUNNING runs KILLED."""
+    run = context.run
+    return tuple(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r)
+
+
 @contextlib.contextmanager
 def fail_fast_on_bad_input() -> Iterator[None]:
     """Bad input or config is not transient: fail at once instead of spending the retry policy on it."""

@@ -116,13 +116,20 @@ class MlflowRegistry(dg.ConfigurableResource):
 
 
     @contextlib.contextmanager
-    def training_run(self, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    def training_run(self, run_name: str, tags: dict[str, str],
+                     supersedes: tuple[str, ...] = ()) -> Iterator[mlflow.ActiveRun]:
         """An MLflow run open around a whole fit (not only its logging), with MLflow's own system-metrics
         logging sampling every ``system_metrics_interval_s`` seconds, so the run's ``system/*`` metrics
         show what the fit used. A run shorter than one interval gets no sample (MLflow publishes a sample
-        only after waiting one interval). Log into it with the fluent API inside the block."""
+        only after waiting one interval). Log into it with the fluent API inside the block.
+
+        A fit whose process was killed leaves its run RUNNING for ever. ``supersedes`` names the Dagster
+        run ids this fit redoes (its own run's, for a step retry, and the parent and root run ids of a
+        re-execution): runs of the same ``dagster.asset`` still RUNNING under one of them are marked
+        KILLED first, so the tracking UI shows one live run per fit."""
         interval = self.system_metrics_interval_s
         with self.tracking():
+            self._kill_superseded(tags.get("dagster.asset"), supersedes)
             saved = {k: os.environ.get(k) for k in _SYSTEM_METRICS_ENV}
             if interval > 0:
                 mlflow.set_system_metrics_sampling_interval(interval)
@@ -137,6 +144,17 @@ class MlflowRegistry(dg.ConfigurableResource):
                         os.environ.pop(key, None)
                     else:
                         os.environ[key] = value
+
+    def _kill_superseded(self, asset: str | None, dagster_run_ids: tuple[str, ...]) -> list[str]:
+        ids = sorted({r for r in dagster_run_ids if r})
+        if not asset or not ids:
+            return []
+        stale = [run for dagster_run in ids for run in self.client().search_runs(  # MLflow has no IN for tags
+            [self.experiment_id()], max_results=100,
+            filter_string=f"tags.`dagster.asset` = '{asset}' AND attributes.status = 'RUNNING' AND tags.`dagster.run_id` = '{dagster_run}'")]
+        for run in stale:
+            self.client().set_terminated(run.info.run_id, status="KILLED")
+        return [run.info.run_id for run in stale]
 
     # ---- registry --------------------------------------------------------------------------
     def version_info(self, version: str | int) -> VersionInfo:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dagster._core.execution.api import create_execution_plan
 
-from plml_assets.defs.shared import FAMILIES, STEP_PRIORITY
 from plml_assets.definitions import main_job
+from plml_assets.defs.shared import FAMILIES, STEP_PRIORITY
 
 
 def test_the_critical_chain_outranks_the_leaves_and_every_table_entry_names_steps():

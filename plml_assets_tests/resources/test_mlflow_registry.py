@@ -268,3 +268,35 @@ def test_a_failed_fit_leaves_its_training_run_failed(registry):
         with registry.training_run("fit-fails", {}) as run:
             raise RuntimeError("fit blew up")
     assert registry.client().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_redone_fit_marks_the_killed_fits_leftover_run_killed(registry):
+    """A fit whose process was killed leaves its MLflow run RUNNING (nothing ended it; a run created and
+    never terminated is exactly that state). The fit that redoes it (a step retry in the same Dagster run,
+    or a re-execution naming it as parent/root) marks it KILLED; runs of other assets or other Dagster
+    runs, which may be alive, are left alone."""
+    client = registry.client()
+    exp = registry.experiment_id()
+
+    def leftover(asset: str, dagster_run: str) -> str:
+        return client.create_run(exp, tags={"dagster.asset": asset, "dagster.run_id": dagster_run}).info.run_id
+
+    killed_same_run = leftover("xgboost_model", "run-a")
+    killed_parent = leftover("xgboost_model", "run-root")
+    other_asset = leftover("lightgbm_model", "run-a")
+    other_run = leftover("xgboost_model", "run-elsewhere")
+    tags = {"dagster.asset": "xgboost_model", "dagster.run_id": "run-b"}
+    with registry.training_run("redo", tags, supersedes=("run-b", "run-a", "run-root")) as run:
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    status = {r: client.get_run(r).info.status for r in (killed_same_run, killed_parent, other_asset, other_run)}
+    assert status == {killed_same_run: "KILLED", killed_parent: "KILLED", other_asset: "RUNNING", other_run: "RUNNING"}
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_training_run_restores_sampling_settings_a_user_had_set(registry, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "7")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "3")
+    fast = registry.model_copy(update={"system_metrics_interval_s": 0.5})
+    with fast.training_run("fit", {}):
+        assert os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] == "0.5"
+    assert (os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"], os.environ["MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"]) == ("7", "3")

@@ -3,6 +3,7 @@ asset with plots, and a non-blocking check that names a step that became slow.""
 
 
 import dagster as dg
+from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from plml_assets.defs.analytics.report import analytics
@@ -49,7 +50,11 @@ def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfi
     report["recommendations"] = [r["recommendation"] for r in report["families"] if r.get("recommendation")]
     cost_tag = f"{report['cost_per_registered_model']} {report['currency']}" if report["cost_per_registered_model"] is not None else None
     for version in report["registered_models"] if cost_tag else []:  # shown beside the version in the MLflow registry
-        mlflow_registry.client().set_model_version_tag(version["model"], version["version"], "plml.training_cost", cost_tag)
+        try:
+            mlflow_registry.client().set_model_version_tag(version["model"], version["version"], "plml.training_cost", cost_tag)
+        except MlflowException as exc:  # e.g. the version was deleted since: the analytics still stand
+            context.log.warning(f"training_analytics: could not tag {version['model']} v{version['version']} "
+                                f"with its cost: {exc.message}")
     context.log.info(
         f"training_analytics: run {report['run_id'][:8]} wall {report['wall_s']:.0f} s on {report['cores']} cores, "
         f"CPU utilization {report['cpu_utilization']}, cost {report['cost_total']} {report['currency']}, "

@@ -66,12 +66,14 @@ def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.Ste
 
 
 def registered_versions(instance: dg.DagsterInstance, limit: int = 200) -> dict[str, list[dict]]:
-    """The model versions each run registered, by run id, from ``registered_model``'s materializations."""
+    """The model versions each run registered, by run id, from ``registered_model``'s materializations.
+    A materialization that reused a version an earlier run registered (``newly_registered`` false, e.g.
+    the re-run of a killed run) is not counted again: the version's cost is the run's that made it."""
     out: dict[str, list[dict]] = {}
     result = instance.fetch_materializations(REGISTERED_KEY, limit=limit)
     for record in result.records:
         meta = {k: _value(v) for k, v in record.asset_materialization.metadata.items()}
-        if "version" in meta:
+        if "version" in meta and meta.get("newly_registered", True):
             out.setdefault(record.run_id, []).append(
                 {"model": meta.get("model"), "version": str(meta["version"]), "candidate": meta.get("candidate")})
     return out

@@ -64,6 +64,7 @@ def registered_model(
     name = mlflow_registry.model_name
     run_id = winner["run_id"]
     existing = [v for v in mlflow_registry.versions() if v.run_id == run_id]
+    newly_registered = not existing
     if existing:  # a re-run after a killed run: reuse the version instead of registering twice
         version = existing[-1].version
         context.log.info(f"registered_model: run {run_id} is already version {version} of {name}")
@@ -122,6 +123,7 @@ def registered_model(
             "alias": CHALLENGER,
             "model_uri": mlflow_registry.model_uri(version),
             "mlflow_run_id": run_id,
+            "newly_registered": newly_registered,
             "holdout_rank_ic": float(served["rank_ic"]),
             "serving_parity_abs_diff": float(skew),
             "leaderboard_validated": bool(selection["validated"]),

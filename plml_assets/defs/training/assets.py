@@ -14,7 +14,7 @@ from pydantic import Field
 
 import plml_assets
 from plml_assets.defs.selection.assets import selected_features
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, split_for, step_priority
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, redone_runs, split_for, step_priority
 from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.features.base import FEATURE_SET_VERSION
@@ -172,7 +172,7 @@ def train_family_model(
         params["device"] = device
     run_tags = {"plml.family": family, "dagster.run_id": context.run.run_id, "dagster.asset": asset_name}
     # The run is open for the whole fit, so its MLflow system metrics cover the fit too.
-    with mlflow_registry.training_run(f"{family}-{context.run.run_id[:8]}", run_tags) as run, tempfile.TemporaryDirectory() as tmp:
+    with mlflow_registry.training_run(f"{family}-{context.run.run_id[:8]}", run_tags, supersedes=redone_runs(context)) as run, tempfile.TemporaryDirectory() as tmp:
         fit_start = time.perf_counter()
         if champion is None:
             model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon)

@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, step_priority, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, redone_runs, step_priority, training_window
 from plml_assets.lib import tuning
 from plml_assets.lib.models.registry import resolve_params
 from plml_assets.lib.models.training import folds_from_assignments
@@ -174,7 +174,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                 rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
                         if len(objective.names) > 1 else None)
                 run = open_run.enter_context(mlflow_registry.training_run(
-                    f"{family}-study-{context.run.run_id[:8]}", _study_run_tags(context, family, name)))
+                    f"{family}-study-{context.run.run_id[:8]}", _study_run_tags(context, family, name), supersedes=redone_runs(context)))
                 result = tuning.run_study(
                     objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
                     sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,

@@ -13,6 +13,7 @@ from plml_assets.defs.selection.assets import selection_plan
 from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_priority, training_window
 from plml_assets.lib.models.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
+from plml_assets.lib.registry.provenance import content_digest
 from plml_assets.lib.selection.pipeline import fold_selector
 from plml_assets.lib.validation.metrics import summarize_folds
 from plml_assets.lib.validation.splits import PurgedKFold, PurgedWalkForward
@@ -260,7 +261,7 @@ def cpcv_fold_features(
             context.log.info(f"cpcv_fold_features: split {k}/{len(folds)}: {len(columns[-1])} features on {int(fit_mask.sum()):,} fitting rows")
     window = split.describe()
     out = {"splitter": splitter.describe(), "train_start": window["train_start"], "train_end": window["train_end"],
-           "train_dates": len(split.train_dates), "columns": columns}
+           "train_dates": len(split.train_dates), "columns": columns, "data_digest": content_digest(y, X)}
     return dg.Output(out, metadata={
         "splits": len(folds),
         "features_per_split": float(np.mean([len(c) for c in columns])),
@@ -341,10 +342,19 @@ def cpcv_paths(
                 f"({window['train_start']}..{window['train_end']}, {len(split.train_dates)} dates, horizon {settings.horizon}, "
                 f"embargo {settings.embargo_days}): re-materialize cpcv_fold_features"
             )
+        made_from = cpcv_fold_features.get("data_digest")
+        if made_from is not None and made_from != content_digest(y, X):
+            raise ValueError(
+                f"cpcv_fold_features selected its features on other features or labels (digest {made_from}) than these "
+                f"({content_digest(y, X)}): re-materialize cpcv_fold_features")
         folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
         columns = cpcv_fold_features["columns"]
         if len(columns) != len(folds):
             raise ValueError(f"cpcv_fold_features holds {len(columns)} splits, the splitter makes {len(folds)}: re-materialize it")
+        missing = sorted({c for chosen in columns for c in chosen} - set(X.columns))
+        if missing:
+            raise ValueError(f"cpcv_fold_features chose features the features asset no longer has: {missing[:10]}"
+                             f"{' ...' if len(missing) > 10 else ''}: re-materialize cpcv_fold_features")
         member_preds: dict[str, list[pd.Series]] = {}
         split_rank_ic = []
         for f in members:
