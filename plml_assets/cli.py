@@ -426,6 +426,14 @@ def cmd_analytics(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"plml analytics: {exc}", file=sys.stderr)
             return 1
+    if args.k8s_resources:
+        from plml_assets.lib.deploy.k8s import sizing_from_report
+
+        sizing = sizing_from_report(report)
+        Path(args.k8s_resources).write_text(json.dumps(sizing, indent=2, sort_keys=True) + "\n")
+        print(f"plml analytics: Kubernetes requests/limits of {len(sizing['steps'])} steps measured on run "
+              f"{report['run_id']} written to {args.k8s_resources} ({sizing['rule']})")
+        return 0
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -469,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--core-hour", type=float, default=None, help="cost of one core for an hour (default: lib/analytics/metering.RateCard's example)")
     p.add_argument("--gib-hour", type=float, default=None, help="cost of one GiB of memory for an hour (default: lib/analytics/metering.RateCard's example)")
     p.add_argument("--gpu-hour", type=float, default=None, help="cost of one GPU for an hour (default: lib/analytics/metering.RateCard's example)")
+    p.add_argument("--k8s-resources", metavar="PATH", default=None,
+                   help="write each step's Kubernetes requests/limits, derived from the latest run's peak RSS and CPU, to PATH "
+                        "(plml_assets/defs/k8s_resources.json is what the asset definitions read)")
     p.set_defaults(func=cmd_analytics)
     p = sub.add_parser("status", help="champion, challenger and their metrics")
     p.add_argument("--json", action="store_true", help="print JSON")

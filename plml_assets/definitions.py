@@ -87,6 +87,34 @@ ANALYTICS_JOB = dg.define_asset_job(
     description="training_analytics and its step_regression check, on the runs finished so far.",
 )
 
+#: ``PLML_EXECUTOR``: how a run's steps execute. Unset: Dagster's default (one process per step,
+#: several at a time; `plml run --workers N` sets how many). ``in_process``: every step in the run's
+#: process. ``multiprocess``: one process per step. ``k8s``: one Kubernetes Job per step
+#: (dagster-k8s's k8s_job_executor, on a cluster whose run launcher is the K8sRunLauncher; each heavy
+#: step's pod gets the resources of its ``dagster-k8s/config`` tag). See docs/deploy.md.
+EXECUTORS = ("in_process", "multiprocess", "k8s")
+
+
+def select_executor(name: str | None) -> dg.ExecutorDefinition | None:
+    if not name:
+        return None
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"PLML_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)} (or unset for Dagster's default)")
+
+
+def _executor_from_env() -> dg.ExecutorDefinition | None:
+    import os
+
+    return select_executor(os.environ.get("PLML_EXECUTOR"))
+
+
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
@@ -94,6 +122,7 @@ defs = dg.Definitions(
     schedules=[data_refresh_schedule, weekly_retrain_schedule],
     sensors=[drift_retraining_sensor, AUTOMATION],
     resources=build_resources(),
+    executor=_executor_from_env(),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -24,9 +25,28 @@ STEP_PRIORITY = {"study": 4, "cv": 3, "cpcv_paths": 3, "training": 2, "ensembles
                  "model_comparison": -2, "drift_metrics": -2}
 
 
-def step_priority(kind: str) -> dict[str, str]:
-    """The op tags giving a step of this kind (a key of STEP_PRIORITY) its priority."""
-    return {"dagster/priority": str(STEP_PRIORITY[kind])}
+#: Steps heavy enough to get their own requests and limits on Kubernetes (the ``dagster-k8s/config``
+#: op tag, read by the K8sRunLauncher and the k8s_job_executor); the others take the run launcher's defaults.
+K8S_SIZED_KINDS = ("study", "cv", "training", "cpcv_paths", "cpcv_fold_features", "backtest", "feature_importance", "ensembles")
+#: families whose study, CV and training steps ask for a GPU on Kubernetes (the recurrent nets)
+GPU_FAMILIES = ("lstm", "gru")
+#: per-step sizing measured on a finished run (`plml analytics --k8s-resources` writes it)
+K8S_SIZING_PATH = Path(__file__).with_name("k8s_resources.json")
+
+
+def step_tags(kind: str, family: str | None = None) -> dict[str, str]:
+    """The op tags of a step of this kind (a key of STEP_PRIORITY), for ``family`` where the asset is
+    one per family: its priority and, for the heavy kinds, its Kubernetes resources (measured, see
+    lib/deploy/k8s.py; nets' steps with one GPU)."""
+    from plml_assets.lib.deploy import k8s
+
+    tags = {"dagster/priority": str(STEP_PRIORITY[kind])}
+    if kind in K8S_SIZED_KINDS:
+        step = f"{family}_{kind}" if family else kind
+        measured = k8s.load_sizing(K8S_SIZING_PATH)["steps"].get(step, {}).get("resources", k8s.DEFAULT_RESOURCES)
+        gpu = family in GPU_FAMILIES and kind in ("study", "cv", "training")
+        tags[k8s.K8S_CONFIG_TAG] = json.dumps(k8s.step_k8s_config(measured, gpu=gpu), sort_keys=True)
+    return tags
 
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_priority, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_tags, training_window
 from plml_assets.lib.backtest import engine as bt
 from plml_assets.lib.backtest.plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
 from plml_assets.lib.comparison.leaderboard import nested_walk_forward
@@ -146,7 +146,7 @@ _INS = {
 
 @dg.asset(
     group_name="backtest",
-    op_tags=step_priority("backtest"),
+    op_tags=step_tags("backtest"),
     kinds={"pandas", "mlflow"},
     ins=_INS,
     retry_policy=TRAINING_RETRY,

@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_priority
+from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_tags
 from plml_assets.lib.comparison.families import check_same_evaluation, compare_families
 from plml_assets.lib.comparison.leaderboard import (
     PRIMARY_METRICS,
@@ -39,7 +39,7 @@ _INS = {
 
 @dg.asset(
     group_name="comparison",
-    op_tags=step_priority("model_comparison"),
+    op_tags=step_tags("model_comparison"),
     kinds={"pandas", "mlflow"},
     ins=_INS,
     description="Every model family on the same purged CV folds and the same holdout: CV rank IC mean and spread "
@@ -116,7 +116,7 @@ class LeaderboardConfig(dg.Config):
 
 @dg.asset(
     group_name="comparison",
-    op_tags=step_priority("model_leaderboard"),
+    op_tags=step_tags("model_leaderboard"),
     kinds={"pandas", "mlflow"},
     ins=_LEADERBOARD_INS,
     description="Every candidate (each family's tuned model, each ensemble) and the momentum baseline on the same purged "

@@ -11,7 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 import plml_assets
-from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_priority
+from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_tags
 from plml_assets.defs.training.assets import _input_example, _pip_requirements
 from plml_assets.lib.ensemble.combine import METHODS, ensemble_oof_scores, fit_ensemble
 from plml_assets.lib.registry.provenance import code_version
@@ -40,7 +40,7 @@ def _member_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 @dg.multi_asset(
     group_name="ensemble",
-    op_tags=step_priority("ensembles"),
+    op_tags=step_tags("ensembles"),
     outs={
         "ensemble_model": dg.AssetOut(
             kinds={"mlflow"},

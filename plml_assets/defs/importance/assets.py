@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, step_priority, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, step_tags, training_window
 from plml_assets.lib.models.training import folds_from_assignments
 from plml_assets.lib.plots import importance_stability_plot, markdown_image
 from plml_assets.lib.selection.importance import fold_importances, importance_stability, summarize_importances
@@ -23,7 +23,7 @@ class ImportanceConfig(dg.Config):
 
 @dg.asset(
     group_name="importance",
-    op_tags=step_priority("feature_importance"),
+    op_tags=step_tags("feature_importance"),
     kinds={"pandas"},
     retry_policy=TRAINING_RETRY,
     ins={f"{f}_study": dg.AssetIn(f"{f}_study") for f in FAMILIES},

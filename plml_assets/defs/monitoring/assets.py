@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import fail_fast_on_bad_input, split_for, step_priority
+from plml_assets.defs.shared import fail_fast_on_bad_input, split_for, step_tags
 from plml_assets.lib.monitoring.drift import DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay, prediction_drift, realized_rank_ic, summarize
 from plml_assets.lib.plots import drift_plot, markdown_image
 from plml_assets.lib.registry.serving import history_days, model_features
@@ -56,7 +56,7 @@ def _no_champion(thresholds: DriftThresholds) -> dg.Output:
 
 @dg.asset(
     group_name="monitoring",
-    op_tags=step_priority("drift_metrics"),
+    op_tags=step_tags("drift_metrics"),
     kinds={"mlflow"},
     automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
     description="The newest data against the champion's training window: PSI and KS per feature, drift of the champion's "

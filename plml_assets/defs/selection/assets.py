@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from plml_assets.defs.shared import fail_fast_on_bad_input, step_priority, training_window
+from plml_assets.defs.shared import fail_fast_on_bad_input, step_tags, training_window
 from plml_assets.lib.selection.pipeline import QUICK_SELECTION, QUICK_SELECTION_FOLDS, SelectionPlan, fold_selector, run_selection
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
@@ -58,7 +58,7 @@ def selected_features(table: pd.DataFrame) -> list[str]:
 
 @dg.asset(
     group_name="selection",
-    op_tags=step_priority("feature_generation_report"),
+    op_tags=step_tags("feature_generation_report"),
     kinds={"xgboost"},
     description="Do the generated features earn their place? How many were generated, how many selection kept (in the "
     "final selection and per CV fold), and the walk-forward CV rank IC of the same XGBoost with each fold's selection run "

@@ -14,7 +14,7 @@ from pydantic import Field
 
 import plml_assets
 from plml_assets.defs.selection.assets import selected_features
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, redone_runs, split_for, step_priority
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, redone_runs, split_for, step_tags
 from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.features.base import FEATURE_SET_VERSION
@@ -108,7 +108,7 @@ def build_model_asset(family: str) -> dg.AssetsDefinition:
 
     @dg.multi_asset(
         name=f"{family}_training",
-        op_tags=step_priority("training"),
+        op_tags=step_tags("training", family),
         group_name="training",
         outs={
             f"{family}_model": dg.AssetOut(

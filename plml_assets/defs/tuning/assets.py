@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, redone_runs, step_priority, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, redone_runs, step_tags, training_window
 from plml_assets.lib import tuning
 from plml_assets.lib.models.registry import resolve_params
 from plml_assets.lib.models.training import folds_from_assignments
@@ -112,7 +112,7 @@ def trial_evidence(study, objective: tuning.CVObjective, metric: str) -> dict:
 def build_study_asset(family: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{family}_study",
-        op_tags=step_priority("study"),
+        op_tags=step_tags("study", family),
         group_name="tuning",
         kinds={"optuna", family if family in ("xgboost", "lightgbm") else "pytorch"},
         retry_policy=TRAINING_RETRY,

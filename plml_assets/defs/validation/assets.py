@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.selection.assets import selection_plan
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_priority, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_tags, training_window
 from plml_assets.lib.models.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.registry.provenance import content_digest
@@ -118,7 +118,7 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
 
     @dg.multi_asset(
         name=f"{family}_cv",
-        op_tags=step_priority("cv"),
+        op_tags=step_tags("cv", family),
         group_name="validation",
         outs={
             f"{family}_cv_results": dg.AssetOut(
@@ -231,7 +231,7 @@ class CPCVSplitConfig(dg.Config):
 
 @dg.asset(
     group_name="validation",
-    op_tags=step_priority("cpcv_fold_features"),
+    op_tags=step_tags("cpcv_fold_features"),
     kinds={"pandas"},
     description="The Combinatorial Purged CV splits of the training window and the features each split selected on its "
     "own training rows (its own interaction pairs too), made once, before the leaderboard, so that cpcv_paths only "
@@ -292,7 +292,7 @@ _PICK_INS = {
 
 @dg.asset(
     group_name="validation",
-    op_tags=step_priority("cpcv_paths"),
+    op_tags=step_tags("cpcv_paths"),
     kinds={"pandas"},
     ins=_PICK_INS,
     retry_policy=TRAINING_RETRY,

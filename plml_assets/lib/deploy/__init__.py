@@ -1,0 +1,1 @@
+"""Running plml on a cluster: per-step Kubernetes requests and limits derived from measured runs."""
