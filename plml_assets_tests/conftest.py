@@ -91,13 +91,12 @@ def postgres_url(db: str = "test") -> str | None:
     return f"postgresql://{os.environ.get('PGUSER', 'postgres')}@127.0.0.1:5432/{db}"
 
 
-@pytest.fixture
-def fresh_postgres_url():
-    """A new, empty PostgreSQL database for one test (dropped afterwards), so a test that starts
-    several processes on it also meets the race of all of them creating the schema at once; skips
-    when no PostgreSQL answers."""
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str | None]:
+    """A new, empty PostgreSQL database (dropped afterwards), or None when no PostgreSQL answers."""
     if postgres_url() is None:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+        yield None
+        return
     import uuid
 
     import psycopg2
@@ -114,6 +113,27 @@ def fresh_postgres_url():
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         conn.close()
+
+
+@pytest.fixture
+def fresh_postgres_url():
+    """A new, empty PostgreSQL database for one test (dropped afterwards), so a test that starts
+    several processes on it also meets the race of all of them creating the schema at once; skips
+    when no PostgreSQL answers."""
+    with fresh_postgres_database() as url:
+        if url is None:
+            pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+        yield url
+
+
+def postgres_instance_env(url: str) -> dict[str, str]:
+    """The environment deploy/dagster-postgres.yaml reads its connection from, for ``url``."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return {"PLML_DAGSTER_PG_HOST": u.host or "127.0.0.1", "PLML_DAGSTER_PG_PORT": str(u.port or 5432),
+            "PLML_DAGSTER_PG_USER": u.username or "postgres", "PLML_DAGSTER_PG_PASSWORD": u.password or "",
+            "PLML_DAGSTER_PG_DB": u.database}
 
 
 def slice_long_panel(panel: pd.DataFrame, start: str = "2010-01-01") -> pd.DataFrame:
@@ -156,14 +176,16 @@ class DagsterDev:
 
 
 @contextlib.contextmanager
-def dagster_dev(workdir: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 180) -> Iterator[DagsterDev]:
+def dagster_dev(workdir: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 180,
+                instance_yaml: Path = REPO / "dagster.yaml") -> Iterator[DagsterDev]:
     """``dagster dev`` (webserver + daemon, so queued runs start) through workspace.yaml on a free
-    localhost port, with a temp DAGSTER_HOME (the repo's dagster.yaml) and PLML_HOME under ``workdir``.
-    Yields once the code location serves its asset graph; kills the whole process group on exit."""
+    localhost port, with a temp DAGSTER_HOME (``instance_yaml`` as its dagster.yaml: the repo's SQLite
+    one, or deploy/dagster-postgres.yaml with its PLML_DAGSTER_PG_* in ``env``) and PLML_HOME under
+    ``workdir``. Yields once the code location serves its asset graph; kills the whole process group on exit."""
     dev = DagsterDev(free_port(), workdir / "dagster_home", workdir / "plml_home", workdir / "dagster_dev.log")
     dev.dagster_home.mkdir(parents=True, exist_ok=True)
     dev.plml_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", dev.dagster_home / "dagster.yaml")
+    shutil.copy(instance_yaml, dev.dagster_home / "dagster.yaml")
     full_env = {k: v for k, v in os.environ.items() if k not in PLML_ENV_VARS}
     full_env.update({"DAGSTER_HOME": str(dev.dagster_home), "PLML_HOME": str(dev.plml_home), **(env or {})})
     with open(dev.log_path, "w") as log:

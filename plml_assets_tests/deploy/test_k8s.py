@@ -19,7 +19,6 @@ import pytest
 import yaml
 from dagster_k8s.job import (
     DagsterK8sJobConfig,
-    UserDefinedDagsterK8sConfig,
     construct_dagster_k8s_job,
     get_user_defined_k8s_config,
 )

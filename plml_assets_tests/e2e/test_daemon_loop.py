@@ -1,6 +1,8 @@
 """The loop that runs itself, end to end with the daemon: drifted prices arrive, the data refresh
 rebuilds drift_metrics, the drift sensor's tick requests a retraining run, and that run retrains,
-registers and re-promotes, all inside `dagster dev` (webserver + daemon) on a temp instance."""
+registers and re-promotes, all inside `dagster dev` (webserver + daemon) on a temp instance: on the
+local PostgreSQL (deploy/dagster-postgres.yaml, a fresh database) wherever one answers, as in CI, on
+SQLite otherwise."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from plml_assets.lib.models.registry import resolve_params
 from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model
 from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer
 from plml_assets.resources.mlflow_registry import MlflowRegistry
-from plml_assets_tests.conftest import dagster_dev, slice_long_panel
+from plml_assets_tests.conftest import REPO, dagster_dev, fresh_postgres_database, postgres_instance_env, slice_long_panel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -126,7 +128,9 @@ def test_drifted_prices_make_the_daemon_retrain_and_repromote(tmp_path, embedded
     calm[calm["date"] <= pd.Timestamp(HOLDOUT_END)].to_parquet(prices_file)
     env = {"PLML_PRICES": str(prices_file), "PLML_PROFILE": "quick", "PLML_HOLDOUT_DAYS": "120",
            "PLML_RETRAIN_RUN_CONFIG": json.dumps(LENIENT_GATE)}
-    with dagster_dev(tmp_path, env=env) as dev:
+    with fresh_postgres_database() as pg, dagster_dev(
+            tmp_path, env={**env, **(postgres_instance_env(pg) if pg else {})},
+            instance_yaml=REPO / "deploy" / "dagster-postgres.yaml" if pg else REPO / "dagster.yaml") as dev:
         registry = MlflowRegistry(tracking_uri=f"sqlite:///{dev.plml_home / 'mlflow.db'}")
         old = _register_bad_champion(calm, registry)
 
@@ -158,3 +162,11 @@ def test_drifted_prices_make_the_daemon_retrain_and_repromote(tmp_path, embedded
         assert new is not None and new.version != old, "the retrained challenger was not promoted"
         assert registry.champion_history()[-2:] == [old, new.version]
         assert new.tags["plml.train_end"] > TRAIN_END  # trained on the newer data
+        if pg:  # the runs and their events were in PostgreSQL, not in a SQLite file beside the instance
+            import psycopg2
+
+            with psycopg2.connect(pg) as conn, conn.cursor() as cur:
+                cur.execute("SELECT run_id FROM runs")
+                stored = {r[0] for r in cur.fetchall()}
+            assert {refresh, retrain["runId"]} <= stored
+            assert not list(dev.dagster_home.rglob("runs.db"))
