@@ -462,6 +462,24 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One more process on a study a `<family>_study` asset started (defs/tuning/worker.py)."""
+    from plml_assets.defs.tuning.worker import run_worker
+    from plml_assets.resources.optuna_storage import OptunaStorage
+
+    storage = OptunaStorage(url=args.storage)
+    try:
+        out = run_worker(args.study, storage.resolved_url(), storage.display_url(), asset_dir=os.environ.get("PLML_ASSET_DIR"),
+                         n_trials=args.n_trials, worker_index=args.worker_index, heartbeat_s=args.heartbeat_s,
+                         timeout_s=args.timeout_s, log=lambda m: print(m, flush=True))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"plml worker: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plml", description="plml: prediction model learning on Dagster + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -481,6 +499,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="write each step's Kubernetes requests/limits, derived from the latest run's peak RSS and CPU, to PATH "
                         "(plml_assets/defs/k8s_resources.json is what the asset definitions read)")
     p.set_defaults(func=cmd_analytics)
+    p = sub.add_parser("worker", help="take trials of a running study (several workers share one PostgreSQL study)")
+    p.add_argument("--study", required=True, help="the study name the <family>_study asset logged (metadata study_name)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: PLML_OPTUNA_STORAGE, else $PLML_HOME/optuna.db)")
+    p.add_argument("--n-trials", type=int, default=None, help="the study's budget (default: the one its asset set)")
+    p.add_argument("--worker-index", type=int, default=None, help="seeds this worker's sampler (default: from the process id)")
+    p.add_argument("--heartbeat-s", type=int, default=60, help="seconds between trial heartbeats; a trial silent for 3 is failed")
+    p.add_argument("--timeout-s", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--json", action="store_true", help="print what this worker did as one JSON object at the end")
+    p.set_defaults(func=cmd_worker)
     p = sub.add_parser("status", help="champion, challenger and their metrics")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)

@@ -78,3 +78,15 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             f"no stored value for asset {context.asset_key.to_user_string()} under {self._root()}: "
             "materialize it first"
         )
+
+
+def load_stored(asset: str, base_dir: str | Path | None = None) -> object:
+    """An asset's stored value read outside a run (e.g. by `plml worker`), from the files the
+    ParquetIOManager writes: ``<base_dir>/<asset>.parquet`` or ``.json``."""
+    root = Path(base_dir) if base_dir else default_asset_dir()
+    parquet, json_path = root / f"{asset}.parquet", root / f"{asset}.json"
+    if parquet.exists():
+        return pd.read_parquet(parquet)
+    if json_path.exists():
+        return json.loads(json_path.read_text())
+    raise FileNotFoundError(f"no stored value for asset {asset} under {root}: materialize it first (or set PLML_ASSET_DIR)")

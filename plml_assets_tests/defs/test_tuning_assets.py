@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import dagster as dg
+import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from plml_assets.definitions import ASSETS, CHECKS
 from plml_assets.resources.mlflow_registry import MlflowRegistry
-from plml_assets_tests.conftest import slice_resources
+from plml_assets.resources.optuna_storage import OptunaStorage
+from plml_assets_tests.conftest import PLML_ENV_VARS, slice_resources
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ["market_prices", "labels", "base_features", "features", "feature_recipes", "cv_splits", "cv_fold_features"]
@@ -100,3 +109,73 @@ def test_a_sequence_family_study_runs_on_the_same_folds(prepared):
     result, out = _study(prepared, family="gru", n_trials=1)
     assert result.success and out["family"] == "gru" and out["counts"]["COMPLETE"] == 1
     assert {"window", "hidden_size"} <= set(out["params"]) and out["params"]["max_epochs"] <= 3  # quick cap
+
+
+# ---- `plml worker`: more processes on the asset's study, one of them killed --------------------
+def _worker(study: str, storage: str, asset_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in PLML_ENV_VARS}
+    env["PLML_ASSET_DIR"] = str(asset_dir)
+    return subprocess.Popen([str(Path(sys.executable).parent / "plml"), "worker", "--study", study, "--storage", storage,
+                             "--heartbeat-s", "1", "--json", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_plml_workers_share_the_assets_postgresql_study_and_a_killed_ones_trial_is_failed_and_replaced(prepared, fresh_postgres_url):
+    """The study asset starts the study on PostgreSQL; two `plml worker` processes join it with a larger
+    budget; one is killed (SIGKILL) in the middle of a trial. Its trial stays RUNNING until its heartbeat
+    goes stale, then the next worker to start a trial marks it FAIL, and a replacement worker (what the
+    Kubernetes Job does for a dead pod) finishes the budget: exactly the budget of finished trials, each
+    trial number once, and the asset, re-materialized, sees every worker's trials and runs none again."""
+    home, resources, instance = prepared
+    resources = {**resources, "optuna_storage": OptunaStorage(url=fresh_postgres_url)}
+    run_config = {"ops": {"xgboost_study": {"config": {"n_trials": 1}}}}
+    first = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, run_config=run_config, selection=["xgboost_study"])
+    name = first.asset_materializations_for_node("xgboost_study")[0].metadata["study_name"].value
+    budget = 6
+    workers = [_worker(name, fresh_postgres_url, home / "assets", "--n-trials", str(budget), "--worker-index", str(k)) for k in (1, 2)]
+    try:
+        deadline, killed = time.monotonic() + 180, None
+        while killed is None and time.monotonic() < deadline:
+            assert workers[0].poll() is None, workers[0].stdout.read()[-3000:]
+            running = [t for t in optuna.load_study(study_name=name, storage=fresh_postgres_url).get_trials()
+                       if t.state == TrialState.RUNNING and f":{workers[0].pid}:" in t.user_attrs.get("worker", "")]
+            if running:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed = running[0].number
+            time.sleep(0.05)
+        assert killed is not None, "worker 1 never ran a trial"
+        workers[0].wait(timeout=30)
+        assert optuna.load_study(study_name=name, storage=fresh_postgres_url).trials[killed].state == TrialState.RUNNING
+        out = workers[1].communicate(timeout=300)[0]
+        assert workers[1].returncode == 0, out[-3000:]
+        replacement = _worker(name, fresh_postgres_url, home / "assets", "--n-trials", str(budget), "--worker-index", "3")
+        out3 = replacement.communicate(timeout=300)[0]
+        assert replacement.returncode == 0, out3[-3000:]
+    finally:
+        for p in workers:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    trials = optuna.load_study(study_name=name, storage=fresh_postgres_url).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == budget
+    assert trials[killed].state == TrialState.FAIL and not trials[killed].user_attrs.get("over_budget")
+    assert [t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("over_budget")] == [killed]
+    assert len({t.number for t in trials}) == len(trials)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert "budget 6 trials" in out and json.loads(out.strip().splitlines()[-1])["trials_by_this_worker"] >= 1
+    # The asset with the same budget sees the workers' trials and runs none of its own.
+    again = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, selection=["xgboost_study"],
+                           run_config={"ops": {"xgboost_study": {"config": {"n_trials": budget}}}})
+    metadata = again.asset_materializations_for_node("xgboost_study")[0].metadata
+    assert metadata["study_name"].value == name and metadata["trials_run_now"].value == 0
+    assert metadata["trials_complete"].value + metadata["trials_pruned"].value == budget
+
+
+def test_a_worker_is_refused_for_an_unknown_study_or_one_no_asset_started(prepared, tmp_path):
+    home, _, _ = prepared
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="handmade", storage=storage)
+    unknown = _worker("nope", storage, home / "assets")
+    assert unknown.wait(timeout=120) == 2 and "no study 'nope'" in unknown.stdout.read()
+    handmade = _worker("handmade", storage, home / "assets")
+    assert handmade.wait(timeout=120) == 2 and "not started by a plml <family>_study asset" in handmade.stdout.read()

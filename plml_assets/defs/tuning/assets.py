@@ -1,8 +1,10 @@
 """Optuna studies: one per model family, over the purged CV folds, stored in the Optuna RDB."""
 
 import contextlib
+import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -61,6 +63,75 @@ def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fix
         tuning.family_fit_predict(family, settings.horizon, **fixed), X, y, folds, settings.horizon,
         metric=config.metric, objectives=objectives, fold_columns=columns,
     )
+
+
+#: Optuna study user attribute: what `plml worker --study NAME` needs to rebuild the study's objective
+#: from the stored assets (family, the asset's config, the settings, the model name, the trial budget).
+WORKER_SPEC_ATTR = "plml.worker_spec"
+
+
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A study ready to run: its objective on the CV folds, search space, name and budget."""
+
+    name: str
+    objective: tuning.CVObjective
+    space: tuning.SearchSpace
+    n_trials: int
+    timeout: float
+    enqueue: list[dict]
+    rule: tuning.PickRule | None
+    fixed: dict
+    defaults: dict
+    folds: list
+    rows: int
+
+
+def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labels: pd.DataFrame, cv_splits: pd.DataFrame,
+                  cv_fold_features: pd.DataFrame, settings: ExperimentSettings, model_name: str,
+                  warn=lambda message: None) -> PreparedStudy:
+    """What the `<family>_study` asset and a `plml worker` both build from the same inputs: the same
+    objective, space and (digest-derived) study name, so a worker on other data cannot join."""
+    default_trials, default_timeout = DEFAULT_BUDGETS[settings.profile][family]
+    n_trials = default_trials if config.n_trials is None else config.n_trials
+    timeout = default_timeout if config.timeout_s is None else config.timeout_s
+    if config.scheme not in ("walk_forward", "kfold"):
+        raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
+    if n_trials < 0 or (timeout is not None and timeout <= 0):
+        raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
+    fixed = json_object(config.fixed_params, "fixed_params")
+    space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
+             if config.search_space.strip() else tuning.DEFAULT_SPACES[family])
+    clash = sorted(set(fixed) & set(space.names))
+    if clash:
+        raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")
+    base = resolve_params(family, overrides=fixed, quick=settings.quick, seed=settings.seed)
+    fixed_during_search = {k: v for k, v in base.items() if k not in space.names}
+    X, y, _ = training_window(features, labels, settings)
+    assignments = cv_splits[cv_splits["scheme"] == config.scheme]
+    folds = folds_from_assignments(X, assignments)
+    columns = fold_columns(cv_fold_features, config.scheme)
+    objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
+    name = config.study_name or (
+        f"{model_name}-{family}-"
+        + content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
+                         fixed_during_search, list(objective.names), config.metric, settings.horizon)
+    )
+    defaults = {k: v for k, v in base.items() if k in space.names}
+    try:
+        space.check_params(defaults)
+        enqueue = [defaults] if len(defaults) == len(space) else []
+    except ValueError as exc:
+        warn(f"{family}_study: the default configuration is outside the search space ({exc}); not enqueued")
+        enqueue = []
+    rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
+            if len(objective.names) > 1 else None)
+    return PreparedStudy(name, objective, space, n_trials, timeout, enqueue, rule, fixed, defaults, folds, len(X))
+
+
+def worker_spec(family: str, config: StudyConfig, settings: ExperimentSettings, model_name: str, n_trials: int) -> str:
+    return json.dumps({"family": family, "config": config.model_dump(), "settings": settings.model_dump(),
+                       "model_name": model_name, "n_trials": n_trials}, sort_keys=True, default=str)
 
 
 def _study_run_tags(context: dg.AssetExecutionContext, family: str, study_name: str) -> dict[str, str]:
@@ -134,51 +205,23 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         with contextlib.ExitStack() as open_run:  # the MLflow run is open from the first trial to the logging
             with fail_fast_on_bad_input():
                 start = time.perf_counter()
-                default_trials, default_timeout = DEFAULT_BUDGETS[settings.profile][family]
-                n_trials = default_trials if config.n_trials is None else config.n_trials
-                timeout = default_timeout if config.timeout_s is None else config.timeout_s
-                if config.scheme not in ("walk_forward", "kfold"):
-                    raise ValueError(f"scheme must be 'walk_forward' or 'kfold', got {config.scheme!r}")
-                if n_trials < 0 or (timeout is not None and timeout <= 0):
-                    raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
-                fixed = json_object(config.fixed_params, "fixed_params")
-                space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
-                         if config.search_space.strip() else tuning.DEFAULT_SPACES[family])
-                clash = sorted(set(fixed) & set(space.names))
-                if clash:
-                    raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")
-                base = resolve_params(family, overrides=fixed, quick=settings.quick, seed=settings.seed)
-                fixed_during_search = {k: v for k, v in base.items() if k not in space.names}
-                X, y, _ = training_window(features, labels, settings)
-                assignments = cv_splits[cv_splits["scheme"] == config.scheme]
-                folds = folds_from_assignments(X, assignments)
-                columns = fold_columns(cv_fold_features, config.scheme)
-                objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
-                name = config.study_name or (
-                    f"{mlflow_registry.model_name}-{family}-"
-                    + content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
-                              fixed_during_search, list(objective.names), config.metric, settings.horizon)
-                )
-                defaults = {k: v for k, v in base.items() if k in space.names}
-                try:
-                    space.check_params(defaults)
-                    enqueue = [defaults] if len(defaults) == len(space) else []
-                except ValueError as exc:
-                    context.log.warning(f"{family}_study: the default configuration is outside the search space ({exc}); not enqueued")
-                    enqueue = []
+                prepared = prepare_study(family, config, features, labels, cv_splits, cv_fold_features, settings,
+                                         mlflow_registry.model_name, warn=context.log.warning)
+                objective, space, name, n_trials, timeout = (prepared.objective, prepared.space, prepared.name,
+                                                             prepared.n_trials, prepared.timeout)
+                fixed, defaults, rule = prepared.fixed, prepared.defaults, prepared.rule
                 context.log.info(
-                    f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(folds)} {config.scheme} folds on "
-                    f"{len(X):,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {list(objective.names)}, "
-                    f"storage {optuna_storage.display_url()}"
+                    f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(prepared.folds)} {config.scheme} folds on "
+                    f"{prepared.rows:,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {list(objective.names)}, "
+                    f"storage {optuna_storage.display_url()}; more workers: `plml worker --study {name}`"
                 )
-                rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
-                        if len(objective.names) > 1 else None)
                 run = open_run.enter_context(mlflow_registry.training_run(
                     f"{family}-study-{context.run.run_id[:8]}", _study_run_tags(context, family, name), supersedes=redone_runs(context)))
                 result = tuning.run_study(
                     objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
                     sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
-                    seed=settings.seed, worker=config.worker, enqueue=enqueue, pick_rule=rule, log=context.log.info,
+                    seed=settings.seed, worker=config.worker, enqueue=prepared.enqueue, pick_rule=rule, log=context.log.info,
+                    study_attrs={WORKER_SPEC_ATTR: worker_spec(family, config, settings, mlflow_registry.model_name, n_trials)},
                 )
             study = result.study
             tuned = result.best_params if result.best is not None else {}

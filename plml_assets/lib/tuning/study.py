@@ -115,6 +115,7 @@ def open_study(
     enqueue: Sequence[Mapping[str, Any]] = (),
     heartbeat_interval: int | None = 60,
     grace_period: int | None = None,
+    study_attrs: Mapping[str, str] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it (``load_if_exists``) after checking that its directions and
     search space are the ones given. Configurations in ``enqueue`` (e.g. the current defaults) are
@@ -140,6 +141,9 @@ def open_study(
             f"study {study_name!r} was created with another search space ({stored_space}); a budget counted over "
             "two spaces means nothing: use another study_name"
         )
+    for key, value in (study_attrs or {}).items():  # e.g. what a `plml worker` needs to join the study
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
     if metric_names is not None and study.metric_names != list(metric_names):
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, still the way to name objectives
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -265,6 +269,7 @@ def run_study(
     grace_period: int | None = None,
     catch: tuple[type[Exception], ...] = (),
     log: Log = _noop,
+    study_attrs: Mapping[str, str] | None = None,
 ) -> StudyResult:
     """Run (or resume) a study until it holds ``n_trials`` COMPLETE + PRUNED trials, or
     ``timeout_s`` passes.
@@ -295,7 +300,7 @@ def run_study(
     study = open_study(
         space, storage_url=storage_url, study_name=study_name, directions=dirs, metric_names=names,
         sampler=sampler, pruner=pruner, seed=seed, worker=worker, n_steps=getattr(objective_fn, "n_steps", None),
-        enqueue=enqueue, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        enqueue=enqueue, heartbeat_interval=heartbeat_interval, grace_period=grace_period, study_attrs=study_attrs,
     )
     worker_label = f"{socket.gethostname()}:{os.getpid()}:{worker}"
     with warnings.catch_warnings():
