@@ -20,6 +20,7 @@ from plml_assets.defs.selection import assets as selection_assets
 from plml_assets.defs.training import assets as training_assets
 from plml_assets.defs.tuning import assets as tuning_assets
 from plml_assets.defs.validation import assets as validation_assets
+from plml_assets.resources.dask import DaskResource
 from plml_assets.resources.io import ParquetIOManager
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
@@ -57,6 +58,7 @@ def build_resources() -> dict[str, object]:
             model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"),
         ),
         "optuna_storage": OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE")),
+        "dask": DaskResource(scheduler_address=os.environ.get("PLML_DASK_SCHEDULER")),
     }
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from plml_assets.lib.data.prices import load_embedded
+from plml_assets.resources.dask import DaskResource
 from plml_assets.resources.io import ParquetIOManager
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
@@ -33,7 +34,7 @@ SP500_5YR = REPO.parent / "shared" / "data" / "sp500_5yr.csv.gz"
 SLICE_SYMBOLS = ["AAPL", "AMD", "BAC", "CVX", "JPM", "KO", "MSFT", "PG"]
 SLICE_START, SLICE_END = "2006-01-01", "2013-12-31"
 # Variables that would point a test's resources at someone's real stores instead of its temp dirs.
-PLML_ENV_VARS = ("PLML_MLFLOW_TRACKING_URI", "PLML_OPTUNA_STORAGE", "PLML_PRICES", "PLML_PROFILE", "MLFLOW_TRACKING_URI")
+PLML_ENV_VARS = ("PLML_MLFLOW_TRACKING_URI", "PLML_OPTUNA_STORAGE", "PLML_DASK_SCHEDULER", "PLML_EXECUTOR", "PLML_PRICES", "PLML_PROFILE", "MLFLOW_TRACKING_URI")
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +71,7 @@ def slice_resources(home: Path, source: str = "embedded", **price_kwargs) -> dic
         "selection": SelectionSettings(),
         "mlflow_registry": MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", model_name="plml_test_model"),
         "optuna_storage": OptunaStorage(url=f"sqlite:///{home / 'optuna.db'}"),
+        "dask": DaskResource(),
     }
 
 

@@ -1,6 +1,7 @@
 """One model per family: trained before the holdout with the tuned parameters, evaluated on it, logged to MLflow."""
 
 
+import contextlib
 import json
 import tempfile
 import time
@@ -19,11 +20,14 @@ from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.features.base import FEATURE_SET_VERSION
 from plml_assets.lib.models.baselines import momentum_score
+from plml_assets.lib.models.distributed import DASK_FAMILIES
 from plml_assets.lib.models.training import best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word, predict_rows, update_model
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.registry.provenance import code_version, feature_list_hash
 from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer, history_days, model_signature
 from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic
+from plml_assets.resources.dask import DaskResource
+from plml_assets.resources.dask import describe as describe_dask
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -137,11 +141,12 @@ def build_model_asset(family: str) -> dg.AssetsDefinition:
         study: dict,
         settings: ExperimentSettings,
         mlflow_registry: MlflowRegistry,
+        dask: DaskResource,
     ):
         with fail_fast_on_bad_input():
             output, holdout = train_family_model(
                 family, context, config, market_prices, features, feature_recipes, labels, feature_selection, cv_results,
-                study, settings, mlflow_registry,
+                study, settings, mlflow_registry, dask=dask,
             )
         yield output
         yield dg.Output(holdout, output_name=f"{family}_holdout_predictions", metadata={
@@ -153,7 +158,7 @@ def build_model_asset(family: str) -> dg.AssetsDefinition:
 
 def train_family_model(
     family, context, config, market_prices, features, feature_recipes, labels, feature_selection, cv_results, study, settings,
-    mlflow_registry,
+    mlflow_registry, dask: DaskResource | None = None,
 ) -> tuple[dg.Output, pd.DataFrame]:
     start = time.perf_counter()
     asset_name = f"{family}_model"
@@ -174,8 +179,14 @@ def train_family_model(
     # The run is open for the whole fit, so its MLflow system metrics cover the fit too.
     with mlflow_registry.training_run(f"{family}-{context.run.run_id[:8]}", run_tags, supersedes=redone_runs(context)) as run, tempfile.TemporaryDirectory() as tmp:
         fit_start = time.perf_counter()
+        trained_on = "local"
         if champion is None:
-            model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon)
+            use_dask = dask is not None and dask.address() is not None and family in DASK_FAMILIES
+            with (dask.client() if use_dask else contextlib.nullcontext()) as client:
+                trained_on = describe_dask(client)
+                if client is not None:
+                    context.log.info(f"{asset_name}: training on the Dask cluster at {dask.address()} ({trained_on})")
+                model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon, dask_client=client)
             mode = "full"
         else:
             new_rows = X_train.index.get_level_values("date") > pd.Timestamp(champion.champion_train_end_)
@@ -303,6 +314,7 @@ def train_family_model(
         "fit_seconds": round(fit_seconds, 3),
         "training_symbols": scorer.training_symbols,
         "mode": mode,
+        "trained_on": trained_on,
     }
     metadata = {
         "mlflow_run_id": run_id,
@@ -314,6 +326,7 @@ def train_family_model(
         "features_used": len(columns),
         "fit_seconds": round(fit_seconds, 2),
         "retrain_mode": mode,
+        "trained_on": trained_on,
         "model_kib": round(model_bytes / 1024, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "params": dg.MetadataValue.json(params),

@@ -177,7 +177,7 @@ def _fit_sets(
 
 def fit_model(
     family: str, params: dict[str, object], X: pd.DataFrame, y: pd.Series, horizon: int,
-    calendar: np.ndarray | pd.Index | None = None,
+    calendar: np.ndarray | pd.Index | None = None, dask_client=None,
 ) -> tuple[Model, np.ndarray]:
     """Fit a model of ``family`` with early stopping on the purged tail of the given training rows;
     the target is clipped at quantiles of the fitting rows alone. Returns the model and the
@@ -187,13 +187,21 @@ def fit_model(
     ``calendar``: the panel's trading dates, when the training rows may lack some of them (a K-fold
     or CPCV training set around its test blocks): a sequence net's windows then never stitch the
     rows on the two sides of a hole together (see ``lib.models.sequence``). None: the rows' own
-    dates, right for a contiguous training window."""
+    dates, right for a contiguous training window.
+
+    ``dask_client``: a ``distributed.Client``; the boosters then train data-parallel on its workers
+    (lib/models/distributed.py), by the same recipe."""
     fit_mask, stop_mask = early_stopping_split(_dates_of(X), horizon)
     clip = winsorize_bounds(y[fit_mask])
     target = y.clip(*clip)
     model = make_model(family, **params)
     train, valid, keywords = _fit_sets(model, X, target, fit_mask, stop_mask, calendar)
-    model.fit(train, valid, **keywords)
+    if dask_client is not None:
+        from plml_assets.lib.models.distributed import fit_on_dask
+
+        fit_on_dask(model, train, valid, dask_client)
+    else:
+        model.fit(train, valid, **keywords)
     model.target_clip_ = clip
     return model, fit_mask
 
