@@ -508,6 +508,15 @@ class SequenceModel(Model):
             fine_tune = network is not None
             if network is None:
                 network = self._network().to(device)
+            # Data-parallel (lib/models/ddp.py): every rank draws the same global batches and trains on
+            # its share of each; DistributedDataParallel averages the gradients, so the step is the
+            # one-process step on the whole batch.
+            rank, world = getattr(self, "_ddp", None) or (0, 1)
+            trained = network
+            if world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                trained = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
             optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=self.weight_decay)
             loss_fn = nn.MSELoss()
 
@@ -533,13 +542,19 @@ class SequenceModel(Model):
                     order = order[: self.epoch_samples]  # a fresh random subset of the windows each epoch
                 total = torch.zeros((), device=device)  # summed on the device: no sync per step
                 for batch in torch.split(order, self.batch_size):
+                    if world > 1:
+                        batch = batch[rank::world]
                     optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(network(windows(batch)), labels[batch])
+                    loss = loss_fn(trained(windows(batch)), labels[batch])
                     loss.backward()
                     if self.grad_clip is not None:
                         nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
                     optimizer.step()
                     total += loss.detach() * len(batch)
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(total)  # every rank's share of the epoch's loss
                 history["train"].append(float(total) / len(order))
                 if len(stop_rows) == 0:
                     continue
