@@ -61,7 +61,8 @@ RETRAIN_MODES = ("full", "incremental")
 
 
 class ModelConfig(dg.Config):
-    device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'; trees default to CPU on 'auto'")
+    device: str = Field(default="auto", description="'auto' (CUDA when one is visible: the nets, and XGBoost when its build has "
+                        "CUDA; LightGBM stays on the CPU), 'cpu' or 'cuda[:N]'")
     mode: str = Field(
         default="full",
         description="'full': fit from scratch on every training date; 'incremental': update the current champion when it "
@@ -99,12 +100,25 @@ def champion_to_update(
     return model, ""
 
 
+def xgboost_cuda_available() -> bool:
+    """A CUDA device is visible and this XGBoost build can use it (PyPI's Linux wheels can)."""
+    import torch
+    import xgboost as xgb
+
+    return bool(torch.cuda.is_available() and xgb.build_info().get("USE_CUDA", False))
+
+
 def _device(family: str, requested: str) -> str | None:
+    """The device parameter of the final fit: 'auto' is CUDA where one is visible (torch for the nets,
+    XGBoost when its build has CUDA), the CPU otherwise; LightGBM's PyPI wheel has no CUDA, so 'auto'
+    keeps it on the CPU. None: the family's default (the CPU)."""
     if requested not in ("auto", "cpu") and not requested.startswith("cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}")
     if family in ("lstm", "gru"):
         return requested
-    return None if requested == "auto" else requested
+    if requested == "auto":
+        return "cuda" if family == "xgboost" and xgboost_cuda_available() else None
+    return requested
 
 
 def build_model_asset(family: str) -> dg.AssetsDefinition:
@@ -327,6 +341,7 @@ def train_family_model(
         "fit_seconds": round(fit_seconds, 2),
         "retrain_mode": mode,
         "trained_on": trained_on,
+        "device": str(getattr(model, "device_", None) or params.get("device") or "cpu"),
         "model_kib": round(model_bytes / 1024, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "params": dg.MetadataValue.json(params),
