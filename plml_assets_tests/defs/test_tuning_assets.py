@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from plml_assets.definitions import ASSETS, CHECKS
+from plml_assets.lib import tuning
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets_tests.conftest import PLML_ENV_VARS, slice_resources
@@ -145,7 +146,11 @@ def test_plml_workers_share_the_assets_postgresql_study_and_a_killed_ones_trial_
             time.sleep(0.05)
         assert killed is not None, "worker 1 never ran a trial"
         workers[0].wait(timeout=30)
-        assert optuna.load_study(study_name=name, storage=fresh_postgres_url).trials[killed].state == TrialState.RUNNING
+        study = optuna.load_study(study_name=name, storage=fresh_postgres_url)
+        assert study.trials[killed].state == TrialState.RUNNING
+        time.sleep(1.5)  # the dead worker's heartbeat ages, which the progress table shows
+        dead = next(w for w in tuning.worker_progress(study) if f":{workers[0].pid}:" in w["worker"])
+        assert dead["running"] == killed and dead["heartbeat_age_s"] >= 1.0
         out = workers[1].communicate(timeout=300)[0]
         assert workers[1].returncode == 0, out[-3000:]
         replacement = _worker(name, fresh_postgres_url, home / "assets", "--n-trials", str(budget), "--worker-index", "3")
@@ -169,6 +174,9 @@ def test_plml_workers_share_the_assets_postgresql_study_and_a_killed_ones_trial_
     metadata = again.asset_materializations_for_node("xgboost_study")[0].metadata
     assert metadata["study_name"].value == name and metadata["trials_run_now"].value == 0
     assert metadata["trials_complete"].value + metadata["trials_pruned"].value == budget
+    progress = {w["worker"]: w for w in metadata["workers"].value}  # the asset's own process and the 3 workers
+    assert len(progress) == 4 and sum(w["finished"] for w in progress.values()) == budget
+    assert [w["failed"] for w in progress.values() if f":{workers[0].pid}:" in w["worker"]] == [1]
 
 
 def test_a_worker_is_refused_for_an_unknown_study_or_one_no_asset_started(prepared, tmp_path):

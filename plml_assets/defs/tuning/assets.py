@@ -260,6 +260,8 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                 "params": params,
                 "search_space": space.to_dict(),
                 "ran_this_time": result.ran,
+                # every process that took trials of this study (this step and any `plml worker`)
+                "workers": tuning.worker_progress(study),
             }
             mlflow_run_id = _log_study_run(run, frame, plots, summary, space)
         summary["mlflow_run_id"] = mlflow_run_id
@@ -283,6 +285,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             "trials": dg.MetadataValue.md(frame[shown].round(4).head(60).to_markdown(index=False) if len(frame) else "no trials"),
             "param_importances": dg.MetadataValue.json({k: round(float(v), 4) for k, v in importances.items()}),
             "storage": summary["storage"],
+            "workers": dg.MetadataValue.json(summary["workers"]),
             "mlflow_run_id": mlflow_run_id,
             "seconds": summary["seconds"],
         }

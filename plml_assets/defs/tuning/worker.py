@@ -71,6 +71,6 @@ def run_worker(study_name: str, storage_url: str, display_url: str, asset_dir: s
     counts = {state.name: sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     mine = sum(1 for t in trials if t.user_attrs.get("worker") == label and t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     out = {"study": study_name, "worker": label, "family": family, "budget": budget, "trials_by_this_worker": mine,
-           "counts": counts, "seconds": round(time.perf_counter() - started, 1)}
+           "counts": counts, "workers": tuning.worker_progress(result.study), "seconds": round(time.perf_counter() - started, 1)}
     log(f"plml worker {label}: done, {mine} trial(s) by this worker; study {counts} of budget {budget}")
     return out

@@ -342,6 +342,13 @@ def run_study(
         done = sum(t.state in _DONE for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         log(_trial_line(study, frozen, done, n_trials))
+        labels = {t.user_attrs.get("worker") for t in trials} - {None}
+        if len(labels) > 1:  # several workers on the study: where each stands
+            log(f"study {study_name} workers: " + "; ".join(
+                f"{w['worker']} {w['finished']} done" + (f", running trial {w['running']}" if w["running"] is not None else "")
+                + (f" (heartbeat {w['heartbeat_age_s']:.0f} s ago)" if w["heartbeat_age_s"] is not None else "")
+                + (f", {w['failed']} failed" if w["failed"] else "")
+                for w in worker_progress(study)))
         if done + running >= n_trials or failures >= max(n_trials, 1):
             study.stop()
 
@@ -429,3 +436,41 @@ def _objective_names(study: optuna.Study) -> list[str]:
                                        [f"objective_{i}" for i in range(len(study.directions))]))
 
 
+
+
+def worker_progress(study: optuna.Study, now: float | None = None) -> list[dict[str, Any]]:
+    """Per worker of a study (the ``worker`` label each trial carries: host:pid:index): trials it
+    finished (COMPLETE + PRUNED), failed, the trial it is running now, and, on an RDB storage with
+    heartbeats, the age in seconds of that trial's last heartbeat (a killed worker's grows until the
+    trial is failed). Sorted by label."""
+    import datetime as _dt
+
+    trials = study.get_trials(deepcopy=False)
+    beats: dict[int, _dt.datetime] = {}
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    running_ids = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
+    if running_ids and hasattr(backend, "scoped_session"):
+        from optuna.storages._rdb.models import TrialHeartbeatModel
+
+        with backend.scoped_session() as session:
+            for row in session.query(TrialHeartbeatModel).filter(TrialHeartbeatModel.trial_id.in_(running_ids)):
+                beats[row.trial_id] = row.heartbeat
+    # Heartbeats are the database's CURRENT_TIMESTAMP, naive UTC (SQLite; PostgreSQL in UTC).
+    clock = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.timezone.utc).replace(tzinfo=None)
+    out: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        label = t.user_attrs.get("worker")
+        if label is None:
+            continue
+        row = out.setdefault(label, {"worker": label, "finished": 0, "failed": 0, "running": None, "heartbeat_age_s": None})
+        if t.state in _DONE:
+            row["finished"] += 1
+        elif t.state == TrialState.FAIL and not t.user_attrs.get("over_budget"):
+            row["failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            row["running"] = t.number
+            beat = beats.get(t._trial_id)
+            if beat is not None:
+                row["heartbeat_age_s"] = round(max(0.0, (clock - beat).total_seconds()), 1)
+    return [out[k] for k in sorted(out)]
