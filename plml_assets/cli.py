@@ -449,6 +449,12 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     for v in report.get("registered_models", []):
         print(f"registered {v['model']} v{v['version']} ({v['candidate']}): {num(report['cost_per_registered_model'], '.4f')} "
               f"{report['currency']} (this run's cost over the versions it registered)")
+    for step, work in report.get("distributed", {}).items():
+        workers = work.get("study_workers", [])
+        if len(workers) > 1:
+            print(f"{step}: {len(workers)} workers: " + "; ".join(f"{w['worker']} {w['finished']} trials" for w in workers))
+        if str(work.get("trained_on", "local")) != "local":
+            print(f"{step}: trained on {work['trained_on']}, {work.get('dask_tasks', '-')} tasks, {work.get('dask_compute_s', '-')} compute s")
     print(f"\n{'step':34s} {'wall s':>7s} {'cpu s':>7s} {'rss MiB':>8s} {'threads':>7s} {'rows in':>9s} {'cost':>9s}")
     for s in sorted(report["steps"], key=lambda s: -s["wall_s"]):
         print(f"{s['step'][:34]:34s} {s['wall_s']:7.1f} {num(s.get('cpu_s'), '7.1f'):>7s} {num(s.get('peak_rss_mib'), '8.0f'):>8s} "

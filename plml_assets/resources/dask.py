@@ -48,3 +48,26 @@ def describe(client) -> str:
     from plml_assets.lib.models.distributed import workers_of
 
     return f"dask: {workers_of(client)} workers"
+
+
+@contextlib.contextmanager
+def task_totals(client) -> Iterator[dict]:
+    """Record the Dask task stream while the block runs; on exit the yielded dict holds the tasks
+    run, their compute seconds, and both per worker (empty without a client)."""
+    totals: dict = {}
+    if client is None:
+        yield totals
+        return
+    import distributed
+
+    with distributed.get_task_stream(client=client) as stream:
+        yield totals
+    per_worker: dict[str, dict[str, float]] = {}
+    for task in stream.data:
+        seconds = sum(s["stop"] - s["start"] for s in task.get("startstops", []) if s.get("action") == "compute")
+        row = per_worker.setdefault(str(task.get("worker")), {"tasks": 0, "compute_s": 0.0})
+        row["tasks"] += 1
+        row["compute_s"] += seconds
+    totals.update({"tasks": sum(r["tasks"] for r in per_worker.values()),
+                   "compute_s": round(sum(r["compute_s"] for r in per_worker.values()), 3),
+                   "workers": {w: {"tasks": r["tasks"], "compute_s": round(r["compute_s"], 3)} for w, r in sorted(per_worker.items())}})

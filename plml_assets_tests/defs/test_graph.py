@@ -18,7 +18,7 @@ from plml_assets.lib.comparison.leaderboard import nested_walk_forward
 from plml_assets.lib.ensemble.combine import METHODS
 from plml_assets.lib.validation.metrics import per_date_ic
 from plml_assets.resources.mlflow_registry import MlflowRegistry
-from plml_assets_tests.conftest import SLICE_SYMBOLS, slice_resources
+from plml_assets_tests.conftest import SLICE_SYMBOLS, fresh_postgres_database, postgres_url, slice_resources
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +50,14 @@ def graph_home(tmp_path_factory):
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
         for var in ("PLML_MLFLOW_TRACKING_URI", "PLML_OPTUNA_STORAGE", "PLML_PRICES", "PLML_PROFILE", "MLFLOW_TRACKING_URI"):
             mp.delenv(var, raising=False)
-        with dg.instance_for_test(temp_dir=str(home / "dagster")) as inst:
-            resources = slice_resources(home)
-            result = _materialize(resources, inst)
-            yield home, inst, resources, result
+        # The Dagster instance on the local PostgreSQL (a fresh database, dagster-postgres as
+        # deploy/dagster-postgres.yaml configures it) wherever one answers, as in CI; SQLite otherwise.
+        with fresh_postgres_database() as pg:
+            overrides = {"storage": {"postgres": {"postgres_url": pg.replace("postgresql://", "postgresql+psycopg2://", 1)}}} if pg else None
+            with dg.instance_for_test(temp_dir=str(home / "dagster"), overrides=overrides) as inst:
+                resources = slice_resources(home)
+                result = _materialize(resources, inst)
+                yield home, inst, resources, result
 
 
 @pytest.fixture
@@ -72,6 +76,19 @@ def graph_instance(graph_home):
 @pytest.fixture
 def graph_dir(graph_home) -> Path:
     return graph_home[0]
+
+
+def test_the_whole_graph_ran_on_a_postgresql_instance_where_one_answers(first_run, graph_instance):
+    _, result = first_run
+    if postgres_url() is None:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable: the graph ran on SQLite")
+    assert type(graph_instance.run_storage).__name__ == "PostgresRunStorage"
+    assert type(graph_instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+    stored = graph_instance.get_run_by_id(result.run_id)
+    assert stored.status == (dg.DagsterRunStatus.SUCCESS if result.success else dg.DagsterRunStatus.FAILURE)
+    # every asset's materialization of the run is in PostgreSQL's event log
+    keys = {k for a in ASSETS for k in a.keys}
+    assert all(graph_instance.get_latest_materialization_event(k) is not None for k in keys)
 
 
 def _gate(result) -> dg.AssetCheckEvaluation:

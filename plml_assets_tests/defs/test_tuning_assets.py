@@ -177,6 +177,10 @@ def test_plml_workers_share_the_assets_postgresql_study_and_a_killed_ones_trial_
     progress = {w["worker"]: w for w in metadata["workers"].value}  # the asset's own process and the 3 workers
     assert len(progress) == 4 and sum(w["finished"] for w in progress.values()) == budget
     assert [w["failed"] for w in progress.values() if f":{workers[0].pid}:" in w["worker"]] == [1]
+    # training_analytics reads the same table from the run (plml analytics prints it).
+    from plml_assets.defs.analytics.report import distributed_work
+
+    assert len(distributed_work(instance, again.run_id)["xgboost_study"]["study_workers"]) == 4
 
 
 def test_a_worker_is_refused_for_an_unknown_study_or_one_no_asset_started(prepared, tmp_path):

@@ -117,9 +117,15 @@ def test_the_model_asset_trains_on_the_configured_cluster_and_says_so(cluster, t
         local = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, selection=selection, run_config=run_config)
         on_dask = dg.materialize([*ASSETS, *CHECKS], resources={**resources, "dask": DaskResource(scheduler_address=cluster[0].scheduler_address)},
                                  instance=instance, selection=["xgboost_model", "xgboost_holdout_predictions"])
+        from plml_assets.defs.analytics.report import distributed_work
+
+        work = distributed_work(instance, on_dask.run_id)["xgboost_training"]  # what training_analytics reports
+        assert work["trained_on"] == "dask: 2 workers" and work["dask_tasks"] > 0
     meta_local = local.asset_materializations_for_node("xgboost_training")[0].metadata
     meta = next(m.metadata for m in on_dask.asset_materializations_for_node("xgboost_training") if "trained_on" in m.metadata)
     assert meta_local["trained_on"].value == "local" and meta["trained_on"].value == "dask: 2 workers"
+    assert "dask_tasks" not in meta_local and meta["dask_tasks"].value > 0 and meta["dask_compute_s"].value > 0
+    assert len(meta["dask_workers"].value) == 2  # both workers ran tasks of the fit
     stored = json.loads((home / "assets" / "xgboost_model.json").read_text())
     assert stored["trained_on"] == "dask: 2 workers"
     holdout = pd.read_parquet(home / "assets" / "xgboost_holdout_predictions.parquet")
@@ -130,3 +136,17 @@ def test_the_model_asset_trains_on_the_configured_cluster_and_says_so(cluster, t
     # Both fits score the same holdout; how close they are is reported, not bounded (continuous
     # features and row subsampling: see the module docstring).
     print(f"holdout rank IC local {meta_local['holdout_rank_ic'].value:.4f}, dask {meta['holdout_rank_ic'].value:.4f}")
+
+
+@pytest.mark.timeout(300)
+def test_a_fit_on_one_client_does_not_hang_while_another_client_is_current(data, cluster):
+    """xgboost.dask waits on its data through the current client: with a second client opened later in
+    the process (it becomes the current one), a fit on the first used to wait for ever."""
+    import distributed
+
+    X_train, y_train, _, _ = data
+    params = {**resolve_params("xgboost", quick=True, seed=0), "n_estimators": 5}
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as other, distributed.Client(other):
+        model, _ = fit_model("xgboost", params, X_train, y_train, HORIZON, dask_client=cluster[1])
+    assert model.n_rounds_ >= 1

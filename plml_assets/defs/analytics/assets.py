@@ -81,6 +81,8 @@ def training_analytics(context: dg.AssetExecutionContext, config: AnalyticsConfi
         "families": dg.MetadataValue.json(report["families"]),
         "recommendations": dg.MetadataValue.md("\n".join(f"- {r}" for r in report["recommendations"]) or "none"),
     }
+    if report.get("distributed"):  # study workers and Dask fits of the latest run
+        metadata["distributed"] = dg.MetadataValue.json(report["distributed"])
     if report["registered_models"]:
         metadata["registered_models"] = dg.MetadataValue.json(report["registered_models"])
     for key in ("cpu_s", "cpu_utilization", "idle_share", "peak_rss_mib", "cost_total", "cost_per_registered_model"):

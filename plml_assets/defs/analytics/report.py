@@ -65,6 +65,27 @@ def step_figures(instance: dg.DagsterInstance, run_id: str) -> tuple[list[an.Ste
     return steps, failed
 
 
+def distributed_work(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict]:
+    """Per step of one run, the work done outside its own process: the study workers (every process
+    that took trials, with trials finished, failed, running and heartbeat age: the study assets'
+    ``workers``) and where a model trained (``trained_on``, with the Dask task stream totals)."""
+    out: dict[str, dict] = {}
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        event = record.dagster_event
+        meta = {k: _value(v) for k, v in event.event_specific_data.materialization.metadata.items()}
+        entry = {}
+        if isinstance(meta.get("workers"), list):
+            entry["study_workers"] = meta["workers"]
+        if "trained_on" in meta:
+            entry["trained_on"] = meta["trained_on"]
+            for key in ("dask_tasks", "dask_compute_s", "dask_workers"):
+                if key in meta:
+                    entry[key] = meta[key]
+        if entry:
+            out.setdefault(event.step_key, {}).update(entry)
+    return out
+
+
 def registered_versions(instance: dg.DagsterInstance, limit: int = 200) -> dict[str, list[dict]]:
     """The model versions each run registered, by run id, from ``registered_model``'s materializations.
     A materialization that reused a version an earlier run registered (``newly_registered`` false, e.g.
@@ -123,6 +144,7 @@ def analytics(instance: dg.DagsterInstance, runs: int = 10, rates: an.RateCard |
     if not reports:
         raise ValueError("no finished run with steps in this Dagster instance: run `plml run` first")
     latest = dict(reports[0])
+    latest["distributed"] = distributed_work(instance, latest["run_id"])
     latest["success_rate"] = an.success_rate(outcomes)
     latest["success_rate_runs"] = len(outcomes)
     history: dict[str, list[float]] = {}

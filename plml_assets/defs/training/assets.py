@@ -28,6 +28,7 @@ from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer, histor
 from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic
 from plml_assets.resources.dask import DaskResource
 from plml_assets.resources.dask import describe as describe_dask
+from plml_assets.resources.dask import task_totals as dask_task_totals
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
@@ -193,14 +194,18 @@ def train_family_model(
     # The run is open for the whole fit, so its MLflow system metrics cover the fit too.
     with mlflow_registry.training_run(f"{family}-{context.run.run_id[:8]}", run_tags, supersedes=redone_runs(context)) as run, tempfile.TemporaryDirectory() as tmp:
         fit_start = time.perf_counter()
-        trained_on = "local"
+        trained_on, dask_totals = "local", {}
         if champion is None:
             use_dask = dask is not None and dask.address() is not None and family in DASK_FAMILIES
             with (dask.client() if use_dask else contextlib.nullcontext()) as client:
                 trained_on = describe_dask(client)
                 if client is not None:
                     context.log.info(f"{asset_name}: training on the Dask cluster at {dask.address()} ({trained_on})")
-                model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon, dask_client=client)
+                with dask_task_totals(client) as dask_totals:
+                    model, fit_mask = fit_model(family, params, X_train, y_train, settings.horizon, dask_client=client)
+                if dask_totals:
+                    context.log.info(f"{asset_name}: Dask ran {dask_totals['tasks']} tasks, {dask_totals['compute_s']:.1f} compute s: "
+                                     + ", ".join(f"{w} {r['tasks']} tasks {r['compute_s']:.1f} s" for w, r in dask_totals["workers"].items()))
             mode = "full"
         else:
             new_rows = X_train.index.get_level_values("date") > pd.Timestamp(champion.champion_train_end_)
@@ -341,6 +346,8 @@ def train_family_model(
         "fit_seconds": round(fit_seconds, 2),
         "retrain_mode": mode,
         "trained_on": trained_on,
+        **({"dask_tasks": dask_totals["tasks"], "dask_compute_s": dask_totals["compute_s"],
+            "dask_workers": dg.MetadataValue.json(dask_totals["workers"])} if dask_totals else {}),
         "device": str(getattr(model, "device_", None) or params.get("device") or "cpu"),
         "model_kib": round(model_bytes / 1024, 1),
         "seconds": round(time.perf_counter() - start, 1),

@@ -127,8 +127,10 @@ def fit_lightgbm_dask(model: Model, train: Dataset, valid: Dataset, client) -> M
 
 
 def fit_on_dask(model: Model, train: Dataset, valid: Dataset, client) -> Model:
-    if model.family == "xgboost":
-        return fit_xgboost_dask(model, train, valid, client)
-    if model.family == "lightgbm":
-        return fit_lightgbm_dask(model, train, valid, client)
-    raise ValueError(f"{model.family} does not train on Dask (only {', '.join(DASK_FAMILIES)})")
+    fits = {"xgboost": fit_xgboost_dask, "lightgbm": fit_lightgbm_dask}
+    if model.family not in fits:
+        raise ValueError(f"{model.family} does not train on Dask (only {', '.join(DASK_FAMILIES)})")
+    # ``client`` is made the current one for the fit: xgboost.dask waits on the data's futures through
+    # the current client, and with another client current in this process it waits for ever.
+    with client.as_current():
+        return fits[model.family](model, train, valid, client)

@@ -63,10 +63,10 @@ from plml_assets.lib.tuning.study import (
     StudyResult,
     fail_dead_local_trials,
     make_storage,
-    worker_progress,
     open_study,
     pick_trial,
     run_study,
+    worker_progress,
 )
 
 __all__ = [

@@ -14,7 +14,7 @@ one data-parallel boosting fit, each against one worker in the same process run,
 Runs are interleaved (1, 2, 2, 1, ...), the median of ``--repeat`` is reported. On the 2-core
 development machine the ceiling is 2x, and every process also pays its own start-up.
 
-    python benchmarks/distributed.py --write       # both, into docs/benchmarks.md
+    python benchmarks/scale_out.py --write       # both, into docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def dask_walls(prices_path: str | None, repeat: int, rounds: int) -> dict[str, f
     params = {**resolve_params("xgboost", quick=True, seed=0), "n_estimators": rounds, "early_stopping_rounds": 0}
     times: dict[str, list[float]] = {"local": [], "1": [], "2": []}
     clusters = {n: distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                            dashboard_address=None) for n in (1, 2)}
+                                            dashboard_address=":0") for n in (1, 2)}
     try:
         clients = {n: distributed.Client(c) for n, c in clusters.items()}
         order = ["local", "1", "2"]
@@ -229,7 +229,7 @@ def main() -> None:
     agree = agreement() if "agreement" in parts else []
     body = "\n".join([
         SECTION, "",
-        f"`python benchmarks/distributed.py --write` on {cpu_name()}, {os.cpu_count()} cores; median of {args.repeat} interleaved runs. "
+        f"`python benchmarks/scale_out.py --write` on {cpu_name()}, {os.cpu_count()} cores; median of {args.repeat} interleaved runs. "
         "Wall seconds with 1 and with 2 workers; efficiency = speed-up / workers (2 cores here: 2x is the ceiling).", "",
         "| work | 1 worker, s | 2 workers, s | speed-up | efficiency |", "|---|---:|---:|---:|---:|", *rows, "",
         *([
