@@ -334,6 +334,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     if workers < 1:
         raise SystemExit(f"plml run: --workers must be >= 1, got {workers}")
+    if os.environ.get("PLML_EXECUTOR"):
+        # plml run chooses its own executor (--workers); PLML_EXECUTOR is for the code location
+        # (e.g. k8s on a cluster) and would make the run config below invalid.
+        print(f"plml run: PLML_EXECUTOR={os.environ['PLML_EXECUTOR']} ignored: plml run executes the steps here "
+              f"({'in this process' if workers == 1 else f'{workers} step processes'})")
+        os.environ.pop("PLML_EXECUTOR")
+        if "plml_assets.definitions" in sys.modules:
+            raise SystemExit("plml run: the definitions were loaded with PLML_EXECUTOR set; unset it and run again")
     # A thread budget of one per step: every model already fits on 1 thread; BLAS/OpenMP in numpy,
     # scikit-learn and torch would otherwise start one thread per core in each of the `workers`
     # concurrent step processes and oversubscribe the cores.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def step_tags(kind: str, family: str | None = None) -> dict[str, str]:
     if kind in K8S_SIZED_KINDS:
         step = f"{family}_{kind}" if family else kind
         measured = k8s.load_sizing(K8S_SIZING_PATH)["steps"].get(step, {}).get("resources", k8s.DEFAULT_RESOURCES)
-        gpu = family in GPU_FAMILIES and kind in ("study", "cv", "training")
+        # PLML_K8S_GPU=0: no GPU on the cluster, the nets' pods ask for none (else they would stay Pending)
+        gpu = family in GPU_FAMILIES and kind in ("study", "cv", "training") and os.environ.get("PLML_K8S_GPU", "1") != "0"
         tags[k8s.K8S_CONFIG_TAG] = json.dumps(k8s.step_k8s_config(measured, gpu=gpu), sort_keys=True)
     return tags
 

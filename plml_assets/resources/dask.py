@@ -38,6 +38,10 @@ class DaskResource(dg.ConfigurableResource):
         except (OSError, TimeoutError) as exc:
             raise RuntimeError(f"no Dask scheduler answers at {address} within {self.connect_timeout_s:.0f} s: {exc}") from exc
         with client:
+            try:  # a scheduler without workers would make a fit wait for ever
+                client.wait_for_workers(1, timeout=self.connect_timeout_s)
+            except TimeoutError as exc:
+                raise RuntimeError(f"the Dask scheduler at {address} has no worker after {self.connect_timeout_s:.0f} s") from exc
             yield client
 
 

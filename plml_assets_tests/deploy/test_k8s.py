@@ -47,7 +47,7 @@ def test_there_are_manifests_for_mlflow_minio_optuna_workers_and_the_auth_proxy(
     kinds = {(d["kind"], d["metadata"]["name"]) for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d}
     assert {("Deployment", "mlflow"), ("Service", "mlflow"), ("StatefulSet", "minio"), ("Job", "plml-optuna-workers"),
             ("NetworkPolicy", "dagster-webserver-only-via-auth-proxy"), ("Deployment", "oauth2-proxy"),
-            ("PersistentVolumeClaim", "plml-assets")} <= kinds
+            ("PersistentVolumeClaim", "plml-assets"), ("NetworkPolicy", "mlflow-and-minio-only-from-plml")} <= kinds
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -317,3 +317,54 @@ def test_the_k8s_run_launcher_launches_plml_main_as_a_valid_job_with_the_helm_ru
     password = next(e for e in container["env"] if e["name"] == DAGSTER_PG_PASSWORD_ENV_VAR)
     assert password["valueFrom"]["secretKeyRef"]["name"] == VALUES["global"]["postgresqlSecretName"] and "value" not in password
     assert {"secretRef": {"name": "plml-stores"}} in container["envFrom"]
+
+
+# ---- review fixes: what a cluster would have tripped on ------------------------------------------
+def _mib(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 ** 2}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    return float(quantity) / 2**20
+
+
+def test_every_measured_step_fits_under_the_memory_limit_it_gets(plan_tags):
+    """A step with its own tag gets that limit; every other step (k8s_job_executor) inherits the run
+    launcher's runK8sConfig. Each must hold the peak RSS measured in k8s_resources.json."""
+    measured = sizing.load_sizing(ROOT / "plml_assets" / "defs" / "k8s_resources.json")["steps"]
+    assert measured, "no measured sizing file"
+    default = _mib(VALUES["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]["limits"]["memory"])
+    for step, entry in measured.items():
+        peak = entry["measured"]["peak_rss_mib"]
+        if peak is None or step not in plan_tags:
+            continue
+        tag = plan_tags[step].get(sizing.K8S_CONFIG_TAG)
+        limit = _mib(json.loads(tag)["container_config"]["resources"]["limits"]["memory"]) if tag else default
+        assert limit >= peak, f"{step}: limit {limit:.0f} MiB below its measured peak {peak:.0f} MiB"
+
+
+def test_mlflow_answers_to_its_service_name_and_only_plml_pods_reach_it():
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "mlflow.yaml").read_text()))
+    args = " ".join(next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--allowed-hosts" in args and "mlflow.plml.svc.cluster.local:5000" in args  # MLflow 3 refuses other Host headers
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]  # this namespace's pods only
+
+
+def test_optuna_worker_pods_get_distinct_worker_indices_and_keep_tini():
+    (job,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "optuna-workers.yaml").read_text()) if d]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["spec"]["completionMode"] == "Indexed" and "command" not in container
+    assert container["args"][-2:] == ["--worker-index", "$(JOB_COMPLETION_INDEX)"]
+
+
+def test_a_cluster_without_gpus_can_turn_the_gpu_requests_off():
+    code = ("import json; from plml_assets.definitions import main_job; "
+            "print(json.loads(main_job().graph.node_named('lstm_study').definition.tags['dagster-k8s/config']))")
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PLML_K8S_GPU": "0"},
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import ast
+
+    config = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert sizing.GPU_RESOURCE not in config["container_config"]["resources"]["limits"] and "pod_spec_config" not in config

@@ -91,7 +91,8 @@ def test_the_lightgbm_stopping_rule_picks_the_round_a_local_early_stop_keeps(dat
     curve = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 2.0]  # a later dip after 3 rounds without improvement
     assert early_stopping_round(curve, patience=3) == 2  # stopped at round 5: the dip is never seen
     assert early_stopping_round(curve, patience=10) == 6
-    assert early_stopping_round(curve, patience=0) == 6  # 0: no early stopping, the best of all
+    assert early_stopping_round(curve, patience=0) == 6  # 0: no early stopping, the last round
+    assert early_stopping_round([3.0, 1.0, 2.0], patience=0) == 2  # the last round even when an earlier one was better
     # The curve computed from the trees is LightGBM's own validation l2 on the stopping rows of a local fit.
     X_train, y_train, _, _ = data
     model, _ = fit_model("lightgbm", {**resolve_params("lightgbm", quick=True, seed=0), "early_stopping_rounds": 0,

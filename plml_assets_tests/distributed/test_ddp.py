@@ -29,9 +29,10 @@ def test_two_gloo_processes_give_the_one_process_loss_curve(family, tmp_path):
     dates = X.index.get_level_values("date")
     cut = dates.unique()[120]
     train, valid = (X[dates < cut], y[dates < cut]), (X[dates >= cut], y[dates >= cut])
-    # No dropout (each rank would draw its own masks); batches of an even size, so both shares weigh the same.
-    params = {"window": 10, "hidden_size": 16, "num_layers": 1, "dropout": 0.0, "max_epochs": 3, "batch_size": 64,
-              "epoch_samples": 1024, "patience": 0, "seed": 0, "num_threads": 1}
+    # No dropout (each rank would draw its own masks). 1,025 windows in batches of 100: the last batch
+    # of 25 splits 13 / 12, which the loss scaling weighs exactly as one process does.
+    params = {"window": 10, "hidden_size": 16, "num_layers": 1, "dropout": 0.0, "max_epochs": 3, "batch_size": 100,
+              "epoch_samples": 1025, "patience": 0, "seed": 0, "num_threads": 1}
     one = make_model(family, **params).fit(train, valid)
     two = fit_ddp(make_model(family, **params), train, valid, world_size=2)
     assert type(two) is type(one) and two.feature_names_ == one.feature_names_ and two.n_epochs_ == one.n_epochs_ == 3

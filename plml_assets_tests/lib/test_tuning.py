@@ -576,3 +576,35 @@ def test_trial_value_of_finds_the_complete_trial_run_with_given_parameters():
     assert trial_value_of(frame, {"max_depth": 4, "learning_rate": 0.1}, "rank_ic") is None
     assert trial_value_of(frame, {"subsample": 0.8}, "rank_ic") is None  # not a searched parameter
     assert trial_value_of(frame.iloc[:0], {"max_depth": 5}, "rank_ic") is None
+
+
+# ---- waiting for other workers' running trials before the pick ---------------------------------
+def test_a_study_waits_for_another_workers_running_trial_and_picks_from_the_whole_budget(sqlite_url):
+    import threading
+
+    study = optuna.create_study(study_name="wait", storage=sqlite_url, direction="maximize")
+    other = study.ask()  # another worker's trial, running when this process starts
+    other.set_user_attr("worker", "elsewhere:1:9")
+    best_value = 10.0  # better than anything quick_objective returns: the pick must wait for it
+
+    def finish_later():
+        time.sleep(1.5)
+        optuna.load_study(study_name="wait", storage=sqlite_url).tell(other.number, best_value)
+
+    threading.Thread(target=finish_later, daemon=True).start()
+    lines: list[str] = []
+    result = run_study(quick_objective, QUICK_SPACE, storage_url=sqlite_url, study_name="wait",
+                       sampler="random", pruner="none", n_trials=3, seed=0, wait_for_others_s=30, log=lines.append)
+    assert result.best.number == other.number and result.best.value == best_value
+    assert any("waiting for trial(s) [0] of other workers" in line for line in lines)
+    assert result.n_done == 3
+
+
+def test_without_waiting_the_pick_is_made_from_what_has_finished(sqlite_url):
+    study = optuna.create_study(study_name="nowait", storage=sqlite_url, direction="maximize")
+    study.ask()  # never finishes
+    lines: list[str] = []
+    result = run_study(quick_objective, QUICK_SPACE, storage_url=sqlite_url, study_name="nowait",
+                       sampler="random", pruner="none", n_trials=3, seed=0, wait_for_others_s=1.0, log=lines.append)
+    assert result.n_done == 2  # the running trial holds its claim on the budget
+    assert any("still running after 1 s: picking from the finished trials" in line for line in lines)

@@ -65,6 +65,9 @@ def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fix
     )
 
 
+#: How long a study asset waits, its own trials done, for trials other workers are still running.
+WAIT_FOR_WORKERS_S = 300.0
+
 #: Optuna study user attribute: what `plml worker --study NAME` needs to rebuild the study's objective
 #: from the stored assets (family, the asset's config, the settings, the model name, the trial budget).
 WORKER_SPEC_ATTR = "plml.worker_spec"
@@ -85,6 +88,7 @@ class PreparedStudy:
     defaults: dict
     folds: list
     rows: int
+    digest: str  # of the data, folds and search setup: a worker must arrive at the same one
 
 
 def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labels: pd.DataFrame, cv_splits: pd.DataFrame,
@@ -112,11 +116,9 @@ def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labe
     folds = folds_from_assignments(X, assignments)
     columns = fold_columns(cv_fold_features, config.scheme)
     objective = _study_objective(config, family, X, y, folds, columns, fixed_during_search, settings)
-    name = config.study_name or (
-        f"{model_name}-{family}-"
-        + content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
-                         fixed_during_search, list(objective.names), config.metric, settings.horizon)
-    )
+    digest = content_digest(y, X, assignments, cv_fold_features, space.to_dict(),
+                            fixed_during_search, list(objective.names), config.metric, settings.horizon)
+    name = config.study_name or f"{model_name}-{family}-{digest}"
     defaults = {k: v for k, v in base.items() if k in space.names}
     try:
         space.check_params(defaults)
@@ -126,12 +128,13 @@ def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labe
         enqueue = []
     rule = (tuning.PickRule(primary=objective.names[0], bounded=objective.names[1], bound=config.pick_bound)
             if len(objective.names) > 1 else None)
-    return PreparedStudy(name, objective, space, n_trials, timeout, enqueue, rule, fixed, defaults, folds, len(X))
+    return PreparedStudy(name, objective, space, n_trials, timeout, enqueue, rule, fixed, defaults, folds, len(X), digest)
 
 
-def worker_spec(family: str, config: StudyConfig, settings: ExperimentSettings, model_name: str, n_trials: int) -> str:
+def worker_spec(family: str, config: StudyConfig, settings: ExperimentSettings, model_name: str, n_trials: int,
+                digest: str) -> str:
     return json.dumps({"family": family, "config": config.model_dump(), "settings": settings.model_dump(),
-                       "model_name": model_name, "n_trials": n_trials}, sort_keys=True, default=str)
+                       "model_name": model_name, "n_trials": n_trials, "digest": digest}, sort_keys=True, default=str)
 
 
 def _study_run_tags(context: dg.AssetExecutionContext, family: str, study_name: str) -> dict[str, str]:
@@ -221,7 +224,10 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                     objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
                     sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
                     seed=settings.seed, worker=config.worker, enqueue=prepared.enqueue, pick_rule=rule, log=context.log.info,
-                    study_attrs={WORKER_SPEC_ATTR: worker_spec(family, config, settings, mlflow_registry.model_name, n_trials)},
+                    study_attrs={WORKER_SPEC_ATTR: worker_spec(family, config, settings, mlflow_registry.model_name, n_trials, prepared.digest)},
+                    # `plml worker` trials still running: wait for them (a dead one's is failed after its heartbeat
+                    # grace, 120 s) so the parameters picked are the whole budget's
+                    wait_for_others_s=WAIT_FOR_WORKERS_S,
                 )
             study = result.study
             tuned = result.best_params if result.best is not None else {}

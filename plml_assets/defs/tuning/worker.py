@@ -53,9 +53,9 @@ def run_worker(study_name: str, storage_url: str, display_url: str, asset_dir: s
     started = time.perf_counter()
     inputs = {name: load_stored(name, asset_dir) for name in INPUTS}
     prepared = prepare_study(family, config, **inputs, settings=settings, model_name=spec["model_name"], warn=log)
-    if prepared.name != study_name:
+    if prepared.name != study_name or prepared.digest != spec.get("digest", prepared.digest):
         raise ValueError(f"the stored {', '.join(INPUTS)} are not the data study {study_name!r} searches on (they make study "
-                         f"{prepared.name!r}): re-materialize the study asset, or point PLML_ASSET_DIR at its asset store")
+                         f"{prepared.name!r}, digest {prepared.digest} against the study's {spec.get('digest')}): re-materialize the study asset, or point PLML_ASSET_DIR at its asset store")
     budget = spec["n_trials"] if n_trials is None else n_trials
     index = worker_index if worker_index is not None else 1 + os.getpid() % 100_000  # distinct sampler seeds
     label = f"{socket.gethostname()}:{os.getpid()}:{index}"
@@ -66,6 +66,7 @@ def run_worker(study_name: str, storage_url: str, display_url: str, asset_dir: s
         prepared.objective, prepared.space, storage_url=storage, study_name=study_name, sampler=config.sampler,
         pruner=config.pruner, n_trials=budget, timeout_s=timeout_s, seed=settings.seed, worker=index,
         enqueue=prepared.enqueue, pick_rule=prepared.rule, log=lambda m: log(f"[worker {label}] {m}"),
+        heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s, wait_for_others_s=6.0 * heartbeat_s,
     )
     trials = result.study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}

@@ -57,11 +57,13 @@ def _arrays(client, X: pd.DataFrame, y: pd.Series, shuffle_seed: int | None = 0)
 def early_stopping_round(curve: list[float], patience: int) -> int:
     """The 0-based best round a local early-stopped fit keeps on this validation curve (lower is
     better): training stops once ``patience`` rounds bring no improvement on the best so far."""
+    if not patience:  # no early stopping: the local fit keeps its last round
+        return len(curve) - 1
     best, best_value = 0, np.inf
     for r, value in enumerate(curve):
         if value < best_value:
             best, best_value = r, value
-        elif patience and r - best >= patience:
+        elif r - best >= patience:
             break
     return best
 

@@ -541,21 +541,33 @@ class SequenceModel(Model):
                 if self.epoch_samples is not None:
                     order = order[: self.epoch_samples]  # a fresh random subset of the windows each epoch
                 total = torch.zeros((), device=device)  # summed on the device: no sync per step
+                seen = 0
                 for batch in torch.split(order, self.batch_size):
                     if world > 1:
-                        batch = batch[rank::world]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(trained(windows(batch)), labels[batch])
+                        if len(batch) < world:  # a ragged last batch some rank would get nothing of: every rank skips it
+                            continue
+                        share = batch[rank::world]
+                        optimizer.zero_grad(set_to_none=True)
+                        # Summed over this rank's share and scaled so that DDP's mean over the ranks is
+                        # the mean over the whole batch, whatever the shares' sizes.
+                        errors = (trained(windows(share)) - labels[share]) ** 2
+                        loss = errors.sum() * world / len(batch)
+                        part = errors.detach().sum()
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss = loss_fn(trained(windows(batch)), labels[batch])
+                        part = loss.detach() * len(batch)
                     loss.backward()
                     if self.grad_clip is not None:
                         nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
                     optimizer.step()
-                    total += loss.detach() * len(batch)
+                    total += part
+                    seen += len(batch)
                 if world > 1:
                     import torch.distributed as dist
 
-                    dist.all_reduce(total)  # every rank's share of the epoch's loss
-                history["train"].append(float(total) / len(order))
+                    dist.all_reduce(total)  # every rank's share of the epoch's squared errors
+                history["train"].append(float(total) / max(seen, 1))
                 if len(stop_rows) == 0:
                     continue
                 current = valid_loss()

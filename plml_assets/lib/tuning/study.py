@@ -270,6 +270,7 @@ def run_study(
     catch: tuple[type[Exception], ...] = (),
     log: Log = _noop,
     study_attrs: Mapping[str, str] | None = None,
+    wait_for_others_s: float = 0.0,
 ) -> StudyResult:
     """Run (or resume) a study until it holds ``n_trials`` COMPLETE + PRUNED trials, or
     ``timeout_s`` passes.
@@ -286,6 +287,11 @@ def run_study(
     (never after the last fold, whose value is final; so with 2 folds nothing is pruned). Parallel workers run the same call
     with distinct ``worker`` indices. Exceptions of the types in ``catch`` fail a trial without
     stopping the study (at most ``n_trials`` such failures per call).
+
+    ``wait_for_others_s``: when this process's share is done but trials of other workers are still
+    running, wait up to this long for them before picking (a trial whose worker died is failed once
+    its heartbeat is stale, and its place in the budget is taken here), so the pick is of the whole
+    budget. 0: pick at once from what has finished.
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"n_trials must be a whole number >= 0, got {n_trials!r}")
@@ -363,6 +369,27 @@ def run_study(
                        callbacks=[after_trial], gc_after_trial=False)
     else:
         log(f"study {study_name}: budget of {n_trials} trials already spent ({done_before} done)")
+    deadline = time.monotonic() + max(wait_for_others_s, 0.0)
+    while wait_for_others_s > 0 and failures < max(n_trials, 1):
+        now = study.get_trials(deepcopy=False)
+        running = [t.number for t in now if t.state == TrialState.RUNNING]
+        done = sum(t.state in _DONE for t in now)
+        if done >= n_trials or (not running and done + len(running) >= n_trials):
+            break
+        if not running:  # a dead worker's trial was failed: its place in the budget is ours to fill
+            log(f"study {study_name}: {done} of {n_trials} done and nothing running: running the missing trial(s) here")
+            study.optimize(objective, n_trials=None, timeout=timeout_s, catch=(_OverBudget, *catch),
+                           callbacks=[after_trial], gc_after_trial=False)
+            continue
+        if time.monotonic() > deadline:
+            log(f"study {study_name}: trial(s) {running} of other workers still running after {wait_for_others_s:.0f} s: "
+                "picking from the finished trials")
+            break
+        log(f"study {study_name}: waiting for trial(s) {running} of other workers ({done} of {n_trials} done)")
+        time.sleep(min(5.0, max(wait_for_others_s / 20, 0.5)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     counts = _counts(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -450,14 +477,25 @@ def worker_progress(study: optuna.Study, now: float | None = None) -> list[dict[
     storage = study._storage
     backend = getattr(storage, "_backend", storage)
     running_ids = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
+    db_now = None
     if running_ids and hasattr(backend, "scoped_session"):
+        import sqlalchemy
         from optuna.storages._rdb.models import TrialHeartbeatModel
 
         with backend.scoped_session() as session:
             for row in session.query(TrialHeartbeatModel).filter(TrialHeartbeatModel.trial_id.in_(running_ids)):
                 beats[row.trial_id] = row.heartbeat
-    # Heartbeats are the database's CURRENT_TIMESTAMP, naive UTC (SQLite; PostgreSQL in UTC).
-    clock = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.timezone.utc).replace(tzinfo=None)
+            # Heartbeats are the database's own clock (CURRENT_TIMESTAMP, without a zone): age them
+            # by that clock too, as Optuna does, not by this host's.
+            db_now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+    if now is not None:
+        clock = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).replace(tzinfo=None)
+    elif isinstance(db_now, _dt.datetime):
+        clock = db_now.replace(tzinfo=None)
+    elif isinstance(db_now, str):  # SQLite returns its CURRENT_TIMESTAMP as text
+        clock = _dt.datetime.fromisoformat(db_now)
+    else:
+        clock = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
     out: dict[str, dict[str, Any]] = {}
     for t in trials:
         label = t.user_attrs.get("worker")
