@@ -329,8 +329,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     plml_home().mkdir(parents=True, exist_ok=True)
     from dagster import DagsterInstance
 
-    from plml_assets.definitions import main_job
-
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     if workers < 1:
         raise SystemExit(f"plml run: --workers must be >= 1, got {workers}")
@@ -342,6 +340,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.pop("PLML_EXECUTOR")
         if "plml_assets.definitions" in sys.modules:
             raise SystemExit("plml run: the definitions were loaded with PLML_EXECUTOR set; unset it and run again")
+    from plml_assets.definitions import main_job
+
     # A thread budget of one per step: every model already fits on 1 thread; BLAS/OpenMP in numpy,
     # scikit-learn and torch would otherwise start one thread per core in each of the `workers`
     # concurrent step processes and oversubscribe the cores.

@@ -62,7 +62,9 @@ def readme_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     command = readme_main_command()
     assert "plml run" in command and "pip install" in command
     proc = subprocess.run(
-        ["bash", "-c", command], cwd=REPO, env=_env(home, PLML_PROFILE="quick", PLML_PRICES=str(prices), PLML_HOLDOUT_DAYS="120"),
+        # PLML_EXECUTOR=k8s as a shell set up for the cluster has it: plml run still runs the steps here
+        ["bash", "-c", command], cwd=REPO, env=_env(home, PLML_PROFILE="quick", PLML_PRICES=str(prices), PLML_HOLDOUT_DAYS="120",
+                                                    PLML_EXECUTOR="k8s"),
         capture_output=True, text=True, timeout=1500,
     )
     return home, proc
@@ -77,6 +79,7 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "plml run: succeeded" in out
+    assert "PLML_EXECUTOR=k8s ignored: plml run executes the steps here" in out
     assert re.search(r"champion: (v\d+|none)", out)
     assert "holdout:" in out and "CV (walk-forward)" in out
     assert "dagster dev" in out and "mlflow ui --backend-store-uri" in out
