@@ -145,17 +145,6 @@ def dask_walls(prices_path: str | None, repeat: int, rounds: int) -> dict[str, f
     return {k: statistics.median(v) for k, v in times.items()} | {"rows": len(X)}
 
 
-def _binned(train, other, levels: int = 64):
-    out = []
-    for frame in (train, other):
-        binned = frame.copy()
-        for c in frame.columns:
-            edges = np.unique(np.nanquantile(train[c], np.linspace(0, 1, levels + 1)[1:-1]))
-            binned[c] = np.where(frame[c].isna(), np.nan, np.searchsorted(edges, frame[c])).astype("float32")
-        out.append(binned)
-    return out
-
-
 def agreement() -> list[str]:
     """Holdout rank IC of the local fit and of the fit on 2 Dask workers, embedded panel 2000-2012,
     the first 20 base features as they are (continuous) and binned to 64 training quantiles."""
@@ -164,6 +153,7 @@ def agreement() -> list[str]:
     from plml_assets.lib.data.labels import forward_returns
     from plml_assets.lib.data.prices import load_embedded
     from plml_assets.lib.features.base import build_features
+    from plml_assets.lib.features.scaling import bin_by_training_quantiles
     from plml_assets.lib.models.registry import resolve_params
     from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model, holdout_split
     from plml_assets.lib.validation.metrics import evaluate_predictions
@@ -178,7 +168,7 @@ def agreement() -> list[str]:
     rows = []
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        for features_kind, (A, B) in (("continuous", (Xt, Xh)), ("binned to 64 levels", _binned(Xt, Xh))):
+        for features_kind, (A, B) in (("continuous", (Xt, Xh)), ("binned to 64 levels", bin_by_training_quantiles(Xt, Xh))):
             for family in ("xgboost", "lightgbm"):
                 for subsample in (1.0, 0.8):
                     params = {**resolve_params(family, quick=True, seed=0), "subsample": subsample}

@@ -177,6 +177,18 @@ class DagsterDev:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session=True``), wait up to
+    ``grace_s``, then SIGKILL whatever is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @contextlib.contextmanager
 def dagster_dev(workdir: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 180,
                 instance_yaml: Path = REPO / "dagster.yaml") -> Iterator[DagsterDev]:
@@ -212,10 +224,4 @@ def dagster_dev(workdir: Path, env: dict[str, str] | None = None, ready_timeout_
             yield dev
         finally:
             # dagster dev shuts its children down on SIGTERM, but the daemon can linger: kill what is left.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            stop_process_group(proc)

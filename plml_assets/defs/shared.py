@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -35,6 +36,14 @@ GPU_FAMILIES = ("lstm", "gru")
 K8S_SIZING_PATH = Path(__file__).with_name("k8s_resources.json")
 
 
+@functools.cache
+def _k8s_sizing() -> dict:
+    """The measured sizing file, read once per process (every heavy asset's tags read it at load time)."""
+    from plml_assets.lib.deploy import k8s
+
+    return k8s.load_sizing(K8S_SIZING_PATH)
+
+
 def step_tags(kind: str, family: str | None = None) -> dict[str, str]:
     """The op tags of a step of this kind (a key of STEP_PRIORITY), for ``family`` where the asset is
     one per family: its priority and, for the heavy kinds, its Kubernetes resources (measured, see
@@ -44,7 +53,7 @@ def step_tags(kind: str, family: str | None = None) -> dict[str, str]:
     tags = {"dagster/priority": str(STEP_PRIORITY[kind])}
     if kind in K8S_SIZED_KINDS:
         step = f"{family}_{kind}" if family else kind
-        measured = k8s.load_sizing(K8S_SIZING_PATH)["steps"].get(step, {}).get("resources", k8s.DEFAULT_RESOURCES)
+        measured = _k8s_sizing()["steps"].get(step, {}).get("resources", k8s.DEFAULT_RESOURCES)
         # PLML_K8S_GPU=0: no GPU on the cluster, the nets' pods ask for none (else they would stay Pending)
         gpu = family in GPU_FAMILIES and kind in ("study", "cv", "training") and os.environ.get("PLML_K8S_GPU", "1") != "0"
         tags[k8s.K8S_CONFIG_TAG] = json.dumps(k8s.step_k8s_config(measured, gpu=gpu), sort_keys=True)

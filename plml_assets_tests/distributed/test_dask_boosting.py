@@ -21,6 +21,7 @@ import pytest
 from plml_assets.definitions import ASSETS, CHECKS
 from plml_assets.lib.data.labels import forward_returns
 from plml_assets.lib.features.base import build_features
+from plml_assets.lib.features.scaling import bin_by_training_quantiles
 from plml_assets.lib.models.distributed import early_stopping_round, validation_curve
 from plml_assets.lib.models.registry import load_model, resolve_params
 from plml_assets.lib.models.training import design_matrix, early_stopping_split, excess_returns, fit_model, holdout_split
@@ -35,22 +36,11 @@ COLUMNS = 20
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
+    import distributed  # a test dependency (pyproject [test])
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as local, distributed.Client(local) as client:
         yield local, client
-
-
-def _binned(train: pd.DataFrame, other: pd.DataFrame, levels: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each column as its bin among ``levels`` quantiles of the training rows (NaN kept)."""
-    out = []
-    for frame in (train, other):
-        binned = frame.copy()
-        for c in frame.columns:
-            edges = np.unique(np.nanquantile(train[c], np.linspace(0, 1, levels + 1)[1:-1]))
-            binned[c] = np.where(frame[c].isna(), np.nan, np.searchsorted(edges, frame[c])).astype("float32")
-        out.append(binned)
-    return out[0], out[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +52,7 @@ def data(embedded_panel):
     columns = list(features.columns[:COLUMNS])
     X_train, y_train = design_matrix(features, y, columns, split.train_dates)
     X_hold, y_hold = design_matrix(features, y, columns, split.holdout_dates)
-    X_train, X_hold = _binned(X_train, X_hold)
+    X_train, X_hold = bin_by_training_quantiles(X_train, X_hold)
     return X_train, y_train, X_hold, y_hold
 
 

@@ -586,15 +586,21 @@ def test_a_study_waits_for_another_workers_running_trial_and_picks_from_the_whol
     other = study.ask()  # another worker's trial, running when this process starts
     other.set_user_attr("worker", "elsewhere:1:9")
     best_value = 10.0  # better than anything quick_objective returns: the pick must wait for it
+    waiting = threading.Event()
 
-    def finish_later():
-        time.sleep(1.5)
-        optuna.load_study(study_name="wait", storage=sqlite_url).tell(other.number, best_value)
+    def finish_once_it_waits():  # the other worker finishes only after this process has started waiting
+        if waiting.wait(timeout=60):
+            optuna.load_study(study_name="wait", storage=sqlite_url).tell(other.number, best_value)
 
-    threading.Thread(target=finish_later, daemon=True).start()
+    def log(line: str) -> None:
+        lines.append(line)
+        if "waiting for trial(s)" in line:
+            waiting.set()
+
+    threading.Thread(target=finish_once_it_waits, daemon=True).start()
     lines: list[str] = []
     result = run_study(quick_objective, QUICK_SPACE, storage_url=sqlite_url, study_name="wait",
-                       sampler="random", pruner="none", n_trials=3, seed=0, wait_for_others_s=30, log=lines.append)
+                       sampler="random", pruner="none", n_trials=3, seed=0, wait_for_others_s=30, log=log)
     assert result.best.number == other.number and result.best.value == best_value
     assert any("waiting for trial(s) [0] of other workers" in line for line in lines)
     assert result.n_done == 3

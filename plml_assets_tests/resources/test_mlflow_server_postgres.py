@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import mlflow
 import pytest
 
 from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
-from plml_assets_tests.conftest import free_port, fresh_postgres_database
+from plml_assets_tests.conftest import free_port, fresh_postgres_database, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -55,13 +54,7 @@ def server(tmp_path_factory):
                 time.sleep(1)
             yield {"url": url, "pg": pg, "root": root}
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            stop_process_group(proc)
             log.close()
 
 

@@ -54,6 +54,8 @@ class StudyConfig(dg.Config):
     study_name: str = Field(default="", description="Optuna study name; default: derived from the family, data, folds and "
                             "search setup, so a re-run resumes the same study and new data starts a new one")
     worker: int = Field(default=0, description="index of this worker when several processes share the study (distinct seeds)")
+    wait_for_workers_s: float = Field(default=300.0, ge=0, description="its own trials done, how long to wait for trials "
+                                      "other workers (`plml worker`) are still running before picking (0: pick at once)")
 
 
 def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fixed: dict, settings: ExperimentSettings):
@@ -64,9 +66,6 @@ def _study_objective(config: StudyConfig, family: str, X, y, folds, columns, fix
         metric=config.metric, objectives=objectives, fold_columns=columns,
     )
 
-
-#: How long a study asset waits, its own trials done, for trials other workers are still running.
-WAIT_FOR_WORKERS_S = 300.0
 
 #: Optuna study user attribute: what `plml worker --study NAME` needs to rebuild the study's objective
 #: from the stored assets (family, the asset's config, the settings, the model name, the trial budget).
@@ -227,7 +226,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                     study_attrs={WORKER_SPEC_ATTR: worker_spec(family, config, settings, mlflow_registry.model_name, n_trials, prepared.digest)},
                     # `plml worker` trials still running: wait for them (a dead one's is failed after its heartbeat
                     # grace, 120 s) so the parameters picked are the whole budget's
-                    wait_for_others_s=WAIT_FOR_WORKERS_S,
+                    wait_for_others_s=config.wait_for_workers_s,
                 )
             study = result.study
             tuned = result.best_params if result.best is not None else {}

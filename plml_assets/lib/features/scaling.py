@@ -202,3 +202,18 @@ def _date_rank(X: pd.DataFrame) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         scaled = (rank - 1.0) / (count - 1.0) - 0.5
     return np.where(count > 1, scaled, np.where(np.isnan(rank), np.nan, 0.0))
+
+
+def bin_by_training_quantiles(train: pd.DataFrame, *others: pd.DataFrame, levels: int = 64) -> list[pd.DataFrame]:
+    """Each column of ``train`` and of ``others`` as its bin among ``levels`` quantiles of the
+    training rows alone (NaN kept, float32). Features of at most 255 distinct values are binned the
+    same by every booster's histograms on every Dask worker, so a distributed fit on them is the
+    local fit (benchmarks/scale_out.py, plml_assets_tests/distributed)."""
+    out = []
+    edges = {c: np.unique(np.nanquantile(train[c], np.linspace(0, 1, levels + 1)[1:-1])) for c in train.columns}
+    for frame in (train, *others):
+        binned = frame.copy()
+        for c in frame.columns:
+            binned[c] = np.where(frame[c].isna(), np.nan, np.searchsorted(edges[c], frame[c])).astype("float32")
+        out.append(binned)
+    return out
