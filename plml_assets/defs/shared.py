@@ -19,18 +19,21 @@ TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPON
 
 #: Which ready step the multiprocess executor starts first when the cores are taken (Dagster's
 #: ``dagster/priority`` op tag, higher first; untagged steps are 0). The chain to the leaderboard and
-#: the CPCV of its pick go first; the CPCV selections, needed only after the leaderboard, and the
-#: leaves no other step reads (importance, generation report, comparison, drift) fill idle cores.
+#: the CPCV of its pick go first; the per-family refits (CPCV splits, nested walk-forward) and the CPCV
+#: selections they need, read only after the leaderboard, come next, and the leaves no other step reads
+#: (importance, generation report, comparison, drift) fill idle cores.
 #: Simulated on the step walls of a measured run (embedded panel, 2 cores): 306 s -> 288 s.
 STEP_PRIORITY = {"study": 4, "cv": 3, "cpcv_paths": 3, "training": 2, "ensembles": 2, "model_leaderboard": 2, "backtest": 2,
-                 "cpcv_fold_features": -1, "feature_importance": -2, "feature_generation_report": -2,
+                 "cpcv_fold_features": 1, "refits": 1, "feature_importance": -2, "feature_generation_report": -2,
                  "model_comparison": -2, "drift_metrics": -2}
 
 
 #: Steps heavy enough to get their own requests and limits on Kubernetes (the ``dagster-k8s/config``
 #: op tag, read by the K8sRunLauncher and the k8s_job_executor); the others take the run launcher's defaults.
-K8S_SIZED_KINDS = ("study", "cv", "training", "cpcv_paths", "cpcv_fold_features", "backtest", "feature_importance", "ensembles")
-#: families whose study, CV and training steps ask for a GPU on Kubernetes (the recurrent nets)
+K8S_SIZED_KINDS = ("study", "cv", "training", "refits", "cpcv_paths", "cpcv_fold_features", "backtest", "feature_importance", "ensembles")
+#: the kinds of step there is one of per family ({family}_{kind})
+FAMILY_KINDS = ("study", "cv", "training", "refits")
+#: families whose per-family steps (FAMILY_KINDS) ask for a GPU on Kubernetes (the recurrent nets)
 GPU_FAMILIES = ("lstm", "gru")
 #: per-step sizing measured on a finished run (`plml analytics --k8s-resources` writes it)
 K8S_SIZING_PATH = Path(__file__).with_name("k8s_resources.json")
@@ -55,7 +58,7 @@ def step_tags(kind: str, family: str | None = None) -> dict[str, str]:
         step = f"{family}_{kind}" if family else kind
         measured = _k8s_sizing()["steps"].get(step, {}).get("resources", k8s.DEFAULT_RESOURCES)
         # PLML_K8S_GPU=0: no GPU on the cluster, the nets' pods ask for none (else they would stay Pending)
-        gpu = family in GPU_FAMILIES and kind in ("study", "cv", "training") and os.environ.get("PLML_K8S_GPU", "1") != "0"
+        gpu = family in GPU_FAMILIES and kind in FAMILY_KINDS and os.environ.get("PLML_K8S_GPU", "1") != "0"
         tags[k8s.K8S_CONFIG_TAG] = json.dumps(k8s.step_k8s_config(measured, gpu=gpu), sort_keys=True)
     return tags
 

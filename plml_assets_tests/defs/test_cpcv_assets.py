@@ -1,6 +1,8 @@
 """cpcv_fold_features makes the CPCV splits and each split's own feature selection once, before the
-leaderboard; cpcv_paths refits the pick on exactly those splits and refuses ones made for another
-training window. The assets are invoked directly on a small synthetic panel."""
+leaderboard; each family's refits step fits it on exactly those splits (and on the nested walk-forward
+folds) and refuses ones made for another training window; cpcv_paths recombines the pick's members'
+stored split predictions into paths and refuses predictions that do not match the splits. The assets
+are invoked directly on a small synthetic panel."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.defs.validation.assets import CPCVConfig, CPCVSplitConfig, cpcv_fold_features, cpcv_paths
+from plml_assets.defs.validation.assets import REFITS, CPCVConfig, CPCVSplitConfig, CVSplitsConfig, cpcv_fold_features, cpcv_paths, cv_splits
 from plml_assets.lib.validation.splits import CombinatorialPurgedCV
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
@@ -50,16 +52,26 @@ def test_the_splits_and_their_selections_are_made_once_with_the_splitter_that_ma
     assert splitter.n_splits == len(made["columns"])
 
 
-def test_cpcv_paths_refuses_splits_made_for_another_training_window():
+def _refits(made, features, labels, settings=SETTINGS, family="xgboost"):
+    """The family's refits step, invoked directly: (cpcv predictions, nested predictions)."""
+    context = dg.build_asset_context(resources={"settings": settings})
+    splits = cv_splits(context, config=CVSplitsConfig(), labels=labels).value
+    wf = splits[splits["scheme"] == "walk_forward"]
+    every = pd.DataFrame([{"scheme": "walk_forward", "fold": k, "feature": c, "rank": r}
+                          for k in sorted(wf["fold"].unique()) for r, c in enumerate(features.columns, start=1)])
+    step = next(a for a in REFITS if a.op.name == f"{family}_refits")
+    outs = {o.output_name: o for o in step(context, features=features, labels=labels, cv_splits=splits, cv_fold_features=every,
+                                              cpcv_fold_features=made, study=STUDIES[f"{family}_study"])}
+    return outs[f"{family}_cpcv_predictions"], outs[f"{family}_nested_predictions"]
+
+
+def test_the_refits_refuse_splits_made_for_another_training_window():
     made, features, labels = _fold_features()
     other = ExperimentSettings(horizon=5, holdout_days=90, profile="quick")  # a later holdout start: another window
-    context = dg.build_asset_context(resources={"settings": other})
-    board = {"selection": {"winner": "xgboost"}, "table": []}
     with pytest.raises(dg.Failure, match="re-materialize cpcv_fold_features"):  # bad input: fails fast, no retry
-        cpcv_paths(context, config=CPCVConfig(), market_prices=pd.DataFrame(), features=features, labels=labels,
-                   model_leaderboard=board, cpcv_fold_features=made,
-                   **{f"{f}_study": {"params": {}} for f in ("xgboost", "lightgbm", "lstm", "gru")},
-                   ensemble_model={"members": [], "methods": {}})
+        _refits(made, features, labels, settings=other)
+    with pytest.raises(dg.Failure, match="re-materialize cpcv_fold_features"):  # cpcv_paths checks it too
+        _cpcv(made, features, labels, settings=other, predictions={"xgboost_cpcv_predictions": pd.DataFrame()})
 
 
 STUDIES = {f"{f}_study": {"params": {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3, "seed": 0}}
@@ -92,11 +104,14 @@ def _priced_panel(seed: int = 5):
     return features, labels, prices[["open", "high", "low", "close", "volume"]]
 
 
-def _cpcv(made, features, labels, settings=SETTINGS, prices=None):
+def _cpcv(made, features, labels, settings=SETTINGS, prices=None, predictions=None):
     context = dg.build_asset_context(resources={"settings": settings})
     board = {"selection": {"winner": "xgboost"}, "table": []}
+    if predictions is None:
+        predictions = {"xgboost_cpcv_predictions": _refits(made, features, labels, settings)[0].value}
+    empty = {f"{f}_cpcv_predictions": pd.DataFrame() for f in ("lightgbm", "lstm", "gru")}
     return cpcv_paths(context, config=CPCVConfig(cost_bps=0.0), market_prices=prices if prices is not None else pd.DataFrame(), features=features, labels=labels,
-                      model_leaderboard=board, cpcv_fold_features=made, **STUDIES, ensemble_model=NO_ENSEMBLE)
+                      model_leaderboard=board, cpcv_fold_features=made, **empty, **predictions, ensemble_model=NO_ENSEMBLE)
 
 
 def test_cpcv_paths_refits_the_pick_on_every_split_and_trades_every_path():
@@ -112,12 +127,26 @@ def test_cpcv_paths_refits_the_pick_on_every_split_and_trades_every_path():
     assert out.metadata["path_sharpe_min"].value > 0  # and every path earns on it
 
 
-def test_cpcv_paths_refuses_splits_selected_on_other_features_or_labels():
+def test_the_refits_and_cpcv_paths_refuse_splits_selected_on_other_features_or_labels():
     made, features, labels = _fold_features()
+    stored = _refits(made, features, labels)[0].value
     changed = features.copy()
     changed.iloc[0, 0] += 1.0  # one value changed since the selections were made
     with pytest.raises(dg.Failure, match="other features or labels"):
-        _cpcv(made, changed, labels)
+        _refits(made, changed, labels)
+    with pytest.raises(dg.Failure, match="other features or labels"):
+        _cpcv(made, changed, labels, predictions={"xgboost_cpcv_predictions": stored})
+
+
+def test_cpcv_paths_refuses_stored_predictions_that_do_not_match_the_splits():
+    made, features, labels = _fold_features()
+    stored = _refits(made, features, labels)[0].value
+    assert sorted(stored["split"].unique()) == list(range(1, len(made["columns"]) + 1))
+    with pytest.raises(dg.Failure, match=r"xgboost_cpcv_predictions split 2 holds .* re-materialize xgboost_cpcv_predictions"):
+        short = np.flatnonzero(stored["split"].to_numpy() == 2)[:3]  # three rows of split 2 lost (the same rows of other splits kept)
+        _cpcv(made, features, labels, predictions={"xgboost_cpcv_predictions": stored.iloc[np.setdiff1d(np.arange(len(stored)), short)]})
+    with pytest.raises(dg.Failure, match=r"holds splits \[1, 2, 3, 4, 5\], the splitter makes 6"):
+        _cpcv(made, features, labels, predictions={"xgboost_cpcv_predictions": stored[stored["split"] < 6]})
 
 
 def test_cpcv_paths_names_chosen_features_that_no_longer_exist():
@@ -125,4 +154,27 @@ def test_cpcv_paths_names_chosen_features_that_no_longer_exist():
     legacy = {**made, "data_digest": None}  # as stored before the digest existed: the column check still guards
     renamed = features.rename(columns={c: f"{c}_v2" for c in features.columns})
     with pytest.raises(dg.Failure, match=r"no longer has: \['f"):
-        _cpcv(legacy, renamed, labels)
+        _refits(legacy, renamed, labels)
+
+
+def test_the_nested_refits_are_read_back_only_for_the_trials_the_study_chooses_now():
+    from plml_assets.defs.backtest.assets import stored_nested_predictions
+    from plml_assets.defs.shared import training_window
+    from plml_assets.lib.models.training import folds_from_assignments
+
+    made, features, labels = _fold_features()
+    _, nested = _refits(made, features, labels)
+    X, _, _ = training_window(features, labels, SETTINGS)
+    context = dg.build_asset_context(resources={"settings": SETTINGS})
+    splits = cv_splits(context, config=CVSplitsConfig(), labels=labels).value
+    folds = folds_from_assignments(X, splits[splits["scheme"] == "walk_forward"])
+    preds, fold, how = stored_nested_predictions(nested.value, "xgboost", STUDIES["xgboost_study"], X, folds)
+    assert len(preds) == sum(len(test) for _, test in folds) and preds.index.equals(fold.index) and preds.index.is_monotonic_increasing
+    assert how == {"trials_used": [None] * len(folds), "nested": False}  # no trial records: the study's parameters on every fold
+    assert nested.metadata["trials_used"].value == [None] * len(folds)
+    with pytest.raises(ValueError, match=r"fold 1 was refitted with trial 7's parameters, xgboost_study now chooses trial None"):
+        stored_nested_predictions(nested.value.assign(trial=7), "xgboost", STUDIES["xgboost_study"], X, folds)
+    table = nested.value
+    lost = np.flatnonzero(table["fold"].to_numpy() == 2)[0]  # one test row of fold 2 missing
+    with pytest.raises(ValueError, match=r"fold 2 holds .* re-materialize xgboost_nested_predictions"):
+        stored_nested_predictions(table.drop(table.index[lost]), "xgboost", STUDIES["xgboost_study"], X, folds)

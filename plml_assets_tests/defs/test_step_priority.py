@@ -1,5 +1,6 @@
 """The multiprocess executor starts the ready step of highest ``dagster/priority`` first: the chain to
-the leaderboard and the CPCV of its pick outrank the steps nothing else reads, which fill idle cores."""
+the leaderboard and the CPCV of its pick outrank the per-family refits, which outrank the steps nothing
+else reads, which fill idle cores."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def test_the_critical_chain_outranks_the_leaves_and_every_table_entry_names_step
     leaves = ("feature_importance", "feature_generation_report", "model_comparison", "drift_metrics")
     for family in FAMILIES:
         assert priority[f"{family}_study"] > priority[f"{family}_cv"] > priority[f"{family}_training"] > max(priority[k] for k in leaves)
-    assert priority["cpcv_paths"] > priority["backtest"] > priority["registered_model"] > priority["cpcv_fold_features"]
+    for family in FAMILIES:  # the refits the evidence reads after the leaderboard, and the CPCV selections they need
+        assert priority["backtest"] > priority[f"{family}_refits"] == priority["cpcv_fold_features"] > max(priority[k] for k in leaves)
+    assert priority["cpcv_paths"] > priority["backtest"]
     assert all(priority[k] < 0 for k in leaves)
     kinds = {k for k in STEP_PRIORITY if k in priority or any(step.endswith(f"_{k}") for step in priority)}
     assert kinds == set(STEP_PRIORITY), set(STEP_PRIORITY) - kinds  # no stale entry

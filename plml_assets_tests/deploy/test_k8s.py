@@ -23,7 +23,7 @@ from dagster_k8s.job import (
     get_user_defined_k8s_config,
 )
 
-from plml_assets.defs.shared import FAMILIES, GPU_FAMILIES, K8S_SIZED_KINDS, STEP_PRIORITY
+from plml_assets.defs.shared import FAMILIES, FAMILY_KINDS, GPU_FAMILIES, K8S_SIZED_KINDS, STEP_PRIORITY
 from plml_assets.lib.deploy import k8s as sizing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +154,7 @@ def plan_tags():
 def _heavy_steps() -> list[tuple[str, bool]]:
     steps = []
     for kind in K8S_SIZED_KINDS:
-        if kind in ("study", "cv", "training"):
+        if kind in FAMILY_KINDS:
             steps += [(f"{f}_{kind}", f in GPU_FAMILIES) for f in FAMILIES]
         else:
             steps.append((kind, False))

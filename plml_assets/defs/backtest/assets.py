@@ -3,7 +3,8 @@
 Two segments, one portfolio rule:
 
 - **Walk-forward segment** (training dates only, the walk-forward CV folds' test dates, which end a
-  horizon before the holdout): every fold refits the pick's own pipeline (each member family on the
+  horizon before the holdout): every fold refits the pick's own pipeline (done per family before the
+  leaderboard by the ``{family}_refits`` steps, ``{family}_nested_predictions``) (each member family on the
   features its fold selected on its own training rows) with the parameters chosen on *earlier*
   folds only: the study trial with the best mean score over the folds before it (fold 1: the
   study's first trial, whose configuration depends on no score). An ensemble combines its members'
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_tags, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, split_for, step_tags, training_window
 from plml_assets.lib.backtest import engine as bt
 from plml_assets.lib.backtest.plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
 from plml_assets.lib.comparison.leaderboard import nested_walk_forward
@@ -66,33 +67,78 @@ def backtest_candidate(model_leaderboard: dict) -> tuple[str, bool]:
     return str(values.idxmax() if values.notna().any() else contenders.index[0]), False
 
 
-def nested_member_predictions(family: str, study: dict, X: pd.DataFrame, y: pd.Series, folds, columns, horizon: int,
-                              log) -> tuple[pd.Series, pd.Series, dict]:
-    """``family`` refitted on every walk-forward fold with the parameters its study would have chosen
-    on the earlier folds only. Returns (predictions on the folds' test rows, fold of each row, how)."""
+def nested_trials(study: dict, n_folds: int) -> list[tuple[dict, int | None]]:
+    """Per walk-forward fold, the parameters the study would have chosen on the earlier folds only
+    and the trial they come from (None: the study's own parameters, no trial record to choose by)."""
     nested = nested_walk_forward(study)
     trials = {t["number"]: t for t in study.get("trials", [])}
-    parts, fold_of_row, used = [], [], []
-    for k, fold in enumerate(folds):
+    out = []
+    for k in range(n_folds):
         if nested is not None and k < len(nested.chosen):
             trial = trials[nested.chosen[k]]
-            params = {**study["params"], **trial["params"]}
-            used.append(int(trial["number"]))
+            out.append(({**study["params"], **trial["params"]}, int(trial["number"])))
         else:
-            params = dict(study["params"])
-            used.append(None)
-        preds: list[pd.Series] = []
-        cross_validate(params, X, y, [fold], horizon, gap_bound=2.0, family=family, fold_columns=[columns[k]],
-                       fold_predictions=preds, train_eval_dates=20)
-        parts.append(preds[0])
-        fold_of_row.append(pd.Series(k + 1, index=preds[0].index))
-        log(f"backtest: {family} walk-forward fold {k + 1}/{len(folds)} refitted with trial {used[-1]}'s parameters")
-    how = {"trials_used": used, "nested": nested is not None and len(study.get("trials", [])) > 1}
+            out.append((dict(study["params"]), None))
+    return out
+
+
+def is_nested(study: dict) -> bool:
+    return nested_walk_forward(study) is not None and len(study.get("trials", [])) > 1
+
+
+def nested_member_predictions(family: str, study: dict, X: pd.DataFrame, y: pd.Series, folds, columns, horizon: int,
+                              log, kept: dict | None = None) -> tuple[pd.Series, pd.Series, dict]:
+    """``family`` refitted on every walk-forward fold with the parameters its study would have chosen
+    on the earlier folds only. Returns (predictions on the folds' test rows, fold of each row, how).
+
+    ``kept(trial, fold position, params)``: a trial's own test predictions on that fold when the study
+    ran it in this process with exactly these parameters on exactly these folds and columns (the
+    same fit, so it is reused instead of redone), else None."""
+    parts, fold_of_row, used, reused = [], [], [], 0
+    for k, (fold, (params, trial)) in enumerate(zip(folds, nested_trials(study, len(folds)))):
+        used.append(trial)
+        stored = kept(trial, k, params) if kept is not None and trial is not None else None
+        if stored is not None:
+            part = pd.Series(stored, index=X.index[np.sort(np.asarray(fold[1]))], name="prediction")
+            reused += 1
+        else:
+            preds: list[pd.Series] = []
+            cross_validate(params, X, y, [fold], horizon, gap_bound=2.0, family=family, fold_columns=[columns[k]],
+                           fold_predictions=preds, train_eval_dates=20)
+            part = preds[0]
+        parts.append(part)
+        fold_of_row.append(pd.Series(k + 1, index=part.index))
+        log(f"{family}: nested walk-forward fold {k + 1}/{len(folds)} with trial {used[-1]}'s parameters: "
+            + ("the study's own fit reused" if stored is not None else "refitted"))
+    how = {"trials_used": used, "nested": is_nested(study), "fits_reused": reused}
     return pd.concat(parts).sort_index(), pd.concat(fold_of_row).sort_index(), how
 
 
-def pick_scores(candidate: str, inputs: dict, X: pd.DataFrame, y: pd.Series, folds, columns, settings: ExperimentSettings,
-                log) -> tuple[pd.Series, pd.Series, dict]:
+def stored_nested_predictions(table: pd.DataFrame, family: str, study: dict, X: pd.DataFrame, folds) -> tuple[pd.Series, pd.Series, dict]:
+    """What :func:`nested_member_predictions` returned, read back from ``{family}_nested_predictions``;
+    refused unless it holds exactly these folds' test rows, refitted with the trials the study chooses now."""
+    stale = f"re-materialize {family}_nested_predictions"
+    if sorted(table["fold"].unique()) != list(range(1, len(folds) + 1)):
+        raise ValueError(f"{family}_nested_predictions holds folds {sorted(table['fold'].unique())}, the walk-forward "
+                         f"scheme has {len(folds)}: {stale}")
+    chosen = [t for _, t in nested_trials(study, len(folds))]
+    for k, (_, test_idx) in enumerate(folds, start=1):
+        part = table[table["fold"] == k]
+        expected = X.index[np.sort(test_idx)]
+        if len(part) != len(expected) or not part.index.sort_values().equals(expected):
+            raise ValueError(f"{family}_nested_predictions fold {k} holds {len(part):,} rows, not the fold's "
+                             f"{len(expected):,} test rows of this training window: {stale}")
+        stored = int(part["trial"].iloc[0])
+        if stored != (-1 if chosen[k - 1] is None else chosen[k - 1]):
+            raise ValueError(f"{family}_nested_predictions fold {k} was refitted with trial {stored}'s parameters, "
+                             f"{family}_study now chooses trial {chosen[k - 1]}: {stale}")
+    table = table.sort_index()
+    how = {"trials_used": chosen, "nested": is_nested(study)}
+    return table["prediction"], table["fold"], how
+
+
+def pick_scores(candidate: str, inputs: dict, X: pd.DataFrame, y: pd.Series, folds, settings: ExperimentSettings,
+                ) -> tuple[pd.Series, pd.Series, dict]:
     """(walk-forward segment scores, holdout segment scores, description) of the candidate."""
     ens = inputs["ensemble_model"]
     if candidate in FAMILIES:
@@ -104,9 +150,8 @@ def pick_scores(candidate: str, inputs: dict, X: pd.DataFrame, y: pd.Series, fol
                          f"{sorted(ens['methods'])}")
     member_preds, how = {}, {}
     fold_of_row = None
-    for f in members:
-        member_preds[f], fold_of_row, how[f] = nested_member_predictions(
-            f, inputs[f"{f}_study"], X, y, folds, columns, settings.horizon, log)
+    for f in members:  # refitted by the {family}_refits steps, before the leaderboard and side by side
+        member_preds[f], fold_of_row, how[f] = stored_nested_predictions(inputs[f"{f}_nested_predictions"], f, inputs[f"{f}_study"], X, folds)
     if method is None:
         wf = member_preds[candidate]
         hold = inputs[f"{candidate}_holdout_predictions"]["prediction"]
@@ -126,7 +171,7 @@ def pick_scores(candidate: str, inputs: dict, X: pd.DataFrame, y: pd.Series, fol
 def ridge_scores(X: pd.DataFrame, y: pd.Series, folds, features: pd.DataFrame, holdout_dates, alpha: float) -> pd.Series:
     """The ridge baseline on the same walk-forward folds, and on the holdout fitted on the training window."""
     fit_predict = bt.ridge_fit_predict(alpha=alpha, normalized=True)
-    normalized = bt.rank_normalize(features[X.columns])
+    normalized = bt.rank_normalize(features, columns=X.columns)  # float32, column by column: no copy of the panel first
     Xn = normalized.reindex(X.index)
     parts = []
     for train_idx, test_idx in folds:
@@ -139,6 +184,7 @@ def ridge_scores(X: pd.DataFrame, y: pd.Series, folds, features: pd.DataFrame, h
 _INS = {
     **{f"{f}_study": dg.AssetIn(f"{f}_study") for f in FAMILIES},
     **{f"{f}_holdout_predictions": dg.AssetIn(f"{f}_holdout_predictions") for f in FAMILIES},
+    **{f"{f}_nested_predictions": dg.AssetIn(f"{f}_nested_predictions") for f in FAMILIES},
     "ensemble_model": dg.AssetIn("ensemble_model"),
     "ensemble_predictions": dg.AssetIn("ensemble_predictions"),
 }
@@ -162,7 +208,6 @@ def backtest(
     features: pd.DataFrame,
     labels: pd.DataFrame,
     cv_splits: pd.DataFrame,
-    cv_fold_features: pd.DataFrame,
     model_leaderboard: dict,
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
@@ -179,8 +224,7 @@ def backtest(
         X, y, split = training_window(features, labels, settings)
         y_all, _ = split_for(labels, settings)
         folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == "walk_forward"])
-        columns = fold_columns(cv_fold_features, "walk_forward")
-        wf, hold, how = pick_scores(candidate, inputs, X, y, folds, columns, settings, context.log.info)
+        wf, hold, how = pick_scores(candidate, inputs, X, y, folds, settings)
         scores = {candidate: pd.concat([wf, hold]).sort_index()}
         scores["momentum_20d"] = bt.momentum_scores(market_prices, 20)
         scores["reversal_5d"] = bt.reversal_scores(market_prices, 5)

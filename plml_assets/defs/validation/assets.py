@@ -277,6 +277,41 @@ def _cpcv_splitter(n_groups: int, n_test_groups: int, settings: ExperimentSettin
                                  horizon=settings.horizon, embargo=settings.embargo_days)
 
 
+def cpcv_folds(features: pd.DataFrame, labels: pd.DataFrame, cpcv_fold_features: dict, settings: ExperimentSettings):
+    """The training window and the CPCV splits of ``cpcv_fold_features``, refused when they were made
+    for another window, other features or labels, or name columns the features no longer have.
+    Returns (X, y, split, splitter, folds, columns per split)."""
+    from plml_assets.lib.validation.splits import CombinatorialPurgedCV
+
+    X, y, split = training_window(features, labels, settings)
+    made = cpcv_fold_features["splitter"]
+    splitter = CombinatorialPurgedCV(**{k: made[k] for k in ("n_groups", "n_test_groups", "horizon", "embargo")})
+    window = split.describe()
+    if (splitter.horizon, splitter.embargo) != (settings.horizon, settings.embargo_days) or (
+            cpcv_fold_features["train_start"], cpcv_fold_features["train_end"], cpcv_fold_features["train_dates"]) != (
+            window["train_start"], window["train_end"], len(split.train_dates)):
+        raise ValueError(
+            f"cpcv_fold_features was made for training window {cpcv_fold_features['train_start']}..{cpcv_fold_features['train_end']} "
+            f"({cpcv_fold_features['train_dates']} dates, horizon {splitter.horizon}, embargo {splitter.embargo}), not this one "
+            f"({window['train_start']}..{window['train_end']}, {len(split.train_dates)} dates, horizon {settings.horizon}, "
+            f"embargo {settings.embargo_days}): re-materialize cpcv_fold_features"
+        )
+    made_from = cpcv_fold_features.get("data_digest")
+    if made_from is not None and made_from != content_digest(y, X):
+        raise ValueError(
+            f"cpcv_fold_features selected its features on other features or labels (digest {made_from}) than these "
+            f"({content_digest(y, X)}): re-materialize cpcv_fold_features")
+    folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
+    columns = cpcv_fold_features["columns"]
+    if len(columns) != len(folds):
+        raise ValueError(f"cpcv_fold_features holds {len(columns)} splits, the splitter makes {len(folds)}: re-materialize it")
+    missing = sorted({c for chosen in columns for c in chosen} - set(X.columns))
+    if missing:
+        raise ValueError(f"cpcv_fold_features chose features the features asset no longer has: {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''}: re-materialize cpcv_fold_features")
+    return X, y, split, splitter, folds, columns
+
+
 class CPCVConfig(dg.Config):
     cost_bps: float = Field(default=5.0, ge=0, description="transaction cost per side of the path portfolios")
     quantile: float = Field(default=0.2, description="long-short quantile of the path portfolios")
@@ -285,9 +320,97 @@ class CPCVConfig(dg.Config):
 
 
 _PICK_INS = {
-    **{f"{f}_study": dg.AssetIn(f"{f}_study") for f in FAMILIES},
+    **{f"{f}_cpcv_predictions": dg.AssetIn(f"{f}_cpcv_predictions") for f in FAMILIES},
     "ensemble_model": dg.AssetIn("ensemble_model"),
 }
+
+
+def split_predictions(table: pd.DataFrame, family: str, X: pd.DataFrame, folds) -> tuple[list[pd.Series], np.ndarray]:
+    """A family's stored CPCV predictions, one Series per split, and each split's validation rank IC;
+    refused unless every split holds exactly that split's test rows of this training window."""
+    by_split = dict(tuple(table.groupby("split", sort=True)))
+    if sorted(by_split) != list(range(1, len(folds) + 1)):
+        raise ValueError(f"{family}_cpcv_predictions holds splits {sorted(by_split)}, the splitter makes {len(folds)}: "
+                         f"re-materialize {family}_cpcv_predictions")
+    out, ic = [], []
+    for s, (_, test_idx) in enumerate(folds, start=1):
+        part = by_split[s].sort_index()
+        expected = X.index[np.sort(test_idx)]
+        if len(part) != len(expected) or not part.index.equals(expected):
+            raise ValueError(f"{family}_cpcv_predictions split {s} holds {len(part):,} rows, not the split's {len(expected):,} test rows "
+                             f"of this training window: re-materialize {family}_cpcv_predictions")
+        out.append(part["prediction"].rename("prediction"))
+        ic.append(float(part["split_rank_ic"].iloc[0]))
+    return out, np.asarray(ic)
+
+
+def build_refits_asset(family: str) -> dg.AssetsDefinition:
+    """One step per family, before the leaderboard: the refits the evidence about a pick needs, so that
+    cpcv_paths and backtest only combine them (the families refit side by side, off the critical path)."""
+    from plml_assets.defs.backtest.assets import nested_member_predictions
+
+    @dg.multi_asset(
+        name=f"{family}_refits",
+        op_tags=step_tags("refits", family),
+        group_name="validation",
+        outs={
+            f"{family}_cpcv_predictions": dg.AssetOut(
+                kinds={"pandas"},
+                description=f"{family} refitted with its study's parameters on every Combinatorial Purged CV split of "
+                "cpcv_fold_features (each split with the features it selected on its own training rows): the split's "
+                "out-of-sample predictions (columns split, prediction, split_rank_ic), which cpcv_paths recombines into paths.",
+            ),
+            f"{family}_nested_predictions": dg.AssetOut(
+                kinds={"pandas"},
+                description=f"{family} refitted on every walk-forward fold with the parameters its study would have chosen "
+                "on the earlier folds only (fold 1: the first trial): the fold's test predictions (columns fold, "
+                "prediction, trial), the backtest's walk-forward segment.",
+            ),
+        },
+        retry_policy=TRAINING_RETRY,
+        ins={"study": dg.AssetIn(f"{family}_study")},
+    )
+    def _refits(
+        context: dg.AssetExecutionContext,
+        features: pd.DataFrame,
+        labels: pd.DataFrame,
+        cv_splits: pd.DataFrame,
+        cv_fold_features: pd.DataFrame,
+        cpcv_fold_features: dict,
+        study: dict,
+        settings: ExperimentSettings,
+    ):
+        with fail_fast_on_bad_input():
+            start = time.perf_counter()
+            X, y, _, _, folds, columns = cpcv_folds(features, labels, cpcv_fold_features, settings)
+            preds: list[pd.Series] = []
+            per_split, _ = cross_validate(
+                study["params"], X, y, folds, settings.horizon, gap_bound=2.0, family=family,
+                fold_columns=columns, log=context.log.info, fold_predictions=preds, train_eval_dates=20,
+            )
+            ic = per_split["valid_rank_ic"].to_numpy()
+            cpcv = pd.concat([pd.DataFrame({"split": s, "prediction": p.to_numpy(dtype="float64"), "split_rank_ic": float(ic[s - 1])},
+                                           index=p.index) for s, p in enumerate(preds, start=1)])
+            cpcv_s = time.perf_counter() - start
+            wf_folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == "walk_forward"])
+            wf, fold_of_row, how = nested_member_predictions(
+                family, study, X, y, wf_folds, fold_columns(cv_fold_features, "walk_forward"), settings.horizon, context.log.info)
+            trial_of_fold = {k + 1: (-1 if t is None else int(t)) for k, t in enumerate(how["trials_used"])}
+            nested = pd.DataFrame({"fold": fold_of_row.astype("int64"), "prediction": wf.to_numpy(dtype="float64")}, index=wf.index)
+            nested["trial"] = nested["fold"].map(trial_of_fold).astype("int64")
+        context.log.info(f"{family}_refits: {len(folds)} CPCV splits in {cpcv_s:.1f} s, {len(wf_folds)} nested walk-forward "
+                         f"folds (trials {how['trials_used']}) in {time.perf_counter() - start - cpcv_s:.1f} s")
+        yield dg.Output(cpcv, output_name=f"{family}_cpcv_predictions", metadata={
+            "splits": len(folds), "rows": len(cpcv), "split_rank_ic_mean": float(np.nanmean(ic)),
+            "data_digest": str(cpcv_fold_features.get("data_digest")), "seconds": round(cpcv_s, 1)})
+        yield dg.Output(nested, output_name=f"{family}_nested_predictions", metadata={
+            "folds": len(wf_folds), "rows": len(nested), "trials_used": dg.MetadataValue.json(how["trials_used"]),
+            "nested": bool(how["nested"]), "seconds": round(time.perf_counter() - start - cpcv_s, 1)})
+
+    return _refits
+
+
+REFITS = [build_refits_asset(family) for family in FAMILIES]
 
 
 @dg.asset(
@@ -297,8 +420,8 @@ _PICK_INS = {
     ins=_PICK_INS,
     retry_policy=TRAINING_RETRY,
     description="Combinatorial Purged CV of the leaderboard's pick (any family or ensemble) on the training window: on the "
-    "splits of cpcv_fold_features, each with the features it selected, every member is refitted with its study's "
-    "parameters and an ensemble combines them by its fitted rule; the out-of-sample predictions recombine into backtest paths, each traded long-short in horizon "
+    "splits of cpcv_fold_features, each with the features it selected, every member's refit with its study's "
+    "parameters ({family}_cpcv_predictions) and an ensemble combines them by its fitted rule; the out-of-sample predictions recombine into backtest paths, each traded long-short in horizon "
     "tranches with a one-day lag, net of costs.",
 )
 def cpcv_paths(
@@ -316,7 +439,6 @@ def cpcv_paths(
     from plml_assets.lib.backtest import engine as bt
     from plml_assets.lib.ensemble.combine import EnsembleFit
     from plml_assets.lib.plots import histogram_plot
-    from plml_assets.lib.validation.splits import CombinatorialPurgedCV
 
     with fail_fast_on_bad_input():
         start = time.perf_counter()
@@ -329,41 +451,12 @@ def cpcv_paths(
             if not candidate.startswith("ensemble_") or method not in ens["methods"]:
                 raise ValueError(f"cpcv_paths: unknown candidate {candidate!r}")
             members, fit = list(ens["members"]), EnsembleFit.from_dict(ens["methods"][method]["fit"])
-        X, y, split = training_window(features, labels, settings)
-        made = cpcv_fold_features["splitter"]
-        splitter = CombinatorialPurgedCV(**{k: made[k] for k in ("n_groups", "n_test_groups", "horizon", "embargo")})
-        window = split.describe()
-        if (splitter.horizon, splitter.embargo) != (settings.horizon, settings.embargo_days) or (
-                cpcv_fold_features["train_start"], cpcv_fold_features["train_end"], cpcv_fold_features["train_dates"]) != (
-                window["train_start"], window["train_end"], len(split.train_dates)):
-            raise ValueError(
-                f"cpcv_fold_features was made for training window {cpcv_fold_features['train_start']}..{cpcv_fold_features['train_end']} "
-                f"({cpcv_fold_features['train_dates']} dates, horizon {splitter.horizon}, embargo {splitter.embargo}), not this one "
-                f"({window['train_start']}..{window['train_end']}, {len(split.train_dates)} dates, horizon {settings.horizon}, "
-                f"embargo {settings.embargo_days}): re-materialize cpcv_fold_features"
-            )
-        made_from = cpcv_fold_features.get("data_digest")
-        if made_from is not None and made_from != content_digest(y, X):
-            raise ValueError(
-                f"cpcv_fold_features selected its features on other features or labels (digest {made_from}) than these "
-                f"({content_digest(y, X)}): re-materialize cpcv_fold_features")
-        folds = list(splitter.split(X, y, groups=X.index.get_level_values("date")))
-        columns = cpcv_fold_features["columns"]
-        if len(columns) != len(folds):
-            raise ValueError(f"cpcv_fold_features holds {len(columns)} splits, the splitter makes {len(folds)}: re-materialize it")
-        missing = sorted({c for chosen in columns for c in chosen} - set(X.columns))
-        if missing:
-            raise ValueError(f"cpcv_fold_features chose features the features asset no longer has: {missing[:10]}"
-                             f"{' ...' if len(missing) > 10 else ''}: re-materialize cpcv_fold_features")
+        X, y, split, splitter, folds, _ = cpcv_folds(features, labels, cpcv_fold_features, settings)
         member_preds: dict[str, list[pd.Series]] = {}
         split_rank_ic = []
-        for f in members:
-            member_preds[f] = []
-            per_split, _ = cross_validate(
-                inputs[f"{f}_study"]["params"], X, y, folds, settings.horizon, gap_bound=2.0, family=f,
-                fold_columns=columns, log=context.log.info, fold_predictions=member_preds[f], train_eval_dates=20,
-            )
-            split_rank_ic.append(per_split["valid_rank_ic"].to_numpy())
+        for f in members:  # refitted by the {family}_refits steps, before the leaderboard and side by side
+            member_preds[f], ic = split_predictions(inputs[f"{f}_cpcv_predictions"], f, X, folds)
+            split_rank_ic.append(ic)
         if fit is None:
             predictions = member_preds[candidate]
         else:

@@ -626,15 +626,24 @@ def walk_forward_scores(
     return WalkForward(pd.Series(scores, index=X.index, name="score"), pd.DataFrame(windows))
 
 
-def rank_normalize(X: pd.DataFrame) -> pd.DataFrame:
-    """Per-date cross-sectional rank of every column scaled to [0, 1] (lowest 0, highest 1, ties
-    averaged, a lone value 0.5), NaN filled with 0.5 (the neutral middle). Uses each date's own
-    rows only, so it cannot leak across dates."""
-    grouped = X.groupby(level="date", sort=False)
-    ranks = grouped.rank(method="average")
-    count = grouped.transform("count")
-    # A lone value (count 1) divides by NaN and, like a missing one, lands on 0.5.
-    return ((ranks - 1.0) / (count - 1.0).where(count > 1)).fillna(0.5)
+def rank_normalize(X: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-date cross-sectional rank of every column (or of ``columns``) scaled to [0, 1] (lowest 0,
+    highest 1, ties averaged, a lone value 0.5), NaN filled with 0.5 (the neutral middle). Uses each
+    date's own rows only, so it cannot leak across dates. Float32, one column at a time into one
+    output block: the whole-frame groupby held about seven float64 copies of the panel at once
+    (gigabytes on sp500_5yr's 183 columns)."""
+    columns = list(X.columns if columns is None else columns)
+    codes = pd.factorize(X.index.get_level_values("date"))[0]
+    out = np.empty((len(X), len(columns)), dtype="float32")
+    for j, column in enumerate(columns):
+        grouped = X[column].groupby(codes, sort=False)
+        ranks = grouped.rank(method="average").to_numpy(dtype="float64")
+        count = grouped.transform("count").to_numpy(dtype="float64")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # A lone value (count 1) divides by zero and, like a missing one, lands on 0.5.
+            scaled = np.where(count > 1, (ranks - 1.0) / (count - 1.0), np.nan)
+        out[:, j] = np.where(np.isnan(scaled), 0.5, scaled)
+    return pd.DataFrame(out, index=X.index, columns=columns)
 
 
 def _fit_target(y: pd.Series, excess_target: bool) -> tuple[pd.Series, tuple[float, float]]:

@@ -179,6 +179,10 @@ class CVObjective:
         self.n_steps = len(folds)
         self.track_gap = track_gap or "gap" in names
         self._y = y.to_numpy(dtype="float64")
+        #: when a dict, every trial run in this process leaves its test predictions here:
+        #: ``kept_predictions[trial number][fold position]`` (one value per test row, in the order of the
+        #: fold's sorted test positions), so a later step can reuse a trial's fits instead of redoing them
+        self.kept_predictions: dict[int, dict[int, np.ndarray]] | None = None
 
     def __call__(self, trial: optuna.trial.BaseTrial, params: dict[str, Any]) -> float | tuple[float, ...]:
         single = len(self.names) == 1
@@ -207,6 +211,8 @@ class CVObjective:
                 raise ValueError(f"fit_predict returned {len(preds)} predictions for {len(eval_idx)} rows")
             in_test = np.isin(eval_idx, test_idx)
             in_train = ~in_test
+            if self.kept_predictions is not None:
+                self.kept_predictions.setdefault(trial.number, {})[k - 1] = np.asarray(preds[in_test], dtype="float64")
             valid = evaluate_predictions(self._y[test_idx], preds[in_test], self.dates[test_idx])[self.metric]
             per_date = per_date_ic(self._y[test_idx], preds[in_test], self.dates[test_idx],
                                    method="spearman" if self.metric == "rank_ic" else "pearson")
