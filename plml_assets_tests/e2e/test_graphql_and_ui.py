@@ -118,7 +118,7 @@ def test_ui_lineage_draws_every_asset_group(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True)
         try:
-            context = browser.new_context(viewport={"width": 2400, "height": 1400}, device_scale_factor=2)
+            context = browser.new_context(viewport={"width": 3600, "height": 2000}, device_scale_factor=1)
             # Top-down layout: the expanded graph then fits one landscape screen.
             context.add_init_script("window.localStorage.setItem('asset-graph-direction', JSON.stringify('vertical'))")
             page = context.new_page()
