@@ -19,20 +19,20 @@ TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPON
 
 #: Which ready step the multiprocess executor starts first when the cores are taken (Dagster's
 #: ``dagster/priority`` op tag, higher first; untagged steps are 0). The chain to the leaderboard and
-#: the CPCV of its pick go first; the per-family refits (CPCV splits, nested walk-forward) and the CPCV
+#: the CPCV of its pick go first; the per-family CPCV refits ({family}_cpcv_predictions) and the CPCV
 #: selections they need, read only after the leaderboard, come next, and the leaves no other step reads
 #: (importance, generation report, comparison, drift) fill idle cores.
 #: Simulated on the step walls of a measured run (embedded panel, 2 cores): 306 s -> 288 s.
 STEP_PRIORITY = {"study": 4, "cv": 3, "cpcv_paths": 3, "training": 2, "ensembles": 2, "model_leaderboard": 2, "backtest": 2,
-                 "cpcv_fold_features": 1, "refits": 1, "feature_importance": -2, "feature_generation_report": -2,
+                 "cpcv_fold_features": 1, "cpcv_predictions": 1, "feature_importance": -2, "feature_generation_report": -2,
                  "model_comparison": -2, "drift_metrics": -2}
 
 
 #: Steps heavy enough to get their own requests and limits on Kubernetes (the ``dagster-k8s/config``
 #: op tag, read by the K8sRunLauncher and the k8s_job_executor); the others take the run launcher's defaults.
-K8S_SIZED_KINDS = ("study", "cv", "training", "refits", "cpcv_paths", "cpcv_fold_features", "backtest", "feature_importance", "ensembles")
+K8S_SIZED_KINDS = ("study", "cv", "training", "cpcv_predictions", "cpcv_paths", "cpcv_fold_features", "backtest", "feature_importance", "ensembles")
 #: the kinds of step there is one of per family ({family}_{kind})
-FAMILY_KINDS = ("study", "cv", "training", "refits")
+FAMILY_KINDS = ("study", "cv", "training", "cpcv_predictions")
 #: families whose per-family steps (FAMILY_KINDS) ask for a GPU on Kubernetes (the recurrent nets)
 GPU_FAMILIES = ("lstm", "gru")
 #: per-step sizing measured on a finished run (`plml analytics --k8s-resources` writes it)

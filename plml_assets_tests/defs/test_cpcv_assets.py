@@ -1,6 +1,7 @@
 """cpcv_fold_features makes the CPCV splits and each split's own feature selection once, before the
-leaderboard; each family's refits step fits it on exactly those splits (and on the nested walk-forward
-folds) and refuses ones made for another training window; cpcv_paths recombines the pick's members'
+leaderboard; each family's {family}_cpcv_predictions step fits it on exactly those splits and refuses
+ones made for another training window; the nested walk-forward table is read back only for the trials
+the study chooses now; cpcv_paths recombines the pick's members'
 stored split predictions into paths and refuses predictions that do not match the splits. The assets
 are invoked directly on a small synthetic panel."""
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.defs.validation.assets import REFITS, CPCVConfig, CPCVSplitConfig, CVSplitsConfig, cpcv_fold_features, cpcv_paths, cv_splits
+from plml_assets.defs.validation.assets import CPCV_PREDICTIONS, CPCVConfig, CPCVSplitConfig, CVSplitsConfig, cpcv_fold_features, cpcv_paths, cv_splits
 from plml_assets.lib.validation.splits import CombinatorialPurgedCV
 from plml_assets.resources.settings import ExperimentSettings, SelectionSettings
 
@@ -53,16 +54,10 @@ def test_the_splits_and_their_selections_are_made_once_with_the_splitter_that_ma
 
 
 def _refits(made, features, labels, settings=SETTINGS, family="xgboost"):
-    """The family's refits step, invoked directly: (cpcv predictions, nested predictions)."""
+    """The family's {family}_cpcv_predictions step, invoked directly."""
     context = dg.build_asset_context(resources={"settings": settings})
-    splits = cv_splits(context, config=CVSplitsConfig(), labels=labels).value
-    wf = splits[splits["scheme"] == "walk_forward"]
-    every = pd.DataFrame([{"scheme": "walk_forward", "fold": k, "feature": c, "rank": r}
-                          for k in sorted(wf["fold"].unique()) for r, c in enumerate(features.columns, start=1)])
-    step = next(a for a in REFITS if a.op.name == f"{family}_refits")
-    outs = {o.output_name: o for o in step(context, features=features, labels=labels, cv_splits=splits, cv_fold_features=every,
-                                              cpcv_fold_features=made, study=STUDIES[f"{family}_study"])}
-    return outs[f"{family}_cpcv_predictions"], outs[f"{family}_nested_predictions"]
+    step = next(a for a in CPCV_PREDICTIONS if a.op.name == f"{family}_cpcv_predictions")
+    return step(context, features=features, labels=labels, cpcv_fold_features=made, study=STUDIES[f"{family}_study"])
 
 
 def test_the_refits_refuse_splits_made_for_another_training_window():
@@ -108,7 +103,7 @@ def _cpcv(made, features, labels, settings=SETTINGS, prices=None, predictions=No
     context = dg.build_asset_context(resources={"settings": settings})
     board = {"selection": {"winner": "xgboost"}, "table": []}
     if predictions is None:
-        predictions = {"xgboost_cpcv_predictions": _refits(made, features, labels, settings)[0].value}
+        predictions = {"xgboost_cpcv_predictions": _refits(made, features, labels, settings).value}
     empty = {f"{f}_cpcv_predictions": pd.DataFrame() for f in ("lightgbm", "lstm", "gru")}
     return cpcv_paths(context, config=CPCVConfig(cost_bps=0.0), market_prices=prices if prices is not None else pd.DataFrame(), features=features, labels=labels,
                       model_leaderboard=board, cpcv_fold_features=made, **empty, **predictions, ensemble_model=NO_ENSEMBLE)
@@ -129,7 +124,7 @@ def test_cpcv_paths_refits_the_pick_on_every_split_and_trades_every_path():
 
 def test_the_refits_and_cpcv_paths_refuse_splits_selected_on_other_features_or_labels():
     made, features, labels = _fold_features()
-    stored = _refits(made, features, labels)[0].value
+    stored = _refits(made, features, labels).value
     changed = features.copy()
     changed.iloc[0, 0] += 1.0  # one value changed since the selections were made
     with pytest.raises(dg.Failure, match="other features or labels"):
@@ -140,7 +135,7 @@ def test_the_refits_and_cpcv_paths_refuse_splits_selected_on_other_features_or_l
 
 def test_cpcv_paths_refuses_stored_predictions_that_do_not_match_the_splits():
     made, features, labels = _fold_features()
-    stored = _refits(made, features, labels)[0].value
+    stored = _refits(made, features, labels).value
     assert sorted(stored["split"].unique()) == list(range(1, len(made["columns"]) + 1))
     with pytest.raises(dg.Failure, match=r"xgboost_cpcv_predictions split 2 holds .* re-materialize xgboost_cpcv_predictions"):
         short = np.flatnonzero(stored["split"].to_numpy() == 2)[:3]  # three rows of split 2 lost (the same rows of other splits kept)
@@ -158,23 +153,26 @@ def test_cpcv_paths_names_chosen_features_that_no_longer_exist():
 
 
 def test_the_nested_refits_are_read_back_only_for_the_trials_the_study_chooses_now():
-    from plml_assets.defs.backtest.assets import stored_nested_predictions
+    from plml_assets.defs.backtest.assets import nested_predictions_table, stored_nested_predictions
     from plml_assets.defs.shared import training_window
     from plml_assets.lib.models.training import folds_from_assignments
 
-    made, features, labels = _fold_features()
-    _, nested = _refits(made, features, labels)
-    X, _, _ = training_window(features, labels, SETTINGS)
+    _, features, labels = _fold_features()
+    X, y, _ = training_window(features, labels, SETTINGS)
     context = dg.build_asset_context(resources={"settings": SETTINGS})
     splits = cv_splits(context, config=CVSplitsConfig(), labels=labels).value
-    folds = folds_from_assignments(X, splits[splits["scheme"] == "walk_forward"])
-    preds, fold, how = stored_nested_predictions(nested.value, "xgboost", STUDIES["xgboost_study"], X, folds)
+    wf = splits[splits["scheme"] == "walk_forward"]
+    every = pd.DataFrame([{"scheme": "walk_forward", "fold": k, "feature": c, "rank": r}
+                          for k in sorted(wf["fold"].unique()) for r, c in enumerate(features.columns, start=1)])
+    table, made_how = nested_predictions_table("xgboost", STUDIES["xgboost_study"], X, y, splits, every, SETTINGS.horizon, lambda m: None)
+    folds = folds_from_assignments(X, wf)
+    assert made_how["fits_reused"] == 0 and list(table.columns) == ["fold", "prediction", "trial"] and (table["trial"] == -1).all()
+    preds, fold, how = stored_nested_predictions(table, "xgboost", STUDIES["xgboost_study"], X, folds)
     assert len(preds) == sum(len(test) for _, test in folds) and preds.index.equals(fold.index) and preds.index.is_monotonic_increasing
     assert how == {"trials_used": [None] * len(folds), "nested": False}  # no trial records: the study's parameters on every fold
-    assert nested.metadata["trials_used"].value == [None] * len(folds)
+    assert made_how["trials_used"] == [None] * len(folds)
     with pytest.raises(ValueError, match=r"fold 1 was refitted with trial 7's parameters, xgboost_study now chooses trial None"):
-        stored_nested_predictions(nested.value.assign(trial=7), "xgboost", STUDIES["xgboost_study"], X, folds)
-    table = nested.value
+        stored_nested_predictions(table.assign(trial=7), "xgboost", STUDIES["xgboost_study"], X, folds)
     lost = np.flatnonzero(table["fold"].to_numpy() == 2)[0]  # one test row of fold 2 missing
     with pytest.raises(ValueError, match=r"fold 2 holds .* re-materialize xgboost_nested_predictions"):
         stored_nested_predictions(table.drop(table.index[lost]), "xgboost", STUDIES["xgboost_study"], X, folds)

@@ -17,7 +17,7 @@ def test_the_critical_chain_outranks_the_leaves_and_every_table_entry_names_step
     for family in FAMILIES:
         assert priority[f"{family}_study"] > priority[f"{family}_cv"] > priority[f"{family}_training"] > max(priority[k] for k in leaves)
     for family in FAMILIES:  # the refits the evidence reads after the leaderboard, and the CPCV selections they need
-        assert priority["backtest"] > priority[f"{family}_refits"] == priority["cpcv_fold_features"] > max(priority[k] for k in leaves)
+        assert priority["backtest"] > priority[f"{family}_cpcv_predictions"] == priority["cpcv_fold_features"] > max(priority[k] for k in leaves)
     assert priority["cpcv_paths"] > priority["backtest"]
     assert all(priority[k] < 0 for k in leaves)
     kinds = {k for k in STEP_PRIORITY if k in priority or any(step.endswith(f"_{k}") for step in priority)}

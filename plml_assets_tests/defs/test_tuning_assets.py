@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -106,10 +107,52 @@ def test_bad_study_config_fails_at_once_naming_the_problem(prepared, config, mes
     assert message in _failure(result)
 
 
-def test_a_sequence_family_study_runs_on_the_same_folds(prepared):
-    result, out = _study(prepared, family="gru", n_trials=1)
-    assert result.success and out["family"] == "gru" and out["counts"]["COMPLETE"] == 1
-    assert {"window", "hidden_size"} <= set(out["params"]) and out["params"]["max_epochs"] <= 3  # quick cap
+def _study_and_nested(prepared, family: str, **config):
+    """The study step with both its outputs selected: (study summary, nested table, nested metadata,
+    the same table refitted from scratch, the walk-forward test rows)."""
+    from plml_assets.defs.backtest.assets import nested_predictions_table
+    from plml_assets.defs.shared import training_window
+    from plml_assets.resources.io import load_stored
+
+    home, resources, instance = prepared
+    result = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, run_config={"ops": {f"{family}_study": {"config": config}}},
+                            selection=[f"{family}_study", f"{family}_nested_predictions"])
+    assert result.success
+    study = load_stored(f"{family}_study", home / "assets")
+    nested = load_stored(f"{family}_nested_predictions", home / "assets")
+    metadata = result.asset_materializations_for_node(f"{family}_study")
+    metadata = next(m.metadata for m in metadata if m.asset_key.to_user_string() == f"{family}_nested_predictions")
+    X, y, _ = training_window(load_stored("features", home / "assets"), load_stored("labels", home / "assets"), resources["settings"])
+    refit, how = nested_predictions_table(family, study, X, y, load_stored("cv_splits", home / "assets"),
+                                          load_stored("cv_fold_features", home / "assets"), resources["settings"].horizon, lambda m: None)
+    assert how["fits_reused"] == 0
+    return study, nested, metadata, refit
+
+
+def test_the_nested_walk_forward_predictions_reuse_the_studys_own_fits_and_equal_a_refit(prepared):
+    """Every fold's chosen trial ran in this step on that fold (same parameters, rows, features): its kept
+    test predictions are the nested ones, exactly what refitting the trial gives (trees are deterministic)."""
+    study, nested, metadata, refit = _study_and_nested(prepared, "xgboost", n_trials=3, study_name="nested-reuse", sampler="random")
+    folds = int(nested["fold"].nunique())
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 3 and folds >= 3
+    assert metadata["fits_reused"].value == folds  # no refit at all
+    assert metadata["trials_used"].value[0] == study["trials"][0]["number"]  # fold 1: the first trial
+    pd.testing.assert_frame_equal(nested.sort_index(), refit.sort_index(), check_exact=True)
+    # Resumed later in another step, the trials are no longer fitted here: every fold is refitted, to the same values.
+    again, renested, metadata, _ = _study_and_nested(prepared, "xgboost", n_trials=3, study_name="nested-reuse", sampler="random")
+    assert sum(again["ran_this_time"].values()) == 0 and metadata["fits_reused"].value == 0
+    pd.testing.assert_frame_equal(renested.sort_index(), nested.sort_index(), check_exact=True)
+
+
+def test_a_sequence_family_study_runs_on_the_same_folds_and_its_nested_fits_are_reused(prepared):
+    study, nested, metadata, refit = _study_and_nested(prepared, "gru", n_trials=1)
+    assert study["family"] == "gru" and study["counts"]["COMPLETE"] == 1
+    assert {"window", "hidden_size"} <= set(study["params"]) and study["params"]["max_epochs"] <= 3  # quick cap
+    assert metadata["fits_reused"].value == nested["fold"].nunique()
+    # The same seeded fit on CPU: equal up to float32 batch arithmetic (the study scored test and in-sample rows together).
+    both = nested.join(refit, rsuffix="_refit", how="outer")
+    assert both.notna().all().all() and (both["trial"] == both["trial_refit"]).all()
+    np.testing.assert_allclose(both["prediction"], both["prediction_refit"], rtol=0, atol=1e-5)
 
 
 # ---- `plml worker`: more processes on the asset's study, one of them killed --------------------

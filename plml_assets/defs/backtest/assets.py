@@ -4,7 +4,8 @@ Two segments, one portfolio rule:
 
 - **Walk-forward segment** (training dates only, the walk-forward CV folds' test dates, which end a
   horizon before the holdout): every fold refits the pick's own pipeline (done per family before the
-  leaderboard by the ``{family}_refits`` steps, ``{family}_nested_predictions``) (each member family on the
+  leaderboard by the ``{family}_study`` steps, ``{family}_nested_predictions``, which reuse the study's own
+  fits where a trial was fitted on that fold in the same step) (each member family on the
   features its fold selected on its own training rows) with the parameters chosen on *earlier*
   folds only: the study trial with the best mean score over the folds before it (fold 1: the
   study's first trial, whose configuration depends on no score). An ensemble combines its members'
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, split_for, step_tags, training_window
+from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_tags, training_window
 from plml_assets.lib.backtest import engine as bt
 from plml_assets.lib.backtest.plots import drawdown_plot, equity_curve_plot, rolling_ic_plot, yearly_returns_plot
 from plml_assets.lib.comparison.leaderboard import nested_walk_forward
@@ -114,6 +115,20 @@ def nested_member_predictions(family: str, study: dict, X: pd.DataFrame, y: pd.S
     return pd.concat(parts).sort_index(), pd.concat(fold_of_row).sort_index(), how
 
 
+def nested_predictions_table(family: str, study: dict, X: pd.DataFrame, y: pd.Series, cv_splits: pd.DataFrame,
+                             cv_fold_features: pd.DataFrame, horizon: int, log, kept=None) -> tuple[pd.DataFrame, dict]:
+    """The ``{family}_nested_predictions`` table (columns fold, prediction, trial; trial -1: the study's
+    own parameters) on the walk-forward folds of ``cv_splits``, each fold on the features it selected,
+    and how it was made (see :func:`nested_member_predictions`)."""
+    folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == "walk_forward"])
+    preds, fold_of_row, how = nested_member_predictions(family, study, X, y, folds, fold_columns(cv_fold_features, "walk_forward"),
+                                                        horizon, log, kept=kept)
+    trial_of_fold = {k + 1: (-1 if t is None else int(t)) for k, t in enumerate(how["trials_used"])}
+    table = pd.DataFrame({"fold": fold_of_row.astype("int64"), "prediction": preds.to_numpy(dtype="float64")}, index=preds.index)
+    table["trial"] = table["fold"].map(trial_of_fold).astype("int64")
+    return table, how
+
+
 def stored_nested_predictions(table: pd.DataFrame, family: str, study: dict, X: pd.DataFrame, folds) -> tuple[pd.Series, pd.Series, dict]:
     """What :func:`nested_member_predictions` returned, read back from ``{family}_nested_predictions``;
     refused unless it holds exactly these folds' test rows, refitted with the trials the study chooses now."""
@@ -150,7 +165,7 @@ def pick_scores(candidate: str, inputs: dict, X: pd.DataFrame, y: pd.Series, fol
                          f"{sorted(ens['methods'])}")
     member_preds, how = {}, {}
     fold_of_row = None
-    for f in members:  # refitted by the {family}_refits steps, before the leaderboard and side by side
+    for f in members:  # made by the {family}_study steps, before the leaderboard and side by side
         member_preds[f], fold_of_row, how[f] = stored_nested_predictions(inputs[f"{f}_nested_predictions"], f, inputs[f"{f}_study"], X, folds)
     if method is None:
         wf = member_preds[candidate]

@@ -4,11 +4,13 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import mlflow
+import numpy as np
 import pandas as pd
 from optuna.trial import TrialState
 from pydantic import Field
@@ -182,16 +184,45 @@ def trial_evidence(study, objective: tuning.CVObjective, metric: str) -> dict:
     }
 
 
+def _kept_fits(prepared: PreparedStudy, study) -> Callable[[int, int, dict], np.ndarray | None]:
+    """``kept(trial, fold, params)`` for :func:`nested_member_predictions`: the test predictions the
+    study's objective kept for that trial and walk-forward fold, when it ran the trial in this step with
+    exactly ``params`` (its fixed parameters under the trial's own), else None (refitted)."""
+    kept = prepared.objective.kept_predictions or {}
+    fixed = dict(prepared.objective.fit_predict.fixed)
+    trial_params = {t.number: dict(t.params) for t in study.get_trials(deepcopy=False)}
+
+    def lookup(trial: int, fold: int, params: dict):
+        stored = kept.get(trial, {}).get(fold)
+        return stored if stored is not None and params == {**fixed, **trial_params.get(trial, {})} else None
+
+    return lookup
+
+
 def build_study_asset(family: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=f"{family}_study",
+    study_key, nested_key = f"{family}_study", f"{family}_nested_predictions"
+
+    @dg.multi_asset(
+        name=study_key,
         op_tags=step_tags("study", family),
-        group_name="tuning",
-        kinds={"optuna", family if family in ("xgboost", "lightgbm") else "pytorch"},
+        outs={
+            study_key: dg.AssetOut(
+                group_name="tuning", is_required=False,
+                kinds={"optuna", family if family in ("xgboost", "lightgbm") else "pytorch"},
+                description=f"Optuna search over the {family} hyper-parameters: mean validation rank IC over the purged CV "
+                "folds of cv_splits (each fold on the features it selected on its own training rows), pruned fold by "
+                f"fold, resumable from the Optuna storage. Outputs the parameters every later {family} asset uses.",
+            ),
+            nested_key: dg.AssetOut(
+                group_name="validation", is_required=False, kinds={"pandas"},
+                description=f"{family} on every walk-forward fold with the parameters its study would have chosen on the "
+                "earlier folds only (fold 1: the first trial): the fold's test predictions (columns fold, prediction, "
+                "trial), the backtest's walk-forward segment. The study's own fit of that trial on that fold is reused "
+                "when this step ran it (same parameters, folds and features), else the fold is refitted.",
+            ),
+        },
+        can_subset=True,
         retry_policy=TRAINING_RETRY,
-        description=f"Optuna search over the {family} hyper-parameters: mean validation rank IC over the purged CV "
-        "folds of cv_splits (each fold on the features it selected on its own training rows), pruned fold by "
-        "fold, resumable from the Optuna storage. Outputs the parameters every later {family} asset uses.",
     )
     def _study(
         context: dg.AssetExecutionContext,
@@ -203,7 +234,8 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         settings: ExperimentSettings,
         optuna_storage: OptunaStorage,
         mlflow_registry: MlflowRegistry,
-    ) -> dg.Output[dict]:
+    ):
+        selected = set(context.selected_output_names)
         with contextlib.ExitStack() as open_run:  # the MLflow run is open from the first trial to the logging
             with fail_fast_on_bad_input():
                 start = time.perf_counter()
@@ -212,6 +244,9 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                 objective, space, name, n_trials, timeout = (prepared.objective, prepared.space, prepared.name,
                                                              prepared.n_trials, prepared.timeout)
                 fixed, defaults, rule = prepared.fixed, prepared.defaults, prepared.rule
+                if nested_key in selected and config.scheme == "walk_forward":
+                    # the trials' walk-forward fits are the nested ones: keep their test predictions to reuse
+                    objective.kept_predictions = {}
                 context.log.info(
                     f"{family}_study {name}: budget {n_trials} trials / {timeout:.0f} s, {len(prepared.folds)} {config.scheme} folds on "
                     f"{prepared.rows:,} rows, sampler {config.sampler}, pruner {config.pruner}, objectives {list(objective.names)}, "
@@ -296,9 +331,30 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         }
         for plot_name, png in plots.items():
             metadata[plot_name] = dg.MetadataValue.md(markdown_image(png, plot_name.replace("_", " ")))
-        return dg.Output(summary, metadata=metadata)
+        if study_key in selected:
+            yield dg.Output(summary, output_name=study_key, metadata=metadata)
+        if nested_key in selected:
+            yield _nested_output(context, family, prepared, study, summary, features, labels, cv_splits, cv_fold_features, settings)
 
     return _study
+
+
+def _nested_output(context, family: str, prepared: PreparedStudy, study, summary: dict, features, labels, cv_splits,
+                   cv_fold_features, settings: ExperimentSettings) -> dg.Output:
+    from plml_assets.defs.backtest.assets import nested_predictions_table
+
+    start = time.perf_counter()
+    with fail_fast_on_bad_input():
+        X, y, _ = training_window(features, labels, settings)
+        table, how = nested_predictions_table(family, summary, X, y, cv_splits, cv_fold_features, settings.horizon,
+                                              context.log.info, kept=_kept_fits(prepared, study))
+    seconds = time.perf_counter() - start
+    folds = int(table["fold"].nunique())
+    context.log.info(f"{family}_nested_predictions: {folds} walk-forward folds with trials {how['trials_used']}, "
+                     f"{how['fits_reused']} of the study's own fits reused, {folds - how['fits_reused']} refitted, in {seconds:.1f} s")
+    return dg.Output(table, output_name=f"{family}_nested_predictions", metadata={
+        "folds": folds, "rows": len(table), "trials_used": dg.MetadataValue.json(how["trials_used"]),
+        "nested": bool(how["nested"]), "fits_reused": int(how["fits_reused"]), "seconds": round(seconds, 1)})
 
 
 STUDIES = [build_study_asset(family) for family in FAMILIES]

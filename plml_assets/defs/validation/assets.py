@@ -344,42 +344,29 @@ def split_predictions(table: pd.DataFrame, family: str, X: pd.DataFrame, folds) 
     return out, np.asarray(ic)
 
 
-def build_refits_asset(family: str) -> dg.AssetsDefinition:
-    """One step per family, before the leaderboard: the refits the evidence about a pick needs, so that
-    cpcv_paths and backtest only combine them (the families refit side by side, off the critical path)."""
-    from plml_assets.defs.backtest.assets import nested_member_predictions
+def build_cpcv_predictions_asset(family: str) -> dg.AssetsDefinition:
+    """One step per family, before the leaderboard: the CPCV refits the evidence about a pick needs, so
+    that cpcv_paths only combines them (the families refit side by side, off the critical path)."""
 
-    @dg.multi_asset(
-        name=f"{family}_refits",
-        op_tags=step_tags("refits", family),
+    @dg.asset(
+        name=f"{family}_cpcv_predictions",
+        op_tags=step_tags("cpcv_predictions", family),
         group_name="validation",
-        outs={
-            f"{family}_cpcv_predictions": dg.AssetOut(
-                kinds={"pandas"},
-                description=f"{family} refitted with its study's parameters on every Combinatorial Purged CV split of "
-                "cpcv_fold_features (each split with the features it selected on its own training rows): the split's "
-                "out-of-sample predictions (columns split, prediction, split_rank_ic), which cpcv_paths recombines into paths.",
-            ),
-            f"{family}_nested_predictions": dg.AssetOut(
-                kinds={"pandas"},
-                description=f"{family} refitted on every walk-forward fold with the parameters its study would have chosen "
-                "on the earlier folds only (fold 1: the first trial): the fold's test predictions (columns fold, "
-                "prediction, trial), the backtest's walk-forward segment.",
-            ),
-        },
+        kinds={"pandas"},
+        description=f"{family} refitted with its study's parameters on every Combinatorial Purged CV split of "
+        "cpcv_fold_features (each split with the features it selected on its own training rows): the split's "
+        "out-of-sample predictions (columns split, prediction, split_rank_ic), which cpcv_paths recombines into paths.",
         retry_policy=TRAINING_RETRY,
         ins={"study": dg.AssetIn(f"{family}_study")},
     )
-    def _refits(
+    def _cpcv_predictions(
         context: dg.AssetExecutionContext,
         features: pd.DataFrame,
         labels: pd.DataFrame,
-        cv_splits: pd.DataFrame,
-        cv_fold_features: pd.DataFrame,
         cpcv_fold_features: dict,
         study: dict,
         settings: ExperimentSettings,
-    ):
+    ) -> dg.Output[pd.DataFrame]:
         with fail_fast_on_bad_input():
             start = time.perf_counter()
             X, y, _, _, folds, columns = cpcv_folds(features, labels, cpcv_fold_features, settings)
@@ -391,26 +378,16 @@ def build_refits_asset(family: str) -> dg.AssetsDefinition:
             ic = per_split["valid_rank_ic"].to_numpy()
             cpcv = pd.concat([pd.DataFrame({"split": s, "prediction": p.to_numpy(dtype="float64"), "split_rank_ic": float(ic[s - 1])},
                                            index=p.index) for s, p in enumerate(preds, start=1)])
-            cpcv_s = time.perf_counter() - start
-            wf_folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == "walk_forward"])
-            wf, fold_of_row, how = nested_member_predictions(
-                family, study, X, y, wf_folds, fold_columns(cv_fold_features, "walk_forward"), settings.horizon, context.log.info)
-            trial_of_fold = {k + 1: (-1 if t is None else int(t)) for k, t in enumerate(how["trials_used"])}
-            nested = pd.DataFrame({"fold": fold_of_row.astype("int64"), "prediction": wf.to_numpy(dtype="float64")}, index=wf.index)
-            nested["trial"] = nested["fold"].map(trial_of_fold).astype("int64")
-        context.log.info(f"{family}_refits: {len(folds)} CPCV splits in {cpcv_s:.1f} s, {len(wf_folds)} nested walk-forward "
-                         f"folds (trials {how['trials_used']}) in {time.perf_counter() - start - cpcv_s:.1f} s")
-        yield dg.Output(cpcv, output_name=f"{family}_cpcv_predictions", metadata={
+        seconds = time.perf_counter() - start
+        context.log.info(f"{family}_cpcv_predictions: {len(folds)} CPCV splits refitted in {seconds:.1f} s")
+        return dg.Output(cpcv, metadata={
             "splits": len(folds), "rows": len(cpcv), "split_rank_ic_mean": float(np.nanmean(ic)),
-            "data_digest": str(cpcv_fold_features.get("data_digest")), "seconds": round(cpcv_s, 1)})
-        yield dg.Output(nested, output_name=f"{family}_nested_predictions", metadata={
-            "folds": len(wf_folds), "rows": len(nested), "trials_used": dg.MetadataValue.json(how["trials_used"]),
-            "nested": bool(how["nested"]), "seconds": round(time.perf_counter() - start - cpcv_s, 1)})
+            "data_digest": str(cpcv_fold_features.get("data_digest")), "seconds": round(seconds, 1)})
 
-    return _refits
+    return _cpcv_predictions
 
 
-REFITS = [build_refits_asset(family) for family in FAMILIES]
+CPCV_PREDICTIONS = [build_cpcv_predictions_asset(family) for family in FAMILIES]
 
 
 @dg.asset(
@@ -454,7 +431,7 @@ def cpcv_paths(
         X, y, split, splitter, folds, _ = cpcv_folds(features, labels, cpcv_fold_features, settings)
         member_preds: dict[str, list[pd.Series]] = {}
         split_rank_ic = []
-        for f in members:  # refitted by the {family}_refits steps, before the leaderboard and side by side
+        for f in members:  # refitted by the {family}_cpcv_predictions steps, before the leaderboard and side by side
             member_preds[f], ic = split_predictions(inputs[f"{f}_cpcv_predictions"], f, X, folds)
             split_rank_ic.append(ic)
         if fit is None:
