@@ -41,7 +41,8 @@ RETRAIN_TIMEOUT_S = 900
 LENIENT_GATE = {"ops": {
     "cv_splits": {"config": {"walk_forward_splits": 2, "kfold_splits": 2}},
     **{f"{family}_study": {"config": {"n_trials": 1}} for family in ("xgboost", "lightgbm", "lstm", "gru")},
-    "feature_importance": {"config": {"families": ["xgboost"], "max_dates": 20}},
+    **{f"{family}_cv": {"config": {"permutation_max_dates": 20}} for family in ("xgboost", "lightgbm", "lstm", "gru")},
+    "feature_importance": {"config": {"families": ["xgboost"]}},
     "model_leaderboard": {"config": {"min_positive_folds": None, "max_gap": None}},
     "registered_model_promotion_gate": {"config": {"block_on_validation_fail": False, "require_leaderboard_validation": False}},
 }}

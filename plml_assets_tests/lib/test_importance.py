@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plml_assets.lib.models.base import Model
-from plml_assets.lib.models.training import fit_model, predict_rows, spread_dates
+from plml_assets.lib.models.training import cross_validate, fit_model, predict_rows, spread_dates
 from plml_assets.lib.plots import importance_stability_plot
 from plml_assets.lib.selection.importance import (
+    describe_fold_importance,
+    fold_importance,
     fold_importances,
     importance_stability,
     permutation_importance,
@@ -231,6 +233,21 @@ def test_fold_importances_cover_every_fold_and_its_own_columns(data):
     assert len(logged) == 3 and logged[0].startswith("fold 1/3")
     with pytest.raises(ValueError, match="2 fold column lists for 3 folds"):
         fold_importances("xgboost", SMALL_XGB, X, y, folds, columns[:2], HORIZON)
+
+
+def test_importance_measured_on_cross_validates_own_fits_equals_a_refit(data):
+    """{family}_cv measures permutation importance on the fold models it fits (cross_validate's
+    on_fold_model): the same table fold_importances gets by refitting them, for XGBoost exactly."""
+    X, y = data
+    folds = list(PurgedWalkForward(n_splits=3, horizon=HORIZON).split(X))
+    columns = [["signal", "noise"], ["signal", "weak", "drift"], ["noise", "weak", "signal"]]
+    parts = []
+    cross_validate(SMALL_XGB, X, y, folds, HORIZON, gap_bound=2.0, family="xgboost", fold_columns=columns,
+                   on_fold_model=lambda k, model, Xf, test: parts.append(fold_importance(model, Xf, y, test, k, repeats=1, seed=3, max_dates=20)))
+    measured = pd.concat(parts, ignore_index=True)
+    refitted = fold_importances("xgboost", SMALL_XGB, X, y, folds, columns, HORIZON, repeats=1, max_dates=20, seed=3)
+    pd.testing.assert_frame_equal(measured, refitted, check_exact=True)
+    assert "fold 2/3: xgboost on 3 features" in describe_fold_importance(parts[1], "xgboost", 3)
 
 
 def test_fold_importances_of_a_net_have_no_gain(data):

@@ -14,6 +14,7 @@ from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_i
 from plml_assets.lib.models.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.registry.provenance import content_digest
+from plml_assets.lib.selection.importance import describe_fold_importance, fold_importance, summarize_importances
 from plml_assets.lib.selection.pipeline import fold_selector
 from plml_assets.lib.validation.metrics import summarize_folds
 from plml_assets.lib.validation.splits import PurgedKFold, PurgedWalkForward
@@ -109,8 +110,16 @@ def cv_fold_features(
     )
 
 
+#: validation dates per fold the quick profile scores permutations on
+QUICK_PERMUTATION_DATES = 30
+
+
 class CVResultsConfig(dg.Config):
     gap_bound: float = Field(default=0.10, description="flag overfitting when train rank IC exceeds validation rank IC by more than this")
+    permutation_repeats: int = Field(default=2, ge=1, le=20, description="{family}_fold_importances: seeded shuffles per "
+                                     "feature and walk-forward fold (quick profile: 1)")
+    permutation_max_dates: int = Field(default=60, ge=5, description="{family}_fold_importances: validation dates per fold "
+                                       "the permutations are scored on, spread evenly (quick profile: at most 30)")
 
 
 def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
@@ -119,21 +128,27 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"{family}_cv",
         op_tags=step_tags("cv", family),
-        group_name="validation",
         outs={
             f"{family}_cv_results": dg.AssetOut(
-                kinds={kind},
+                kinds={kind}, group_name="validation", is_required=False,
                 description=f"{family} with the parameters of {family}_study: metrics per fold and aggregate for each CV "
                 "scheme, with an overfitting flag; each fold uses the features it selected on its own training rows. The "
                 "walk-forward numbers are optimistic when the study searched on those folds; the holdout is the honest number.",
             ),
             f"{family}_oof_predictions": dg.AssetOut(
-                kinds={kind},
+                kinds={kind}, group_name="validation", is_required=False,
                 description=f"{family}'s out-of-fold predictions: every validation row of every fold of both CV schemes, "
                 "scored by the model of that fold (fitted without it). Ensembles and the leaderboard are built from these, "
                 "never from in-sample predictions.",
             ),
+            f"{family}_fold_importances": dg.AssetOut(
+                kinds={"pandas"}, group_name="importance", is_required=False,
+                description=f"Per walk-forward fold, on the model {family}_cv fitted there (the fold's own features, the "
+                "study's parameters): gain importance (trees) and permutation importance on the fold's validation rows "
+                "(a feature shuffled across symbols within each date); feature_importance compares them across folds.",
+            ),
         },
+        can_subset=True,  # a selection without {family}_fold_importances skips the permutations
         retry_policy=TRAINING_RETRY,
         ins={"study": dg.AssetIn(f"{family}_study")},
     )
@@ -151,16 +166,29 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
             start = time.perf_counter()
             if not 0 <= config.gap_bound <= 2:
                 raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
+            selected = set(context.selected_output_names)
             X, y, _ = training_window(features, labels, settings)
             params = study["params"]
-            frames, predictions = [], []
+            frames, predictions, importances = [], [], []
+            repeats = 1 if settings.quick else config.permutation_repeats
+            max_dates = min(config.permutation_max_dates, QUICK_PERMUTATION_DATES) if settings.quick else config.permutation_max_dates
+            importance_s = 0.0
             for scheme in SCHEMES:
                 folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
                 context.log.info(f"{family} {scheme}: {len(folds)} folds on {len(X):,} rows")
                 fold_predictions: list[pd.Series] = []
+
+                def measure(k, model, Xf, test_idx, n_folds=len(folds)):  # permutation importance on the fit just made
+                    nonlocal importance_s
+                    t0 = time.perf_counter()
+                    importances.append(fold_importance(model, Xf, y, test_idx, k, repeats=repeats, seed=settings.seed, max_dates=max_dates))
+                    importance_s += time.perf_counter() - t0
+                    context.log.info(describe_fold_importance(importances[-1], family, n_folds) + f" ({time.perf_counter() - t0:.1f} s)")
+
                 per_fold, _ = cross_validate(
                     params, X, y, folds, settings.horizon, config.gap_bound, log=context.log.info,
                     family=family, fold_columns=fold_columns(cv_fold_features, scheme), fold_predictions=fold_predictions,
+                    on_fold_model=measure if scheme == "walk_forward" and f"{family}_fold_importances" in selected else None,
                 )
                 per_fold.insert(0, "scheme", scheme)
                 frames.append(per_fold)
@@ -170,12 +198,21 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
             results.insert(0, "family", family)
             results["params"] = json.dumps(params, sort_keys=True)
             oof = pd.concat(predictions)
-        yield dg.Output(results, output_name=f"{family}_cv_results",
-                        metadata=cv_results_metadata(context, results, config.gap_bound, params, start))
-        yield dg.Output(oof, output_name=f"{family}_oof_predictions", metadata={
-            "rows": len(oof),
-            "rows_per_scheme": dg.MetadataValue.json(oof["scheme"].value_counts().to_dict()),
-            "dates": int(oof.index.get_level_values("date").nunique()),
+        if f"{family}_cv_results" in selected:
+            yield dg.Output(results, output_name=f"{family}_cv_results",
+                            metadata=cv_results_metadata(context, results, config.gap_bound, params, start))
+        if f"{family}_oof_predictions" in selected:
+            yield dg.Output(oof, output_name=f"{family}_oof_predictions", metadata={
+                "rows": len(oof),
+                "rows_per_scheme": dg.MetadataValue.json(oof["scheme"].value_counts().to_dict()),
+                "dates": int(oof.index.get_level_values("date").nunique()),
+            })
+        if f"{family}_fold_importances" not in selected:
+            return
+        table = pd.concat(importances, ignore_index=True)
+        yield dg.Output(table, output_name=f"{family}_fold_importances", metadata={
+            "folds": int(table["fold"].nunique()), "repeats": repeats, "max_dates": max_dates, "seconds": round(importance_s, 1),
+            "top": dg.MetadataValue.md(summarize_importances(table).head(10).round(4).to_markdown()),
         })
 
     return _cv_results

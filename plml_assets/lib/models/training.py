@@ -269,9 +269,14 @@ def cross_validate(
     family: str = "xgboost",
     fold_columns: Sequence[Sequence[str]] | None = None,
     train_eval_dates: int | None = 250,
+    on_fold_model: Callable[[int, Model, pd.DataFrame, np.ndarray], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Fit one ``family`` model per fold and evaluate it on the fold's test dates. Returns
     (per-fold metrics, out-of-fold predictions).
+
+    ``on_fold_model(k, model, X_fold, test_idx)`` is called with each fold's fitted model (``X_fold``:
+    every row on the fold's columns), so a caller can measure more on the same fit (e.g. permutation
+    importance) instead of refitting it.
 
     Everything a fold learns comes from its own training rows: its features (``fold_columns[k]``
     chosen beforehand on them, or ``select`` called with the fitting positions; neither uses every
@@ -311,6 +316,8 @@ def cross_validate(
         pred_train = predict_rows(model, Xf, eval_idx)
         pred_test = predict_rows(model, Xf, test_idx)
         oof.iloc[test_idx] = pred_test
+        if on_fold_model is not None:
+            on_fold_model(k, model, Xf, test_idx)
         if fold_predictions is not None:
             fold_predictions.append(pd.Series(pred_test, index=X.index[test_idx], name=f"fold_{k}"))
         train_m = evaluate_predictions(y_values[eval_idx], pred_train, dates[eval_idx])

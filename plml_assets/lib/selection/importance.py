@@ -199,27 +199,37 @@ def fold_importances(
         start = time.perf_counter()
         Xf = X[columns]
         model, _ = fit_model(family, params, Xf.iloc[train_idx], y.iloc[train_idx], horizon, calendar=np.unique(dates))
-        gain = _normalised_gain(model, columns)
-        permutation = permutation_importance(
-            model, Xf, y, test_idx, features=columns, repeats=repeats, seed=seed + k, max_dates=max_dates
-        )
-        part = pd.DataFrame({
-            "fold": k,
-            "feature": columns,
-            "gain": gain.reindex(columns).to_numpy(),
-            "permutation": permutation.reindex(columns).to_numpy(),
-        })
-        part["rank_in_fold"] = part["permutation"].rank(ascending=False, method="min")
-        part["base_rank_ic"] = permutation.attrs["base_rank_ic"]
+        part = fold_importance(model, Xf, y, test_idx, k, repeats=repeats, seed=seed, max_dates=max_dates)
         parts.append(part)
-        top = part.nlargest(3, "permutation")
-        log(
-            f"fold {k}/{len(folds)}: {family} on {len(columns)} features, validation rank IC "
-            f"{permutation.attrs['base_rank_ic']:.4f} on {permutation.attrs['n_dates']} dates; top by permutation: "
-            + ", ".join(f"{r.feature} {r.permutation:+.4f}" for r in top.itertuples())
-            + f" ({time.perf_counter() - start:.1f} s)"
-        )
+        log(describe_fold_importance(part, family, len(folds)) + f" ({time.perf_counter() - start:.1f} s)")
     return pd.concat(parts, ignore_index=True)
+
+
+def fold_importance(model: Model, Xf: pd.DataFrame, y: pd.Series, test_idx: np.ndarray, fold: int, *, repeats: int = 2,
+                    seed: int = 0, max_dates: int | None = 60) -> pd.DataFrame:
+    """One fold's rows of :func:`fold_importances` for a ``model`` fitted on the fold's training rows
+    of ``Xf`` (the fold's own columns): gain and within-date permutation importance on ``test_idx``,
+    the permutations seeded ``seed + fold``. ``{family}_cv`` calls it on the walk-forward models it fits."""
+    columns = [str(c) for c in Xf.columns]
+    gain = _normalised_gain(model, columns)
+    permutation = permutation_importance(model, Xf, y, test_idx, features=columns, repeats=repeats, seed=seed + fold, max_dates=max_dates)
+    part = pd.DataFrame({
+        "fold": fold,
+        "feature": columns,
+        "gain": gain.reindex(columns).to_numpy(),
+        "permutation": permutation.reindex(columns).to_numpy(),
+    })
+    part["rank_in_fold"] = part["permutation"].rank(ascending=False, method="min")
+    part["base_rank_ic"] = permutation.attrs["base_rank_ic"]
+    part.attrs["n_dates"] = permutation.attrs["n_dates"]
+    return part
+
+
+def describe_fold_importance(part: pd.DataFrame, family: str, n_folds: int) -> str:
+    top = part.nlargest(3, "permutation")
+    return (f"fold {int(part['fold'].iloc[0])}/{n_folds}: {family} on {len(part)} features, validation rank IC "
+            f"{float(part['base_rank_ic'].iloc[0]):.4f} on {part.attrs.get('n_dates')} dates; top by permutation: "
+            + ", ".join(f"{r.feature} {r.permutation:+.4f}" for r in top.itertuples()))
 
 
 def _spearman(a: pd.Series, b: pd.Series) -> float:
