@@ -19,7 +19,7 @@ Two arms do the same work in this one process, one step after another, on one th
   resources and the defaults of their ``dg.Config``), called with Dagster's direct invocation
   (``assets_def(build_asset_context(...), **upstream_values)``) in the job's topological order,
   upstream values held in memory: no executor, no IO manager, no run or event storage (an
-  ephemeral instance). Multi-output ops (``generated_features``, ``<family>_cv``,
+  ephemeral instance). Multi-output ops (``generated_features``, ``<family>_study``, ``<family>_cv``,
   ``<family>_training``, ``ensembles``) are mapped output by output; asset checks (the price quality
   checks and the promotion gate) are nodes of the job and run in both arms, and a failed *blocking*
   check skips what depends on it in the direct arm as Dagster does, so both arms run the same steps.

@@ -30,7 +30,7 @@ STEP_PRIORITY = {"study": 4, "cv": 3, "cpcv_paths": 3, "training": 2, "ensembles
 
 #: Steps heavy enough to get their own requests and limits on Kubernetes (the ``dagster-k8s/config``
 #: op tag, read by the K8sRunLauncher and the k8s_job_executor); the others take the run launcher's defaults.
-K8S_SIZED_KINDS = ("study", "cv", "training", "cpcv_predictions", "cpcv_paths", "cpcv_fold_features", "backtest", "feature_importance", "ensembles")
+K8S_SIZED_KINDS = ("study", "cv", "training", "cpcv_predictions", "cpcv_paths", "cpcv_fold_features", "backtest", "ensembles")
 #: the kinds of step there is one of per family ({family}_{kind})
 FAMILY_KINDS = ("study", "cv", "training", "cpcv_predictions")
 #: families whose per-family steps (FAMILY_KINDS) ask for a GPU on Kubernetes (the recurrent nets)

@@ -174,5 +174,5 @@ def test_the_nested_refits_are_read_back_only_for_the_trials_the_study_chooses_n
     with pytest.raises(ValueError, match=r"fold 1 was refitted with trial 7's parameters, xgboost_study now chooses trial None"):
         stored_nested_predictions(table.assign(trial=7), "xgboost", STUDIES["xgboost_study"], X, folds)
     lost = np.flatnonzero(table["fold"].to_numpy() == 2)[0]  # one test row of fold 2 missing
-    with pytest.raises(ValueError, match=r"fold 2 holds .* re-materialize xgboost_nested_predictions"):
+    with pytest.raises(ValueError, match=r"fold 2 holds .* re-materialize xgboost_study with xgboost_nested_predictions"):
         stored_nested_predictions(table.drop(table.index[lost]), "xgboost", STUDIES["xgboost_study"], X, folds)

@@ -28,7 +28,7 @@ ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
 # Tests about the registry re-run the XGBoost chain, the ensembles and the leaderboard; the other
 # families' outputs are then read from the first run's storage (the whole graph runs once, in first_run).
 XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_"))
-                 and k not in ("model_comparison", "feature_importance", "feature_generation_report")]
+                 and k not in ("model_comparison", "feature_importance", "xgboost_fold_importances", "feature_generation_report")]
 
 
 def _materialize(resources, instance, run_config=None, selection=None):

@@ -144,6 +144,14 @@ def test_the_nested_walk_forward_predictions_reuse_the_studys_own_fits_and_equal
     pd.testing.assert_frame_equal(renested.sort_index(), nested.sort_index(), check_exact=True)
 
 
+def test_the_nested_predictions_alone_are_refused_since_the_study_step_makes_both(prepared):
+    home, resources, instance = prepared
+    result = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, raise_on_error=False,
+                            selection=["xgboost_nested_predictions"])
+    assert "xgboost_nested_predictions is made by the xgboost_study step together with xgboost_study: select both" in _failure(result)
+    assert not list(result.get_asset_materialization_events())
+
+
 def test_a_sequence_family_study_runs_on_the_same_folds_and_its_nested_fits_are_reused(prepared):
     study, nested, metadata, refit = _study_and_nested(prepared, "gru", n_trials=1)
     assert study["family"] == "gru" and study["counts"]["COMPLETE"] == 1

@@ -21,6 +21,7 @@ the book re-formed each day and held h days), traded with a one-day execution la
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -88,7 +89,7 @@ def is_nested(study: dict) -> bool:
 
 
 def nested_member_predictions(family: str, study: dict, X: pd.DataFrame, y: pd.Series, folds, columns, horizon: int,
-                              log, kept: dict | None = None) -> tuple[pd.Series, pd.Series, dict]:
+                              log, kept: Callable[[int, int, dict], np.ndarray | None] | None = None) -> tuple[pd.Series, pd.Series, dict]:
     """``family`` refitted on every walk-forward fold with the parameters its study would have chosen
     on the earlier folds only. Returns (predictions on the folds' test rows, fold of each row, how).
 
@@ -132,7 +133,7 @@ def nested_predictions_table(family: str, study: dict, X: pd.DataFrame, y: pd.Se
 def stored_nested_predictions(table: pd.DataFrame, family: str, study: dict, X: pd.DataFrame, folds) -> tuple[pd.Series, pd.Series, dict]:
     """What :func:`nested_member_predictions` returned, read back from ``{family}_nested_predictions``;
     refused unless it holds exactly these folds' test rows, refitted with the trials the study chooses now."""
-    stale = f"re-materialize {family}_nested_predictions"
+    stale = f"re-materialize {family}_study with {family}_nested_predictions (one step makes both)"
     if sorted(table["fold"].unique()) != list(range(1, len(folds) + 1)):
         raise ValueError(f"{family}_nested_predictions holds folds {sorted(table['fold'].unique())}, the walk-forward "
                          f"scheme has {len(folds)}: {stale}")

@@ -199,6 +199,9 @@ def _kept_fits(prepared: PreparedStudy, study) -> Callable[[int, int, dict], np.
     return lookup
 
 
+_STUDY_INPUTS = [dg.AssetKey(k) for k in ("features", "labels", "cv_splits", "cv_fold_features")]
+
+
 def build_study_asset(family: str) -> dg.AssetsDefinition:
     study_key, nested_key = f"{family}_study", f"{family}_nested_predictions"
 
@@ -222,6 +225,8 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
             ),
         },
         can_subset=True,
+        # the nested table reads the study's choices (lineage and staleness: it is downstream of the study)
+        internal_asset_deps={study_key: set(_STUDY_INPUTS), nested_key: {*_STUDY_INPUTS, dg.AssetKey(study_key)}},
         retry_policy=TRAINING_RETRY,
     )
     def _study(
@@ -235,7 +240,12 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         optuna_storage: OptunaStorage,
         mlflow_registry: MlflowRegistry,
     ):
-        selected = set(context.selected_output_names)
+        selected = {k.to_user_string() for k in context.selected_asset_keys}
+        if nested_key in selected and study_key not in selected:
+            # the nested table is made from the trials this very step runs or resumes: alone it would move the
+            # Optuna study on without the stored study asset, and the backtest would then refuse the pair
+            with fail_fast_on_bad_input():
+                raise ValueError(f"{nested_key} is made by the {study_key} step together with {study_key}: select both")
         with contextlib.ExitStack() as open_run:  # the MLflow run is open from the first trial to the logging
             with fail_fast_on_bad_input():
                 start = time.perf_counter()
@@ -334,18 +344,19 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         if study_key in selected:
             yield dg.Output(summary, output_name=study_key, metadata=metadata)
         if nested_key in selected:
-            yield _nested_output(context, family, prepared, study, summary, features, labels, cv_splits, cv_fold_features, settings)
+            yield _nested_output(context, family, prepared, study, summary, cv_splits, cv_fold_features, settings)
 
     return _study
 
 
-def _nested_output(context, family: str, prepared: PreparedStudy, study, summary: dict, features, labels, cv_splits,
-                   cv_fold_features, settings: ExperimentSettings) -> dg.Output:
+def _nested_output(context, family: str, prepared: PreparedStudy, study, summary: dict, cv_splits, cv_fold_features,
+                   settings: ExperimentSettings) -> dg.Output:
     from plml_assets.defs.backtest.assets import nested_predictions_table
 
     start = time.perf_counter()
     with fail_fast_on_bad_input():
-        X, y, _ = training_window(features, labels, settings)
+        # the very training window the objective fitted on (no second copy of it)
+        X, y = prepared.objective.X, prepared.objective.y
         table, how = nested_predictions_table(family, summary, X, y, cv_splits, cv_fold_features, settings.horizon,
                                               context.log.info, kept=_kept_fits(prepared, study))
     seconds = time.perf_counter() - start

@@ -166,22 +166,30 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
             start = time.perf_counter()
             if not 0 <= config.gap_bound <= 2:
                 raise ValueError(f"gap_bound must be between 0 and 2, got {config.gap_bound}")
-            selected = set(context.selected_output_names)
+            selected = {k.to_user_string() for k in context.selected_asset_keys}
             X, y, _ = training_window(features, labels, settings)
             params = study["params"]
             frames, predictions, importances = [], [], []
             repeats = 1 if settings.quick else config.permutation_repeats
             max_dates = min(config.permutation_max_dates, QUICK_PERMUTATION_DATES) if settings.quick else config.permutation_max_dates
-            importance_s = 0.0
+            importance_s, importance_error = 0.0, None
             for scheme in SCHEMES:
                 folds = folds_from_assignments(X, cv_splits[cv_splits["scheme"] == scheme])
                 context.log.info(f"{family} {scheme}: {len(folds)} folds on {len(X):,} rows")
                 fold_predictions: list[pd.Series] = []
 
                 def measure(k, model, Xf, test_idx, n_folds=len(folds)):  # permutation importance on the fit just made
-                    nonlocal importance_s
+                    nonlocal importance_s, importance_error
+                    if importance_error is not None:
+                        return
                     t0 = time.perf_counter()
-                    importances.append(fold_importance(model, Xf, y, test_idx, k, repeats=repeats, seed=settings.seed, max_dates=max_dates))
+                    try:
+                        importances.append(fold_importance(model, Xf, y, test_idx, k, repeats=repeats, seed=settings.seed, max_dates=max_dates))
+                    except Exception as exc:  # an analysis leaf: it must not take the family's CV (and all after it) down
+                        importance_error = f"{type(exc).__name__}: {exc}"
+                        context.log.error(f"{family}_fold_importances: fold {k}/{n_folds} failed ({importance_error}); the importances "
+                                          "are not stored this run (feature_importance is skipped), the CV results are")
+                        return
                     importance_s += time.perf_counter() - t0
                     context.log.info(describe_fold_importance(importances[-1], family, n_folds) + f" ({time.perf_counter() - t0:.1f} s)")
 
@@ -207,7 +215,7 @@ def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
                 "rows_per_scheme": dg.MetadataValue.json(oof["scheme"].value_counts().to_dict()),
                 "dates": int(oof.index.get_level_values("date").nunique()),
             })
-        if f"{family}_fold_importances" not in selected:
+        if f"{family}_fold_importances" not in selected or importance_error is not None:
             return
         table = pd.concat(importances, ignore_index=True)
         yield dg.Output(table, output_name=f"{family}_fold_importances", metadata={
@@ -271,8 +279,8 @@ class CPCVSplitConfig(dg.Config):
     op_tags=step_tags("cpcv_fold_features"),
     kinds={"pandas"},
     description="The Combinatorial Purged CV splits of the training window and the features each split selected on its "
-    "own training rows (its own interaction pairs too), made once, before the leaderboard, so that cpcv_paths only "
-    "refits the pick's members on them.",
+    "own training rows (its own interaction pairs too), made once, before the leaderboard: every family's "
+    "{family}_cpcv_predictions refits on them and cpcv_paths combines the pick's members.",
 )
 def cpcv_fold_features(
     context: dg.AssetExecutionContext,
