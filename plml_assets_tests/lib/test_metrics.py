@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plml_assets.lib.validation.metrics import evaluate_predictions, overfitting_gap, per_date_ic, summarize_folds
+from plml_assets.lib.validation.metrics import evaluate_predictions, group_ranks, overfitting_gap, per_date_ic, summarize_folds
 
 EXPECTED_KEYS = {"ic", "rank_ic", "ic_ir", "rmse", "directional_accuracy", "n_rows", "n_dates"}
 
@@ -42,6 +42,37 @@ def test_per_date_ic_matches_pandas_corr_per_date():
     for method in ("pearson", "spearman"):
         expected = frame.groupby("d")[["t", "p"]].apply(lambda g, m=method: g["t"].corr(g["p"], method=m))
         np.testing.assert_allclose(per_date_ic(y_true, y_pred, dates, method=method).to_numpy(), expected.to_numpy())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.sampled_from([0.0, 1.0, -1.0, 2.5]), st.floats(-5, 5), st.just(math.nan)), min_size=1, max_size=80),
+    n_groups=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+)
+def test_group_ranks_equal_pandas_groupby_rank_count_and_nunique(values, n_groups, seed):
+    """The lexsort-free ranking behind every per-date IC against pandas' groupby, ties, NaN and
+    empty groups included."""
+    v = np.asarray(values, dtype=float)
+    codes = np.random.default_rng(seed).integers(0, n_groups, len(v))
+    ranks, count, distinct = group_ranks(v, codes, n_groups)
+    grouped = pd.Series(v).groupby(codes)
+    np.testing.assert_array_equal(np.isnan(ranks), np.isnan(v))
+    np.testing.assert_allclose(ranks[~np.isnan(v)], grouped.rank().to_numpy()[~np.isnan(v)])
+    np.testing.assert_array_equal(count, grouped.count().reindex(range(n_groups), fill_value=0).to_numpy())
+    np.testing.assert_array_equal(distinct, grouped.nunique().reindex(range(n_groups), fill_value=0).to_numpy())
+
+
+def test_per_date_rank_ic_equals_scipy_spearman_date_by_date_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    dates = np.repeat(pd.date_range("2024-01-01", periods=40).to_numpy(), 25)
+    y_true = np.round(rng.normal(size=len(dates)), 1)  # many ties
+    y_pred = np.round(0.2 * y_true + rng.normal(size=len(dates)), 1)
+    got = per_date_ic(y_true, y_pred, dates, method="spearman")
+    expected = [spearmanr(y_true[dates == d], y_pred[dates == d]).statistic for d in np.unique(dates)]
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-12)
 
 
 def test_spearman_is_rank_based():

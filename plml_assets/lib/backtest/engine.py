@@ -632,13 +632,14 @@ def rank_normalize(X: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.
     date's own rows only, so it cannot leak across dates. Float32, one column at a time into one
     output block: the whole-frame groupby held about seven float64 copies of the panel at once
     (gigabytes on sp500_5yr's 183 columns)."""
+    from plml_assets.lib.validation.metrics import group_ranks
+
     columns = list(X.columns if columns is None else columns)
-    codes = pd.factorize(X.index.get_level_values("date"))[0]
+    codes, keys = pd.factorize(X.index.get_level_values("date"))
     out = np.empty((len(X), len(columns)), dtype="float32")
     for j, column in enumerate(columns):
-        grouped = X[column].groupby(codes, sort=False)
-        ranks = grouped.rank(method="average").to_numpy(dtype="float64")
-        count = grouped.transform("count").to_numpy(dtype="float64")
+        ranks, per_date, _ = group_ranks(X[column].to_numpy(dtype="float64"), codes, len(keys))
+        count = per_date[codes].astype("float64")
         with np.errstate(invalid="ignore", divide="ignore"):
             # A lone value (count 1) divides by zero and, like a missing one, lands on 0.5.
             scaled = np.where(count > 1, (ranks - 1.0) / (count - 1.0), np.nan)

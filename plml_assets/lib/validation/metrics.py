@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["LOWER_IS_BETTER", "evaluate_predictions", "overfitting_gap", "per_date_ic", "summarize_folds"]
+__all__ = ["LOWER_IS_BETTER", "evaluate_predictions", "group_ranks", "overfitting_gap", "per_date_ic", "summarize_folds"]
 
 #: Metrics where smaller is better; the overfitting gap is then ``valid - train``.
 LOWER_IS_BETTER = frozenset({"rmse", "mse", "mae", "loss", "log_loss", "logloss"})
@@ -41,26 +41,79 @@ def _frame(y_true: Any, y_pred: Any, dates: Any) -> pd.DataFrame:
     return frame.dropna(subset=["true", "pred"])
 
 
-def _ic_of(frame: pd.DataFrame, method: str) -> pd.Series:
-    if method not in ("pearson", "spearman"):
-        raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}")
-    grouped = frame.groupby("date", sort=True)
-    stats = grouped.agg(n=("true", "size"), true_levels=("true", "nunique"), pred_levels=("pred", "nunique"))
-    if method == "spearman":
-        true, pred = grouped["true"].rank(), grouped["pred"].rank()
-    else:
-        true, pred = frame["true"], frame["pred"]
-    dates = frame["date"]
-    # Demean within date, then one grouped sum per moment: no Python loop over dates.
-    dt = true - true.groupby(dates).transform("mean")
-    dp = pred - pred.groupby(dates).transform("mean")
-    moments = pd.DataFrame({"xy": dt * dp, "xx": dt * dt, "yy": dp * dp, "date": dates}).groupby("date", sort=True).sum()
+def group_ranks(values: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Within-group ranks of ``values`` (1-based, ties averaged, as ``groupby(...).rank()``; NaN
+    stays NaN and is not counted), with each group's count of non-NaN values and of distinct ones.
+
+    ``codes``: the group of each row, integers in ``[0, n_groups)``. One lexsort instead of pandas'
+    groupby, which re-factorizes the keys for every statistic (the metrics below are computed for
+    every fold, trial and permuted feature, so this is on every hot path)."""
+    values = np.asarray(values, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.int64)
+    ranks = np.full(len(values), np.nan)
+    present = ~np.isnan(values)
+    rows = np.flatnonzero(present)
+    count = np.bincount(codes[rows], minlength=n_groups)
+    if len(rows) == 0:
+        return ranks, count, np.zeros(n_groups, dtype=np.int64)
+    # Sorted by (group, value): the value order's positions as the tie-break of an int64 key, two
+    # plain argsorts (several times faster than np.lexsort; the order among equal values does not
+    # matter, their ranks are averaged).
+    by_value = np.empty(len(rows), dtype=np.int64)
+    by_value[np.argsort(values[rows])] = np.arange(len(rows))
+    order = rows[np.argsort(codes[rows] * len(rows) + by_value)]
+    v, c = values[order], codes[order]
+    n = len(order)
+    new_group = np.empty(n, dtype=bool)
+    new_group[0] = True
+    np.not_equal(c[1:], c[:-1], out=new_group[1:])
+    new_run = new_group.copy()
+    new_run[1:] |= v[1:] != v[:-1]
+    positions = np.arange(n)
+    group_start = np.maximum.accumulate(np.where(new_group, positions, 0))
+    run_id = np.cumsum(new_run) - 1
+    run_first = positions[new_run]
+    run_last = np.append(run_first[1:], n) - 1
+    within = (run_first + run_last) / 2.0 - group_start[run_first] + 1.0  # average 1-based rank of each run
+    ranks[order] = within[run_id]
+    distinct = np.bincount(c[new_run], minlength=n_groups)
+    return ranks, count, distinct
+
+
+def _ics(frame: pd.DataFrame, methods: Sequence[str]) -> dict[str, pd.Series]:
+    """Per-date IC of each of ``methods`` ("pearson", "spearman") on one factorization and one
+    ranking of the rows."""
+    for method in methods:
+        if method not in ("pearson", "spearman"):
+            raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}")
+    codes, keys = pd.factorize(frame["date"], sort=True)
+    n_groups = len(keys)
+    true_rank, n, true_levels = group_ranks(frame["true"].to_numpy(), codes, n_groups)
+    pred_rank, _, pred_levels = group_ranks(frame["pred"].to_numpy(), codes, n_groups)
     # Zero variance is judged on distinct values, not on the demeaned sums, which round-off makes tiny but nonzero.
-    valid = (stats["n"] >= _MIN_PAIRS_PER_DATE) & (stats["true_levels"] > 1) & (stats["pred_levels"] > 1)
-    moments = moments[valid]
-    ic = (moments["xy"] / np.sqrt(moments["xx"] * moments["yy"])).clip(-1.0, 1.0)
-    ic.index.name = "date"
-    return ic.rename("rank_ic" if method == "spearman" else "ic")
+    valid = (n >= _MIN_PAIRS_PER_DATE) & (true_levels > 1) & (pred_levels > 1)
+    index = pd.Index(keys[valid], name="date")
+    size = np.maximum(n, 1)
+    out = {}
+    for method in methods:
+        if method == "spearman":
+            true, pred = true_rank, pred_rank
+        else:
+            true, pred = frame["true"].to_numpy(dtype=np.float64), frame["pred"].to_numpy(dtype=np.float64)
+        # Demean within date, then one grouped sum per moment: no Python loop over dates.
+        dt = true - (np.bincount(codes, weights=true, minlength=n_groups) / size)[codes]
+        dp = pred - (np.bincount(codes, weights=pred, minlength=n_groups) / size)[codes]
+        xy = np.bincount(codes, weights=dt * dp, minlength=n_groups)[valid]
+        xx = np.bincount(codes, weights=dt * dt, minlength=n_groups)[valid]
+        yy = np.bincount(codes, weights=dp * dp, minlength=n_groups)[valid]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ic = np.clip(xy / np.sqrt(xx * yy), -1.0, 1.0)
+        out[method] = pd.Series(ic, index=index, name="rank_ic" if method == "spearman" else "ic")
+    return out
+
+
+def _ic_of(frame: pd.DataFrame, method: str) -> pd.Series:
+    return _ics(frame, (method,))[method]
 
 
 def per_date_ic(
@@ -103,7 +156,8 @@ def evaluate_predictions(y_true: Any, y_pred: Any, dates: Any) -> dict[str, floa
     if n_rows > 0 and n_rows == n_dates:
         ic, rank_ic, ic_ir = _pooled_corr(frame, "pearson"), _pooled_corr(frame, "spearman"), math.nan
     else:
-        pearson, spearman = _ic_of(frame, "pearson"), _ic_of(frame, "spearman")
+        ics = _ics(frame, ("pearson", "spearman"))
+        pearson, spearman = ics["pearson"], ics["spearman"]
         ic = float(pearson.mean()) if len(pearson) else math.nan
         rank_ic = float(spearman.mean()) if len(spearman) else math.nan
         spread = float(spearman.std(ddof=1)) if len(spearman) >= 2 else math.nan
