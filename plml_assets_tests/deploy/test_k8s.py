@@ -204,6 +204,9 @@ def test_resources_follow_the_measured_peak_memory_and_busy_cores():
     two_cores = sizing.resources_from_figures(peak_rss_mib=100.0, cpu_s=150.0, wall_s=100.0)  # 1.5 busy cores
     assert two_cores["requests"] == {"cpu": "1500m", "memory": "512Mi"} and two_cores["limits"]["cpu"] == "3"
     assert sizing.resources_from_figures(None, None, None) == sizing.DEFAULT_RESOURCES  # never measured
+    # More busy cores than the measuring machine had is the meter counting work between steps.
+    assert sizing.resources_from_figures(100.0, 300.0, 100.0, cores=2)["requests"]["cpu"] == "2"
+    assert sizing.resources_from_figures(100.0, 1.0, 0.33, cores=2)["requests"]["cpu"] == "1"  # a sub-second step
     for r in (one_core, two_cores):
         _validate(_pod({}, {"resources": r}))
 

@@ -24,6 +24,9 @@ MEMORY_HEADROOM, MEMORY_LIMIT_FACTOR = 1.25, 1.5
 MEMORY_FLOOR_MIB, MEMORY_STEP_MIB = 512, 256
 #: CPU requests in half cores, at least half a core; the limit is twice the request (bursts), at least 1
 CPU_STEP, CPU_FLOOR = 0.5, 0.5
+#: a step shorter than this is sized at one core: its CPU over wall says little (the meter also counts
+#: the work between steps: cv_splits measured 1.0 CPU s in 0.33 s of wall, "3 busy cores" on 2)
+SHORT_STEP_S = 5.0
 #: what a step asks for when no measured run covers it
 DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 #: how the GPU steps find a GPU node (the names the common device plugins and cloud pools use)
@@ -42,12 +45,18 @@ def _cores(value: float) -> str:
     return str(int(cores)) if cores == int(cores) else f"{int(cores * 1000)}m"
 
 
-def resources_from_figures(peak_rss_mib: float | None, cpu_s: float | None, wall_s: float | None) -> dict:
-    """Kubernetes ResourceRequirements (requests and limits) for a step measured at these figures."""
+def resources_from_figures(
+    peak_rss_mib: float | None, cpu_s: float | None, wall_s: float | None, cores: int | None = None,
+) -> dict:
+    """Kubernetes ResourceRequirements (requests and limits) for a step measured at these figures on
+    a machine with ``cores`` cores (the busy cores are capped there: a step cannot have kept more
+    busy; None: no cap). A step shorter than ``SHORT_STEP_S`` asks for one core."""
     if peak_rss_mib is None or not wall_s or cpu_s is None or peak_rss_mib <= 0 or wall_s <= 0:
         return json.loads(json.dumps(DEFAULT_RESOURCES))
     memory = max(MEMORY_FLOOR_MIB, peak_rss_mib * MEMORY_HEADROOM)
-    busy = cpu_s / wall_s
+    busy = 1.0 if wall_s < SHORT_STEP_S else cpu_s / wall_s
+    if cores:
+        busy = min(busy, float(cores))
     request_cpu = max(CPU_FLOOR, math.ceil(busy / CPU_STEP) * CPU_STEP)
     return {
         "requests": {"cpu": _cores(request_cpu), "memory": _mib(memory)},
@@ -61,12 +70,13 @@ def sizing_from_report(report: dict) -> dict:
     steps = {}
     for s in report["steps"]:
         steps[s["step"]] = {
-            "resources": resources_from_figures(s.get("peak_rss_mib"), s.get("cpu_s"), s.get("wall_s")),
+            "resources": resources_from_figures(s.get("peak_rss_mib"), s.get("cpu_s"), s.get("wall_s"), report.get("cores")),
             "measured": {k: s.get(k) for k in ("peak_rss_mib", "cpu_s", "wall_s")},
         }
     return {"run_id": report["run_id"], "job": report.get("job"), "cores": report.get("cores"),
             "rule": (f"memory request = max({MEMORY_FLOOR_MIB} Mi, peak RSS x {MEMORY_HEADROOM}), limit x {MEMORY_LIMIT_FACTOR}; "
-                     f"CPU request = CPU s / wall s rounded up to {CPU_STEP} core (at least {CPU_FLOOR}), limit 2 x request (at least 1)"),
+                     f"CPU request = CPU s / wall s (at most the measuring machine's cores; 1 for a step under {SHORT_STEP_S:g} s) "
+                     f"rounded up to {CPU_STEP} core (at least {CPU_FLOOR}), limit 2 x request (at least 1)"),
             "steps": steps}
 
 
