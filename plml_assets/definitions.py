@@ -10,6 +10,8 @@ from plml_assets.defs.comparison import assets as comparison_assets
 from plml_assets.defs.data import assets as data_assets
 from plml_assets.defs.data import checks as data_checks
 from plml_assets.defs.ensemble import assets as ensemble_assets
+from plml_assets.defs.explain import assets as explain_assets
+from plml_assets.defs.explain import checks as explain_checks
 from plml_assets.defs.importance import assets as importance_assets
 from plml_assets.defs.monitoring import assets as monitoring_assets
 from plml_assets.defs.monitoring.schedules import data_refresh_schedule, weekly_retrain_schedule
@@ -64,9 +66,9 @@ def build_resources() -> dict[str, object]:
 
 ASSETS = dg.load_assets_from_modules(
     [data_assets, selection_assets, validation_assets, tuning_assets, backtest_assets, training_assets,
-     comparison_assets, ensemble_assets, importance_assets, monitoring_assets, registry_assets, analytics_assets]
+     comparison_assets, ensemble_assets, importance_assets, monitoring_assets, registry_assets, analytics_assets, explain_assets]
 )
-CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets, analytics_assets])
+CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets, analytics_assets, explain_checks])
 
 # Declarative automation: the data assets and drift_metrics carry AutomationConditions (eager,
 # gated by the blocking price checks); this sensor evaluates them.

@@ -28,7 +28,8 @@ ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
 # Tests about the registry re-run the XGBoost chain, the ensembles and the leaderboard; the other
 # families' outputs are then read from the first run's storage (the whole graph runs once, in first_run).
 XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_"))
-                 and k not in ("model_comparison", "feature_importance", "xgboost_fold_importances", "feature_generation_report")]
+                 and k not in ("model_comparison", "feature_importance", "xgboost_fold_importances", "feature_generation_report",
+                               "shap_values", "shap_summary")]
 
 
 def _materialize(resources, instance, run_config=None, selection=None):
@@ -316,6 +317,41 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
         assert "champion_model" in materialized
     else:  # the gate holds: nothing is promoted and the run says so
         assert champion is None and "champion_model" not in materialized and not result.success
+
+
+def test_explanations_cover_every_family_and_the_pick_and_add_up(first_run, graph_dir):
+    """Issue 16: shap_values holds every family model's contributions on the holdout and the pick's
+    (an ensemble's mapped from its members'), each block scoring exactly what its model scored."""
+    _, result = first_run
+    assets = graph_dir / "assets"
+    values = pd.read_parquet(assets / "shap_values.parquet")
+    summary = json.loads((assets / "shap_summary.json").read_text())
+    pick = json.loads((assets / "model_leaderboard.json").read_text())["selection"]["winner"]
+    assert set(FAMILIES) <= set(values["model"]) and summary["pick"] == pick
+    if pick is not None:
+        assert pick in set(values["model"])
+    holdout = {f: pd.read_parquet(assets / f"{f}_holdout_predictions.parquet")["prediction"] for f in FAMILIES}
+    for family in FAMILIES:
+        block = values[values["model"] == family].drop(columns="model").dropna(axis=1, how="all")
+        features = json.loads((assets / f"{family}_model.json").read_text())["features"]
+        assert [c for c in block.columns if c not in ("base_value", "prediction", "nonlinear_residual")] == features
+        if family in ("xgboost", "lightgbm"):
+            assert block.index.equals(holdout[family].index)  # every holdout row
+        else:
+            assert 4 <= block.index.get_level_values("date").nunique() <= 20  # the quick profile's spread of dates
+        np.testing.assert_allclose(block["prediction"].to_numpy(), holdout[family].reindex(block.index).to_numpy(), rtol=1e-6, atol=1e-12)
+        gap = (block[features].sum(axis=1) + block["base_value"] - block["prediction"]).abs().max()
+        assert gap <= (1e-4 if family in ("xgboost", "lightgbm") else 2e-2) * np.sqrt((block["prediction"] ** 2).mean())
+        assert summary["models"][family]["exact"] is (family in ("xgboost", "lightgbm"))
+    if pick is not None and pick.startswith("ensemble_"):
+        block = values[values["model"] == pick]
+        ens = pd.read_parquet(assets / "ensemble_predictions.parquet")
+        served = ens[(ens["method"] == pick.removeprefix("ensemble_")) & (ens["split"] == "holdout")]["prediction"]
+        np.testing.assert_allclose(block["prediction"].to_numpy(), served.reindex(block.index).to_numpy(), rtol=1e-9)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["shap_additivity"].passed, checks["shap_additivity"].description
+    assert {"shap_stability", "shap_randomization"} <= set(checks)
+    assert set(summary["randomization"]) == {"xgboost", "lightgbm"}
 
 
 def test_every_step_of_the_run_is_metered(first_run, graph_instance):

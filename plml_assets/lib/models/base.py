@@ -59,6 +59,13 @@ class Model(ABC):
             f"{type(self).__name__} ({getattr(self, 'family', '?')}) has no incremental update: refit it with fit()"
         )
 
+    def contributions(self, X: pd.DataFrame, *, threads: int | None = None) -> pd.DataFrame:
+        """Per-feature contributions (SHAP values) of :meth:`predict` on the rows of ``X``: one column
+        per fitted feature and ``base_value``, in the prediction's units, so that ``base_value`` plus
+        the row's contributions is its prediction. ``threads``: threads for this call (None: the
+        model's own setting)."""
+        raise NotImplementedError(f"{type(self).__name__} ({getattr(self, 'family', '?')}) has no contributions")
+
     @abstractmethod
     def save(self, path: str | Path) -> Path:
         """Write the fitted model under the folder ``path``; return the file written."""

@@ -274,6 +274,16 @@ class LightGBMModel(Model):
             dtype="float64",
         )
 
+    def contributions(self, X: pd.DataFrame, *, threads: int | None = None) -> pd.DataFrame:
+        """Exact TreeSHAP values from LightGBM's own ``pred_contrib`` over the rounds predictions
+        use; the last column LightGBM returns is the expected value."""
+        self._check_fitted()
+        self._check_columns(X)
+        values = self._apply_scaling(X[self.feature_names_]).to_numpy(dtype="float32")
+        out = self.booster_.predict(values, num_iteration=self.best_iteration_ + 1, pred_contrib=True,
+                                    num_threads=int(threads) if threads is not None else self.n_jobs)
+        return pd.DataFrame(np.asarray(out, dtype="float64"), index=X.index, columns=[*self.feature_names_, "base_value"])
+
     def feature_importance(self, kind: str = "gain") -> dict[str, float]:
         """Importance per feature: ``gain`` (alias ``total_gain``) or ``split`` (alias ``weight``),
         counted over the rounds that predictions use."""

@@ -196,6 +196,21 @@ class XGBoostModel(Model):
         self._check_fitted()
         return self.booster_.predict(dmat, iteration_range=(0, self.best_iteration_ + 1)).astype("float64")
 
+    def contributions(self, X: pd.DataFrame, *, threads: int | None = None) -> pd.DataFrame:
+        """Exact TreeSHAP values from XGBoost's own ``pred_contribs`` (on the GPU where the booster
+        is), over the rounds predictions use; the last column XGBoost returns is the bias."""
+        self._check_fitted()
+        self._check_columns(X)
+        dmat = self.matrix(self._apply_scaling(X[self.feature_names_]))
+        if threads is not None:
+            self.booster_.set_param({"nthread": int(threads)})
+        try:
+            values = self.booster_.predict(dmat, pred_contribs=True, iteration_range=(0, self.best_iteration_ + 1))
+        finally:
+            if threads is not None:
+                self.booster_.set_param({"nthread": self.nthread})
+        return pd.DataFrame(np.asarray(values, dtype="float64"), index=X.index, columns=[*self.feature_names_, "base_value"])
+
     def feature_importance(self, kind: str = "total_gain") -> dict[str, float]:
         self._check_fitted()
         scores = self.booster_.get_score(importance_type=kind)

@@ -1,0 +1,188 @@
+"""Explanations of every family model and of the leaderboard's pick on the holdout: contributions
+stored as values (``shap_values``), and what they say and whether to believe it (``shap_summary``)."""
+
+import time
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_tags
+from plml_assets.lib.explain.contributions import (
+    BASE,
+    additivity,
+    ensemble_contributions,
+    explain_rows,
+    feature_columns,
+    mean_abs,
+)
+from plml_assets.lib.explain.plots import summary_plot, waterfall_plot
+from plml_assets.lib.explain.validation import permuted_within_dates, randomization_test, top_feature_stability
+from plml_assets.lib.models.training import fit_model
+from plml_assets.lib.plots import markdown_image
+from plml_assets.resources.mlflow_registry import MlflowRegistry
+from plml_assets.resources.settings import ExperimentSettings
+
+#: families whose contributions are exact (TreeSHAP): the additivity check blocks on them
+TREE_FAMILIES = ("xgboost", "lightgbm")
+QUICK_NET_DATES, QUICK_NET_STEPS, QUICK_RANDOMIZATION_DATES = 20, 16, 250
+
+
+class ShapConfig(dg.Config):
+    net_max_dates: int = Field(default=40, ge=4, description="holdout dates (spread evenly) the sequence nets, and an "
+                               "ensemble with a net member, are explained on (integrated gradients cost a backward pass "
+                               "per path point and row); quick profile at most 20")
+    net_steps: int = Field(default=32, ge=4, le=512, description="integrated-gradients path points (midpoint rule) per "
+                           "row; quick profile at most 16")
+    threads: int = Field(default=1, ge=1, description="threads of the TreeSHAP and gradient computations")
+    stability_top: int = Field(default=20, ge=3, description="top features whose mean |contribution| ranking must hold")
+    bootstrap: int = Field(default=20, ge=2, description="date bootstrap resamples of the stability measure")
+    randomization_dates: int = Field(default=500, ge=20, description="latest training dates the permuted-label models "
+                                     "of the randomization test are fitted on (trees); quick profile at most 250")
+
+
+def _spread(values: np.ndarray, n: int) -> np.ndarray:
+    return values if len(values) <= n else values[np.unique(np.linspace(0, len(values) - 1, n).round().astype(int))]
+
+
+def _load(model_asset: dict):
+    return mlflow.pyfunc.load_model(model_asset["model_uri"]).unwrap_python_model().model_
+
+
+_INS = {
+    **{f"{f}_model": dg.AssetIn(f"{f}_model") for f in FAMILIES},
+    **{f"{f}_holdout_predictions": dg.AssetIn(f"{f}_holdout_predictions") for f in FAMILIES},
+}
+
+
+@dg.multi_asset(
+    name="explanations",
+    group_name="explain",
+    op_tags=step_tags("explanations"),
+    ins=_INS,
+    outs={
+        "shap_values": dg.AssetOut(
+            kinds={"shap", "pandas"},
+            description="Per-feature contributions (SHAP values) on the holdout, stored as values (Parquet), one block "
+            "of rows per model (column `model`): every family model (XGBoost and LightGBM: exact TreeSHAP from the "
+            "boosters' own pred_contribs/pred_contrib; LSTM/GRU: integrated gradients on a spread of holdout dates) and "
+            "the leaderboard's pick (an ensemble: its members' values mapped into its per-date score space). "
+            "base_value + the feature columns (+ nonlinear_residual) = prediction.",
+        ),
+        "shap_summary": dg.AssetOut(
+            kinds={"shap"},
+            description="Per model: mean |contribution| per feature, additivity, stability of the top features (halves "
+            "and bootstrap of the holdout dates), and the randomization test of the trees (refitted on labels permuted "
+            "within each date); summary and waterfall plots in the metadata.",
+        ),
+    },
+)
+def explanations(
+    context: dg.AssetExecutionContext,
+    config: ShapConfig,
+    features: pd.DataFrame,
+    labels: pd.DataFrame,
+    model_leaderboard: dict,
+    ensemble_model: dict,
+    settings: ExperimentSettings,
+    mlflow_registry: MlflowRegistry,
+    **inputs,
+):
+    start = time.perf_counter()
+    quick = settings.quick
+    net_dates = min(config.net_max_dates, QUICK_NET_DATES) if quick else config.net_max_dates
+    steps = min(config.net_steps, QUICK_NET_STEPS) if quick else config.net_steps
+    rand_dates = min(config.randomization_dates, QUICK_RANDOMIZATION_DATES) if quick else config.randomization_dates
+    with fail_fast_on_bad_input():
+        y, split = split_for(labels, settings)
+        on = features.index.get_level_values("date")
+        span = features[on <= split.holdout_dates[-1]]
+        span_dates = span.index.get_level_values("date")
+        holdout_rows = np.flatnonzero(span_dates.isin(split.holdout_dates))
+        hold_dates = np.unique(span_dates[holdout_rows])
+        net_rows = holdout_rows[np.isin(span_dates[holdout_rows], _spread(hold_dates, net_dates))]
+        frames, models, timing = {}, {}, {}
+        with mlflow_registry.tracking():
+            for family in FAMILIES:
+                models[family] = _load(inputs[f"{family}_model"])
+        for family, model in models.items():
+            began = time.perf_counter()
+            rows = holdout_rows if family in TREE_FAMILIES else net_rows
+            frames[family] = explain_rows(model, span, rows, threads=config.threads, steps=None if family in TREE_FAMILIES else steps)
+            timing[family] = round(time.perf_counter() - began, 2)
+            check = additivity(frames[family])
+            context.log.info(f"explanations {family}: {len(rows):,} holdout rows in {timing[family]:.1f} s, additivity "
+                             f"error {check['relative_error']:.2e} of the scores' RMS")
+        scores = {f: inputs[f"{f}_holdout_predictions"]["prediction"] for f in FAMILIES}
+        winner = model_leaderboard["selection"]["winner"]
+        pick = str(winner) if winner is not None else None
+        if pick is not None and pick.startswith("ensemble_"):
+            fit = ensemble_model["methods"][pick.removeprefix("ensemble_")]["fit"]
+            frames[pick] = ensemble_contributions(fit, {m: frames[m] for m in fit["members"]}, scores)
+            context.log.info(f"explanations {pick}: {len(frames[pick]):,} rows (the rows every member was explained on)")
+        randomization = {}
+        for family in TREE_FAMILIES:
+            randomization[family] = _randomization(family, models[family], features, y, split, rand_dates, settings, frames[family])
+            context.log.info(f"explanations {family} randomization test: {randomization[family]}")
+    kind = {name: ("tree" if name in TREE_FAMILIES else "net" if name in FAMILIES else "ensemble") for name in frames}
+    members = {name: (ensemble_model["methods"][name.removeprefix("ensemble_")]["fit"]["members"] if kind[name] == "ensemble" else [name])
+               for name in frames}
+    summary = {
+        "pick": pick,
+        "holdout": split.describe(),
+        "models": {
+            name: {
+                "kind": kind[name],
+                "exact": all(m in TREE_FAMILIES for m in members[name]),
+                "members": members[name],
+                "rows": int(len(frame)),
+                "dates": int(frame.index.get_level_values("date").nunique()),
+                "mean_abs": {k: float(v) for k, v in mean_abs(frame).items()},
+                "additivity": additivity(frame),
+                "stability": top_feature_stability(frame, config.stability_top, config.bootstrap, settings.seed),
+                "seconds": timing.get(name),
+            }
+            for name, frame in frames.items()
+        },
+        "randomization": randomization,
+        "net_steps": steps,
+    }
+    table = pd.concat([frame.assign(model=name) for name, frame in frames.items()])
+    columns = ["model", *dict.fromkeys(c for f in frames.values() for c in feature_columns(f)), BASE]
+    table = table[[*columns, *[c for c in table.columns if c not in columns]]]
+    shown = pick if pick in frames else FAMILIES[0]
+    summary_png = summary_plot(frames[shown], span, f"{shown}: contributions on the holdout")
+    waterfall_png = waterfall_plot(frames[shown], frames[shown].index.get_level_values("date").max(), shown)
+    top = pd.DataFrame({name: pd.Series(info["mean_abs"]).head(10) for name, info in summary["models"].items()})
+    context.log.info(f"explanations: {len(table):,} rows over {len(frames)} models in {time.perf_counter() - start:.1f} s")
+    yield dg.Output(table, output_name="shap_values", metadata={
+        "rows": len(table), "models": ", ".join(frames), "pick": pick or "none",
+        "seconds": round(time.perf_counter() - start, 1),
+    })
+    yield dg.Output(summary, output_name="shap_summary", metadata={
+        "pick": pick or "none",
+        "top_features": dg.MetadataValue.md(top.round(6).to_markdown()),
+        "additivity": dg.MetadataValue.json({n: round(m["additivity"]["relative_error"], 8) for n, m in summary["models"].items()}),
+        "stability": dg.MetadataValue.json({n: {k: round(v, 3) for k, v in m["stability"].items() if isinstance(v, float)}
+                                            for n, m in summary["models"].items()}),
+        "randomization": dg.MetadataValue.json(randomization),
+        "summary_plot": dg.MetadataValue.md(markdown_image(summary_png, f"{shown} contributions")),
+        "waterfall": dg.MetadataValue.md(markdown_image(waterfall_png, f"{shown} waterfall, top names")),
+    })
+
+
+def _randomization(family, model, features, y, split, n_dates, settings, real: pd.DataFrame) -> dict:
+    """The same family and parameters refitted on the latest ``n_dates`` training dates with the
+    labels permuted within each date, explained on the same holdout rows as the real model."""
+    dates = split.train_dates[-n_dates:]
+    columns = list(model.feature_names_)
+    X = features.loc[features.index.get_level_values("date").isin(dates), columns]
+    target = permuted_within_dates(y.reindex(X.index).dropna(), settings.seed)
+    X = X.loc[target.index]
+    params = {k: v for k, v in model.get_params().items() if k != "device"}
+    permuted, _ = fit_model(family, params, X, target, settings.horizon)
+    rows = features.index.get_indexer(real.index)
+    explained = explain_rows(permuted, features[columns], rows)
+    return randomization_test(mean_abs(real), mean_abs(explained))
