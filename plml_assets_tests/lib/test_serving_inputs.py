@@ -271,3 +271,22 @@ def test_a_model_trained_on_a_real_ohlcv_csv_scores_that_csv(ohlcv_csv, store):
     np.testing.assert_allclose(out["score"].to_numpy(), expected["score"].to_numpy(), atol=1e-4)
     with pytest.raises(MlflowException, match=re.escape("Model is missing inputs ['high']")):
         model.predict(frame.drop(columns="high"))
+
+
+@pytest.mark.parametrize("name", ["volume", "close_ensemble"])
+def test_explain_param_returns_contributions_that_add_up_to_the_served_scores(loaded, pipeline_panel, expected, name):
+    """Issue 16: ``params={"explain": True}`` through MLflow's own pyfunc: the same scores, plus
+    ``base_value`` and one ``contrib_<feature>`` per feature the model reads (an ensemble: its members'
+    values in its per-date z-score space), adding up to the score."""
+    model = loaded[name]
+    assert {p.name: p.default for p in model.metadata.get_params_schema().params} == {"all_dates": False, "explain": False}
+    out = model.predict(pipeline_panel.reset_index(), params={"explain": True})
+    np.testing.assert_allclose(out["score"].to_numpy(), expected[name]["score"].to_numpy())
+    parts = [c for c in out.columns if c.startswith("contrib_")]
+    reads = CLOSE_FEATURES + VOLUME_FEATURES if name == "volume" else CLOSE_FEATURES
+    assert sorted(parts) == sorted(f"contrib_{f}" for f in reads)
+    total = out[parts].sum(axis=1) + out["base_value"]
+    assert np.abs(total - out["score"]).max() <= 1e-4 * np.sqrt((out["score"] ** 2).mean())
+    assert (out[parts].abs().sum() > 0).all()  # every feature it reads moves some score
+    plain = model.predict(pipeline_panel.reset_index())
+    assert not any(c.startswith("contrib_") or c == "base_value" for c in plain.columns)

@@ -3,7 +3,8 @@
 Given a raw price panel (the columns of ``market_prices``: date, symbol, close and optionally
 open/high/low/volume, with enough history), it rebuilds the features with the same code that
 trained it, keeps the selected columns and returns one score per symbol for the latest date
-(``params={"all_dates": True}`` scores every row, which the promotion gate uses on the holdout).
+(``params={"all_dates": True}`` scores every row, which the promotion gate uses on the holdout;
+``params={"explain": True}`` adds each score's contributions: ``base_value`` and ``contrib_<feature>``).
 
 It takes the panel as a person has it: read from CSV (integer volumes, string dates), float32 or
 float64 prices, extra columns, without the price columns its features do not read. The MLflow
@@ -164,7 +165,19 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         reads = feature_inputs(base)
         return [c for c in self.feature_columns if c in reads] + [c for c in reads if c not in self.feature_columns]
 
-    def score(self, panel: pd.DataFrame, all_dates: bool = False) -> pd.DataFrame:
+    def explain(self, features: pd.DataFrame, index: pd.Index, scores: pd.DataFrame) -> pd.DataFrame:
+        """Contributions of this model's score on the rows ``index`` of ``features`` (base value and
+        one column per feature; ``lib.explain.contributions``)."""
+        from plml_assets.lib.explain.contributions import PREDICTION, explain_rows
+
+        model, columns = self.members()[self.family]
+        return explain_rows(model, features[columns], features.index.get_indexer(index)).drop(columns=PREDICTION)
+
+    def score(self, panel: pd.DataFrame, all_dates: bool = False, explain: bool = False) -> pd.DataFrame:
+        """One score per symbol on the latest date (every row with ``all_dates``); with ``explain``,
+        also ``base_value`` and one ``contrib_<feature>`` column per feature the model reads, in the
+        score's units: ``base_value`` plus the row's contributions is its score (exactly for the
+        trees and the ensembles of trees; up to the integration error for the nets)."""
         panel = as_panel(panel, columns=self.input_columns())
         members = self.members()
         needed = list(dict.fromkeys(c for _, columns in members.values() for c in columns))
@@ -178,6 +191,13 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
                               index=index)
         out = index.to_frame(index=False)
         out["score"] = np.asarray(self.combine(scores), dtype="float64")
+        if explain:
+            parts = self.explain(features, index, scores)
+            out["base_value"] = parts.pop("base_value").reindex(index).to_numpy()
+            parts = parts.drop(columns=[c for c in ("nonlinear_residual",) if c in parts and not parts[c].any()])
+            for column in parts.columns:
+                name = column if column == "nonlinear_residual" else f"contrib_{column}"
+                out[name] = parts[column].reindex(index).to_numpy()
         # Features with look-backs longer than a symbol's history are NaN: say so per row instead
         # of silently serving a weaker score.
         out["full_history"] = history.reindex(index).ge(history_days(getattr(self, "recipes", {}))).to_numpy()
@@ -186,14 +206,14 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         return out
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        all_dates = bool((params or {}).get("all_dates", False))
-        return self.score(model_input, all_dates=all_dates)
+        params = params or {}
+        return self.score(model_input, all_dates=bool(params.get("all_dates", False)), explain=bool(params.get("explain", False)))
 
 
 def model_signature(scorer: PanelScorer, example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
     """The pyfunc's MLflow signature: ``date`` and ``symbol`` (optional to MLflow: they may come as
     index levels) and the price columns the model reads (required), all of any type; the output
-    as inferred from ``output``; the ``all_dates`` param. Other columns (the price columns the
+    as inferred from ``output``; the ``all_dates`` and ``explain`` params. Other columns (the price columns the
     features do not read included) are extra: MLflow drops them before the model sees the input.
 
     Typed columns would let MLflow refuse natural input before :func:`as_panel` sees it: an int64
@@ -203,7 +223,7 @@ def model_signature(scorer: PanelScorer, example: pd.DataFrame, output: pd.DataF
     unparseable dates) by name. The price of the leniency: MLflow passes an untyped column on
     value by value, about 1 s per million values.
     """
-    inferred = infer_signature(example, output, params={"all_dates": False})
+    inferred = infer_signature(example, output, params={"all_dates": False, "explain": False})
     inputs = Schema([
         ColSpec(AnyType(), "date", required=False),
         ColSpec(AnyType(), "symbol", required=False),
@@ -256,3 +276,13 @@ class EnsembleScorer(PanelScorer):
         from plml_assets.lib.ensemble.combine import EnsembleFit
 
         return EnsembleFit.from_dict(self.ensemble).combine(scores).reindex(scores.index).to_numpy()
+
+    def explain(self, features: pd.DataFrame, index: pd.Index, scores: pd.DataFrame) -> pd.DataFrame:
+        """The members' contributions mapped into the rule's per-date space
+        (``lib.explain.contributions.ensemble_contributions``), the scores of every scored row
+        standing for the date's cross-section."""
+        from plml_assets.lib.explain.contributions import PREDICTION, ensemble_contributions, explain_rows
+
+        rows = features.index.get_indexer(index)
+        members = {name: explain_rows(model, features[columns], rows) for name, (model, columns) in self.members().items()}
+        return ensemble_contributions(self.ensemble, members, {n: scores[n] for n in scores.columns}).drop(columns=PREDICTION)
