@@ -354,6 +354,33 @@ def test_explanations_cover_every_family_and_the_pick_and_add_up(first_run, grap
     assert set(summary["randomization"]) == {"xgboost", "lightgbm"}
 
 
+def test_every_registered_version_has_a_model_card_from_the_measured_facts(first_run, graph_dir):
+    """Issue 16 item 7: the gate writes model_card.md on the version's run and a summary in the
+    version's description, from the assets that measured each fact, and shows the card in the UI."""
+    resources, result = first_run
+    registry: MlflowRegistry = resources["mlflow_registry"]
+    registered = json.loads((graph_dir / "assets" / "registered_model.json").read_text())
+    report = json.loads((graph_dir / "assets" / "validation_report.json").read_text())
+    summary = json.loads((graph_dir / "assets" / "shap_summary.json").read_text())
+    client = registry.client()
+    card = Path(client.download_artifacts(registered["run_id"], "model_card.md")).read_text()
+    version = client.get_model_version(registry.model_name, registered["version"])
+    gate = _gate(result)
+    verdict = version.tags["plml.gate"]
+    for section in ("## Data", "## Model", "### Features", "## Validation", "## Promotion evidence", "## Backtest, net of costs",
+                    "## What drives the score", "## Gate"):
+        assert section in card
+    assert f"# {registry.model_name} v{registered['version']}: {registered['candidate']}" in card
+    assert f"**{verdict}**" in card and gate.description in card
+    top = next(iter(summary["models"][registered["candidate"]]["mean_abs"]))
+    assert f"`{top}`" in card  # the pick's strongest feature by mean |contribution|
+    assert f"| deflated Sharpe ratio | {report['evidence']['dsr']:.4f} |" in card
+    assert f"{report['evidence']['trials']} (" in card  # N trials behind the pick
+    assert f"holdout {registered['holdout_metrics']['rank_ic']:.4f} ± " in version.description
+    assert f"gate {verdict}" in version.description and "model_card.md" in version.description
+    assert gate.metadata["model_card"].value == card
+
+
 def test_every_step_of_the_run_is_metered(first_run, graph_instance):
     """Issue 14: the IO manager records each step's CPU, peak RSS, threads and rows on its
     materializations (in-process executor here), and the report reads them back with the walls."""

@@ -8,7 +8,9 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import split_for
+from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.models.baselines import momentum_score
+from plml_assets.lib.registry.model_card import CARD_ARTIFACT, card_summary, render_card, standard_error
 from plml_assets.lib.registry.promotion import decide
 from plml_assets.lib.validation.metrics import evaluate_predictions
 from plml_assets.resources.mlflow_registry import CHALLENGER, MlflowRegistry
@@ -159,9 +161,14 @@ class PromotionGateConfig(dg.Config):
         "market_prices": dg.AssetIn("market_prices"),
         "labels": dg.AssetIn("labels"),
         "validation_report": dg.AssetIn("validation_report"),
+        "model_leaderboard": dg.AssetIn("model_leaderboard"),
+        "feature_recipes": dg.AssetIn("feature_recipes"),
+        "cv_splits": dg.AssetIn("cv_splits"),
+        "shap_summary": dg.AssetIn("shap_summary"),
     },
     description="Promotion gate: the challenger must beat the champion (or, with none, the momentum baseline) on the same "
-    "holdout window, and the validation report on this very candidate must not say 'fail'.",
+    "holdout window, and the validation report on this very candidate must not say 'fail'. Writes the version's model "
+    "card (model_card.md on its run, a summary in its description, the card in this check's metadata).",
 )
 def promotion_gate(
     context: dg.AssetCheckExecutionContext,
@@ -170,6 +177,10 @@ def promotion_gate(
     market_prices: pd.DataFrame,
     labels: pd.DataFrame,
     validation_report: dict,
+    model_leaderboard: dict,
+    feature_recipes: dict,
+    cv_splits: pd.DataFrame,
+    shap_summary: dict,
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
 ) -> dg.AssetCheckResult:
@@ -237,6 +248,12 @@ def promotion_gate(
         ("plml.gate_detail", description[:4000]),
     ):
         client.set_model_version_tag(mlflow_registry.model_name, version, key, value)
+    facts = card_facts(context, registered_model, model_leaderboard, validation_report, feature_recipes, cv_splits, shap_summary,
+                       market_prices, labels, settings, mlflow_registry, {"verdict": verdict, "detail": description})
+    card = render_card(facts)
+    client.log_text(registered_model["run_id"], card, CARD_ARTIFACT)
+    client.update_model_version(mlflow_registry.model_name, version, description=card_summary(facts)[:5000])
+    context.log.info(f"promotion_gate: model card of v{version} written ({CARD_ARTIFACT} on run {registered_model['run_id']})")
     return dg.AssetCheckResult(
         passed=decision.passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -248,8 +265,68 @@ def promotion_gate(
             "reference_value": reference_value,
             "margin": decision.margin,
             "reference_metrics": dg.MetadataValue.json({k: float(v) for k, v in ref_metrics.items()}),
+            "model_card": dg.MetadataValue.md(card),
         },
     )
+
+
+def card_facts(context, registered_model: dict, model_leaderboard: dict, validation_report: dict, feature_recipes: dict,
+               cv_splits: pd.DataFrame, shap_summary: dict, market_prices: pd.DataFrame, labels: pd.DataFrame,
+               settings: ExperimentSettings, mlflow_registry: MlflowRegistry, gate: dict) -> dict:
+    """What the model card of the registered version says, each fact from the asset that measured it."""
+    winner = model_leaderboard["winner"]
+    candidate = registered_model["candidate"]
+    row = next((r for r in model_leaderboard["table"] if r["candidate"] == candidate), {})
+    _, split = split_for(labels, settings)
+    run = mlflow_registry.client().get_run(registered_model["run_id"])
+    tags = {**winner.get("tags", {}), **run.data.tags}
+    n_folds = int(cv_splits.loc[cv_splits["scheme"] == "walk_forward", "fold"].nunique())
+    wf_std = row.get("walk_forward_rank_ic_std")
+    metrics = registered_model["holdout_metrics"]
+    evidence = validation_report.get("evidence", {}) if validation_report.get("subject") == candidate else {}
+    recipes = feature_recipes.get("recipes", {})
+    dates = market_prices.index.get_level_values("date")
+    run_tags = context.run.tags
+    trigger = run_tags.get("plml/trigger", "manual")
+    if run_tags.get("plml/causes"):
+        trigger += f" (causes: {run_tags['plml/causes']})"
+    top = shap_summary.get("models", {}).get(candidate, {}).get("mean_abs", {})
+    return {
+        "model": registered_model["name"], "version": registered_model["version"], "candidate": candidate,
+        "run_id": registered_model["run_id"], "description": winner.get("description", candidate),
+        "kind": winner.get("kind"), "family": winner.get("family"),
+        "members": [m for m in (tags.get("plml.members") or "").split(",") if m],
+        "params": {k: v for k, v in run.data.params.items()},
+        "code_version": tags.get("plml.code_version"), "horizon": settings.horizon, "trigger": trigger,
+        "features": list(winner["features"]),
+        "feature_recipes": {f: (f"{recipes[f]['primitive']}({', '.join(recipes[f]['inputs'])}"
+                                + "".join(f", {k}={v}" for k, v in recipes[f].get("params", {}).items()) + ")")
+                            if f in recipes else "base feature" for f in winner["features"]},
+        "data": {
+            "first_date": str(dates.min().date()), "last_date": str(dates.max().date()),
+            "symbols": int(market_prices.index.get_level_values("symbol").nunique()), "rows": int(len(market_prices)),
+            "fingerprint": price_lib.fingerprint(market_prices),
+            "train_start": str(split.train_dates[0].date()), "train_end": str(split.train_dates[-1].date()),
+            "holdout_start": registered_model["holdout"].get("holdout_start"), "holdout_end": registered_model["holdout"].get("holdout_end"),
+        },
+        "cv": {
+            "walk_forward_rank_ic": row.get("walk_forward_rank_ic_mean"),
+            "walk_forward_se": (float(wf_std) / np.sqrt(n_folds)) if wf_std is not None and n_folds else None,
+            "positive_folds": row.get("positive_folds"), "folds": n_folds,
+            "kfold_rank_ic": row.get("kfold_rank_ic_mean"),
+            "cpcv_path_sharpe_mean": evidence.get("cpcv_path_sharpe_mean"),
+            "holdout_rank_ic": metrics.get("rank_ic"),
+            "holdout_se": standard_error(metrics.get("rank_ic"), metrics.get("ic_ir"), metrics.get("n_dates"), settings.horizon),
+            "holdout_dates": int(metrics["n_dates"]) if metrics.get("n_dates") is not None else None,
+        },
+        "evidence": {"trials": evidence.get("trials"), "effective_trials": evidence.get("effective_trials"),
+                     "dsr": evidence.get("dsr"), "pbo": evidence.get("pbo"), "psr": evidence.get("psr"),
+                     "verdict": validation_report.get("verdict"), "reasons": validation_report.get("reasons", [])},
+        "backtest": {k: evidence.get(k) for k in ("net_sharpe", "walk_forward_net_sharpe", "holdout_net_sharpe", "cost_bps_per_side",
+                                                  "turnover_per_day", "holding_days", "execution_lag_days", "baseline_net_sharpe")},
+        "top_contributions": dict(list(top.items())[:10]),
+        "gate": gate,
+    }
 
 
 @dg.asset(
