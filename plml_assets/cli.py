@@ -1,6 +1,7 @@
 """`plml`: the few verbs a person types.
 
     plml run [--quick]       materialize the whole asset graph locally, then print a summary
+    plml reproduce VERSION   retrain a registered version from what it recorded; compare holdout scores
     plml status [--json]     the registered model: champion, challenger, metrics
     plml promote VERSION     point 'champion' at VERSION
     plml rollback            move 'champion' back to the previous champion
@@ -495,6 +496,65 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Retrain VERSION from what it recorded (lib/registry/reproduce.py) into a scratch folder and
+    compare its holdout scores with the registered model's; exit 1 when they differ."""
+    registry = _existing_registry("reproduce")
+    if registry is None:
+        return 2
+    import tempfile
+
+    import mlflow
+
+    from plml_assets.definitions import build_resources
+    from plml_assets.lib.registry.reproduce import DIGEST_ARTIFACT, ReproductionRefused, reproduce
+
+    client = registry.client()
+    try:
+        mv = client.get_model_version(registry.model_name, str(args.version))
+    except MlflowException as exc:
+        print(f"plml reproduce: {registry.model_name} has no version {args.version!r} ({exc.message.splitlines()[0]})", file=sys.stderr)
+        return 2
+    run = client.get_run(mv.run_id)
+    tags = {**run.data.tags, **(mv.tags or {})}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                recorded = json.loads(Path(client.download_artifacts(mv.run_id, DIGEST_ARTIFACT, tmp)).read_text())
+            except (MlflowException, OSError) as exc:
+                raise ReproductionRefused(f"v{mv.version} recorded no {DIGEST_ARTIFACT} (registered before plml recorded its prices): "
+                                          "it cannot be checked against the prices available") from exc
+        with registry.tracking():
+            scorer = mlflow.pyfunc.load_model(registry.model_uri(str(mv.version))).unwrap_python_model()
+        prices = build_resources()["price_source"].load()
+        if not args.json:
+            print(f"plml reproduce: refitting {registry.model_name} v{mv.version} ({tags.get('plml.candidate', tags.get('plml.family', '?'))}) "
+                  f"from what it recorded; prices {build_resources()['price_source'].describe_source()}", flush=True)
+        scratch = plml_home() / "reproduce" / f"v{mv.version}"
+        result = reproduce(scorer, tags, recorded, prices, str(mv.version), scratch=scratch)
+    except ReproductionRefused as exc:
+        if args.json:
+            print(json.dumps({"version": str(mv.version), "max_abs_diff": None, "rows": 0, "match": False, "refused": str(exc)}))
+        print(f"plml reproduce: v{mv.version}: {exc}", file=sys.stderr)
+        return 2
+    code = tags.get("plml.code_version")
+    from plml_assets.lib.registry.provenance import code_version
+
+    if code and code != code_version():
+        result.notes.append(f"recorded code version {code}, running {code_version()}")
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        for name, member in result.members.items():
+            print(f"  {name} ({member['family']}): refitted on {member['training_rows']:,} rows, holdout max |diff| {member['max_abs_diff']:.3g}")
+        for note in result.notes:
+            print(f"  note: {note}")
+        print(f"plml reproduce: v{result.version}: largest |registered - reproduced| score on {result.rows:,} holdout rows "
+              f"{result.max_abs_diff:.3g} (tolerance {result.tolerance:g}): {'match' if result.match else 'DIFFERENT'}; "
+              f"refitted models in {result.scratch} (the registry is untouched)")
+    return 0 if result.match else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plml", description="plml: prediction model learning on Dagster + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -529,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("promote", help="point 'champion' at VERSION")
     p.add_argument("version")
     p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("reproduce", help="retrain VERSION from what it recorded and compare its holdout scores")
+    p.add_argument("version")
+    p.add_argument("--json", action="store_true", help='print {"version", "max_abs_diff", "rows", "match"}')
+    p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("rollback", help="move 'champion' back to the previous champion")
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("doctor", help="check the Dagster instance, MLflow store and Optuna storage")

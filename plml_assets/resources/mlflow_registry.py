@@ -182,6 +182,21 @@ class MlflowRegistry(dg.ConfigurableResource):
         out = [_info(self.model_name, mv) for mv in found]
         return sorted(out, key=lambda v: int(v.version))
 
+    def version_profile(self, version: VersionInfo) -> dict[str, float] | None:
+        """The version's mean |contribution| per feature (``shap_profile.json`` on its run, written
+        with its model card); None for a version registered before there were explanations."""
+        if not version.run_id:
+            return None
+        import json
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.client().download_artifacts(version.run_id, "shap_profile.json", tmp)
+                return {str(k): float(v) for k, v in json.loads(open(path).read())["mean_abs"].items()}
+        except (MlflowException, OSError, KeyError, ValueError):
+            return None
+
     def aliases(self) -> dict[str, str]:
         try:
             return {k: str(v) for k, v in self.client().get_registered_model(self.model_name).aliases.items()}

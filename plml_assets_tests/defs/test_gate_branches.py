@@ -167,9 +167,23 @@ def _run(world: World, registry: MlflowRegistry, instance, board: dict, report: 
     def validation_report_stub() -> dict:
         return report
 
+    # What the gate reads only for the model card it writes (issue 16): no recipes, three folds, no explanation.
+    @dg.asset(name="feature_recipes")
+    def feature_recipes_stub() -> dict:
+        return {"recipes": {}}
+
+    @dg.asset(name="cv_splits")
+    def cv_splits_stub() -> pd.DataFrame:
+        return pd.DataFrame({"scheme": ["walk_forward"] * 3, "fold": [1, 2, 3], "date": world.prices.index.levels[0][:3],
+                             "role": ["test"] * 3})
+
+    @dg.asset(name="shap_summary")
+    def shap_summary_stub() -> dict:
+        return {"models": {}, "randomization": {}}
+
     return dg.materialize(
-        [market_prices_stub, labels_asset, model_leaderboard_stub, validation_report_stub,
-         registered_model, promotion_gate, champion_model],
+        [market_prices_stub, labels_asset, model_leaderboard_stub, validation_report_stub, feature_recipes_stub, cv_splits_stub,
+         shap_summary_stub, registered_model, promotion_gate, champion_model],
         resources={"settings": SETTINGS, "mlflow_registry": registry}, instance=instance, raise_on_error=False,
     )
 
@@ -297,3 +311,6 @@ def test_when_every_check_passes_the_champion_moves_to_the_challenger(world, reg
     assert registry.alias_version("champion").version == challenger.version
     assert registry.champion_history() == [champion, challenger.version]
     assert registry.version_info(challenger.version).tags["plml.promotion_reason"] == gate.description[:4000]
+    # The card is written from whatever evidence exists, n/a for the rest (no explanation, no backtest here).
+    card = gate.metadata["model_card"].value
+    assert card.startswith(f"# {registry.model_name} v{challenger.version}: {CANDIDATE}") and "**promote**" in card

@@ -381,6 +381,55 @@ def test_every_registered_version_has_a_model_card_from_the_measured_facts(first
     assert gate.metadata["model_card"].value == card
 
 
+def test_plml_reproduce_refits_a_tree_and_a_net_version_and_refuses_other_prices(first_run, graph_dir, tmp_path):
+    """Issue 16 item 8: a version retrained from what it recorded scores its holdout as the registered
+    model does (trees within 1e-6, nets within 1e-4 on the CPU), into a scratch folder, without
+    touching the registry; prices that differ are refused with the first differing date and symbol."""
+    import subprocess
+    import sys
+
+    from plml_assets.lib.registry.reproduce import DIGEST_ARTIFACT, ReproductionRefused, reproduce
+
+    resources, _ = first_run
+    # Versions under a model name of their own: the other tests count plml_test_model's versions.
+    registry = MlflowRegistry(tracking_uri=resources["mlflow_registry"].tracking_uri, model_name="plml_reproduce_test")
+    client = registry.client()
+    prices = resources["price_source"].load()
+    aliases_before = resources["mlflow_registry"].aliases()
+    versions = {}
+    for family in ("xgboost", "gru"):  # a family pick is registered from its model run, as registered_model does
+        model = json.loads((graph_dir / "assets" / f"{family}_model.json").read_text())
+        with registry.tracking():
+            versions[family] = str(mlflow.register_model(model["model_uri"], registry.model_name, tags=model["tags"]).version)
+    for family, version in versions.items():
+        mv = client.get_model_version(registry.model_name, version)
+        recorded = json.loads(Path(client.download_artifacts(mv.run_id, DIGEST_ARTIFACT, str(tmp_path))).read_text())
+        with registry.tracking():
+            scorer = mlflow.pyfunc.load_model(registry.model_uri(version)).unwrap_python_model()
+        result = reproduce(scorer, {**client.get_run(mv.run_id).data.tags, **mv.tags}, recorded, prices, version, scratch=tmp_path / family)
+        assert result.match, (family, result.max_abs_diff)
+        assert result.tolerance == (1e-6 if family == "xgboost" else 1e-4) and result.rows > 0
+        assert (tmp_path / family / family).is_dir()  # the refitted model, outside the registry
+        changed = prices.copy()
+        moved = changed.index[len(changed) // 2]
+        changed.loc[moved, "close"] *= 1.01
+        with pytest.raises(ReproductionRefused, match=f"first differing date {moved[0].date()}.*{moved[1]}"):
+            reproduce(scorer, mv.tags, recorded, changed, version)
+    # The CLI on the same prices, from a file: one JSON object; the registry's aliases never move.
+    prices.reset_index().to_parquet(tmp_path / "prices.parquet")
+    env = {**__import__("os").environ, "PLML_HOME": str(graph_dir), "PLML_PRICES": str(tmp_path / "prices.parquet"),
+           "PLML_MLFLOW_TRACKING_URI": registry.resolved_tracking_uri(), "PLML_MODEL_NAME": registry.model_name}
+    out = subprocess.run([sys.executable, "-m", "plml_assets.cli", "reproduce", versions["xgboost"], "--json"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(payload) == {"version", "max_abs_diff", "rows", "match"} and payload["match"] is True
+    assert payload["version"] == versions["xgboost"] and payload["max_abs_diff"] <= 1e-6
+    assert resources["mlflow_registry"].aliases() == aliases_before and registry.aliases() == {}
+    missing = subprocess.run([sys.executable, "-m", "plml_assets.cli", "reproduce", "999"], env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "has no version '999'" in missing.stderr
+
+
 def test_every_step_of_the_run_is_metered(first_run, graph_instance):
     """Issue 14: the IO manager records each step's CPU, peak RSS, threads and rows on its
     materializations (in-process executor here), and the report reads them back with the walls."""
@@ -562,6 +611,10 @@ def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(fi
     assert summary["enough_dates"] is True  # three years of newly labelled dates after the holdout
     assert summary["age_days"] > 700
     assert set(drift["decision"]) >= {"retrain", "severity", "reasons"}
+    # Issue 16: the champion's contribution profile (stored with its model card) weighs the feature drift.
+    weighted = drift["contribution_weighted"]
+    assert weighted is not None and weighted["coverage"] == pytest.approx(1.0)
+    assert 0.0 <= weighted["psi"] <= summary["max_feature_psi"] and len(weighted["features"]) == 10
 
     context = dg.build_sensor_context(instance=instance, definitions=defs)
     outcome = drift_retraining_sensor(context)

@@ -446,3 +446,17 @@ def test_drift_plot_returns_png_bytes():
         png = drift_plot(table, realized, DriftThresholds(), top=2)
         assert png.startswith(PNG_MAGIC) and len(png) > 1_000
     assert drift_plot(table.iloc[0:0], None, DriftThresholds()).startswith(PNG_MAGIC)
+
+
+def test_importance_weighted_drift_follows_the_features_the_model_leans_on():
+    from plml_assets.lib.monitoring.drift import importance_weighted_drift
+
+    table = pd.DataFrame({"psi": [0.8, 0.01, 0.02], "ks": [0.5, 0.02, 0.03]}, index=pd.Index(["a", "b", "c"], name="feature"))
+    leans_on_drifted = importance_weighted_drift(table, {"a": 9.0, "b": 0.5, "c": 0.5})
+    leans_on_stable = importance_weighted_drift(table, {"a": 0.5, "b": 9.0, "c": 0.5, "gone": 1.0})
+    assert leans_on_drifted["psi"] == pytest.approx(0.9 * 0.8 + 0.05 * 0.01 + 0.05 * 0.02)
+    assert leans_on_stable["psi"] < 0.1 < leans_on_drifted["psi"]
+    assert leans_on_stable["coverage"] == pytest.approx(10.0 / 11.0)  # "gone" is not in the table
+    assert [f["feature"] for f in leans_on_drifted["features"]] == ["a", "b", "c"]
+    empty = importance_weighted_drift(table, {"zzz": 1.0})
+    assert math.isnan(empty["psi"]) and empty["features"] == []

@@ -13,8 +13,10 @@ from pydantic import Field
 import plml_assets
 from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_tags
 from plml_assets.defs.training.assets import _input_example, _pip_requirements
+from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.ensemble.combine import METHODS, ensemble_oof_scores, fit_ensemble
 from plml_assets.lib.registry.provenance import code_version
+from plml_assets.lib.registry.reproduce import DIGEST_ARTIFACT
 from plml_assets.lib.registry.serving import EnsembleScorer, member_artifact, model_signature
 from plml_assets.lib.validation.metrics import evaluate_predictions
 from plml_assets.resources.mlflow_registry import MlflowRegistry
@@ -134,6 +136,7 @@ def _log_ensembles(context, results, models, members, market_prices, feature_rec
     """One MLflow run and pyfunc per ensemble rule, carrying the members' saved models."""
     logged = {}
     example = _input_example(market_prices, feature_recipes["recipes"])
+    digests = price_lib.panel_digests(market_prices)
     with mlflow_registry.tracking(), tempfile.TemporaryDirectory() as tmp:
         artifacts, fitted = {}, {}
         for f in members:
@@ -160,6 +163,7 @@ def _log_ensembles(context, results, models, members, market_prices, feature_rec
             with mlflow.start_run(experiment_id=mlflow_registry.experiment_id(),
                                   run_name=f"ensemble-{method}-{context.run.run_id[:8]}", tags=tags) as run:
                 mlflow.log_dict(result["fit"], "ensemble.json")
+                mlflow.log_dict(digests, DIGEST_ARTIFACT)  # what `plml reproduce` checks the prices against
                 mlflow.log_text(pd.DataFrame(result["per_fold"]).to_csv(index=False), "ensemble_folds.csv")
                 mlflow.log_metrics({f"holdout_{k}": v for k, v in result["holdout_metrics"].items() if pd.notna(v)})
                 mlflow.log_params({"method": method, **{f"weight.{k}": round(v, 6) for k, v in result["fit"]["weights"].items()}})

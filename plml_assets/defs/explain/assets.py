@@ -18,7 +18,7 @@ from plml_assets.lib.explain.contributions import (
     feature_columns,
     mean_abs,
 )
-from plml_assets.lib.explain.plots import summary_plot, waterfall_plot
+from plml_assets.lib.explain.plots import summary_plot, version_profiles_plot, waterfall_plot
 from plml_assets.lib.explain.validation import permuted_within_dates, randomization_test, top_feature_stability
 from plml_assets.lib.models.training import fit_model
 from plml_assets.lib.plots import markdown_image
@@ -152,7 +152,13 @@ def explanations(
     table = pd.concat([frame.assign(model=name) for name, frame in frames.items()])
     columns = ["model", *dict.fromkeys(c for f in frames.values() for c in feature_columns(f)), BASE]
     table = table[[*columns, *[c for c in table.columns if c not in columns]]]
+    # How the top features moved across the registered versions, the pick of this run last.
+    with mlflow_registry.tracking():
+        history = {f"v{v.version}": mlflow_registry.version_profile(v) for v in mlflow_registry.versions()}
+    profiles = {k: pd.Series(p) for k, p in history.items() if p}
     shown = pick if pick in frames else FAMILIES[0]
+    profiles[f"{shown} (this run)"] = pd.Series(summary["models"][shown]["mean_abs"])
+    summary["versions"] = [k for k in profiles]
     summary_png = summary_plot(frames[shown], span, f"{shown}: contributions on the holdout")
     waterfall_png = waterfall_plot(frames[shown], frames[shown].index.get_level_values("date").max(), shown)
     top = pd.DataFrame({name: pd.Series(info["mean_abs"]).head(10) for name, info in summary["models"].items()})
@@ -170,6 +176,7 @@ def explanations(
         "randomization": dg.MetadataValue.json(randomization),
         "summary_plot": dg.MetadataValue.md(markdown_image(summary_png, f"{shown} contributions")),
         "waterfall": dg.MetadataValue.md(markdown_image(waterfall_png, f"{shown} waterfall, top names")),
+        "versions_plot": dg.MetadataValue.md(markdown_image(version_profiles_plot(profiles), "top features across versions")),
     })
 
 

@@ -9,7 +9,17 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import fail_fast_on_bad_input, split_for, step_tags
-from plml_assets.lib.monitoring.drift import DriftThresholds, data_age_days, decide_retraining, feature_drift, performance_decay, prediction_drift, realized_rank_ic, summarize
+from plml_assets.lib.monitoring.drift import (
+    DriftThresholds,
+    data_age_days,
+    decide_retraining,
+    feature_drift,
+    importance_weighted_drift,
+    performance_decay,
+    prediction_drift,
+    realized_rank_ic,
+    summarize,
+)
 from plml_assets.lib.plots import drift_plot, markdown_image
 from plml_assets.lib.registry.serving import history_days, model_features
 from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
@@ -114,6 +124,11 @@ def drift_metrics(
         performance = performance_decay(new, y.reindex(new.index), reference_ic, min_dates=config.min_dates,
                                         horizon=settings.horizon)
         age = data_age_days(train_end, all_dates)
+        # Feature drift weighted by how much the champion leans on each feature (its mean |contribution|
+        # on its holdout, stored with its model card): a drifted feature it barely reads matters less.
+        with mlflow_registry.tracking():
+            profile = mlflow_registry.version_profile(champion)
+        weighted = importance_weighted_drift(feature_table, profile) if profile else None
         summary = summarize(feature_table, prediction, performance, thresholds, age)
         decision = decide_retraining(summary, thresholds)
     realized = realized_rank_ic(new, y.reindex(new.index)) if len(new) else None
@@ -132,7 +147,8 @@ def drift_metrics(
     return dg.Output(
         {"champion": champion.version, "summary": clean, "decision": decision_dict, "thresholds": thresholds.__dict__,
          "windows": windows, "prediction": {k: float(v) for k, v in prediction.items()},
-         "performance": {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in performance.items()}},
+         "performance": {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in performance.items()},
+         "contribution_weighted": weighted},
         metadata={
             "champion": f"v{champion.version}",
             "severity": decision.severity,
@@ -143,6 +159,7 @@ def drift_metrics(
             "thresholds": dg.MetadataValue.json(thresholds.__dict__),
             "windows": dg.MetadataValue.json(windows),
             "feature_psi": dg.MetadataValue.md(feature_table.head(20).round(4).to_markdown()),
+            "importance_weighted_psi": (float(weighted["psi"]) if weighted else "no contribution profile for this champion"),
             "plot": dg.MetadataValue.md(markdown_image(png, "feature PSI and realized rank IC")),
             "seconds": round(time.perf_counter() - start, 1),
         },

@@ -10,7 +10,7 @@ from pydantic import Field
 from plml_assets.defs.shared import split_for
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.models.baselines import momentum_score
-from plml_assets.lib.registry.model_card import CARD_ARTIFACT, card_summary, render_card, standard_error
+from plml_assets.lib.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, card_summary, render_card, standard_error
 from plml_assets.lib.registry.promotion import decide
 from plml_assets.lib.validation.metrics import evaluate_predictions
 from plml_assets.resources.mlflow_registry import CHALLENGER, MlflowRegistry
@@ -248,12 +248,20 @@ def promotion_gate(
         ("plml.gate_detail", description[:4000]),
     ):
         client.set_model_version_tag(mlflow_registry.model_name, version, key, value)
-    facts = card_facts(context, registered_model, model_leaderboard, validation_report, feature_recipes, cv_splits, shap_summary,
-                       market_prices, labels, settings, mlflow_registry, {"verdict": verdict, "detail": description})
-    card = render_card(facts)
-    client.log_text(registered_model["run_id"], card, CARD_ARTIFACT)
-    client.update_model_version(mlflow_registry.model_name, version, description=card_summary(facts)[:5000])
-    context.log.info(f"promotion_gate: model card of v{version} written ({CARD_ARTIFACT} on run {registered_model['run_id']})")
+    try:  # the decision above is recorded whatever happens to its paperwork
+        facts = card_facts(context, registered_model, model_leaderboard, validation_report, feature_recipes, cv_splits, shap_summary,
+                           market_prices, labels, settings, mlflow_registry, {"verdict": verdict, "detail": description})
+        card = render_card(facts)
+        client.log_text(registered_model["run_id"], card, CARD_ARTIFACT)
+        profile = (shap_summary.get("models") or {}).get(registered_model["candidate"])
+        if profile is not None:  # what drift_metrics weighs feature drift by, and the versions plot compares
+            client.log_dict(registered_model["run_id"], {"candidate": registered_model["candidate"], "version": version,
+                                                         "rows": profile["rows"], "mean_abs": profile["mean_abs"]}, PROFILE_ARTIFACT)
+        client.update_model_version(mlflow_registry.model_name, version, description=card_summary(facts)[:5000])
+        context.log.info(f"promotion_gate: model card of v{version} written ({CARD_ARTIFACT} on run {registered_model['run_id']})")
+    except Exception as exc:  # noqa: BLE001 - a broken card must not hide or change the gate's decision
+        card = f"model card not written: {type(exc).__name__}: {exc}"
+        context.log.error(f"promotion_gate: v{version}: {card}")
     return dg.AssetCheckResult(
         passed=decision.passed,
         severity=dg.AssetCheckSeverity.ERROR,

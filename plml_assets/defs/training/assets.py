@@ -24,6 +24,7 @@ from plml_assets.lib.models.distributed import DASK_FAMILIES
 from plml_assets.lib.models.training import best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word, predict_rows, update_model
 from plml_assets.lib.plots import cumulative_ic_plot, fold_metrics_plot, importance_plot, markdown_image
 from plml_assets.lib.registry.provenance import code_version, feature_list_hash
+from plml_assets.lib.registry.reproduce import DIGEST_ARTIFACT
 from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer, history_days, model_signature
 from plml_assets.lib.validation.metrics import evaluate_predictions, per_date_ic
 from plml_assets.resources.dask import DaskResource
@@ -296,6 +297,7 @@ def train_family_model(
         mlflow.log_dict({"features": columns, "winsor_clip": list(clip),
                          "recipes": {c: r for c, r in feature_recipes["recipes"].items() if c in columns}}, "features.json")
         mlflow.log_dict(split.describe(), "holdout_window.json")
+        mlflow.log_dict(price_lib.panel_digests(market_prices), DIGEST_ARTIFACT)  # what `plml reproduce` checks the prices against
         mlflow.log_text(cv_results.to_csv(index=False), "cv_results.csv")
         plots = {"holdout_cumulative_rank_ic": ic_curve, "cv_folds": folds_png}
         if importance_png is not None:

@@ -112,6 +112,42 @@ def fingerprint(panel: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def panel_digests(panel: pd.DataFrame) -> dict[str, object]:
+    """What a trained model records of its prices so that a later reproduction can say where they
+    differ: the whole panel's :func:`fingerprint`, its columns, and one short hash per date (of that
+    date's rows) and per symbol (of that symbol's rows)."""
+    hashed = pd.Series(pd.util.hash_pandas_object(panel, index=True).to_numpy(), index=panel.index)
+
+    def per(level: str) -> dict[str, str]:
+        return {(str(key.date()) if isinstance(key, pd.Timestamp) else str(key)):
+                hashlib.sha256(values.to_numpy().tobytes()).hexdigest()[:12]
+                for key, values in hashed.groupby(level=level, sort=True)}
+
+    return {"fingerprint": fingerprint(panel), "columns": list(panel.columns), "dates": per("date"), "symbols": per("symbol")}
+
+
+def first_difference(recorded: dict[str, object], panel: pd.DataFrame) -> str | None:
+    """None when ``panel`` is the panel ``recorded`` (:func:`panel_digests`) describes; else where it
+    first differs, in words: a missing or extra column, date or symbol, or the first date whose rows
+    differ and the symbols whose history differs."""
+    current = panel_digests(panel)
+    if current["fingerprint"] == recorded.get("fingerprint"):
+        return None
+    if list(current["columns"]) != list(recorded.get("columns", [])):
+        return f"the price columns differ: recorded {recorded.get('columns')}, available {current['columns']}"
+    old_dates, new_dates = recorded.get("dates", {}), current["dates"]
+    changed = sorted(d for d in set(old_dates) | set(new_dates) if old_dates.get(d) != new_dates.get(d))
+    symbols = sorted(s for s in set(recorded.get("symbols", {})) | set(current["symbols"])
+                     if recorded.get("symbols", {}).get(s) != current["symbols"].get(s))
+    if not changed:
+        return "the panels differ (their fingerprints do) but no date does: the row order or index differs"
+    first = changed[0]
+    where = ("missing from the available prices" if first not in new_dates else
+             "not in the recorded prices" if first not in old_dates else "with different rows")
+    named = f"; symbols whose rows differ: {', '.join(symbols[:10])}{' ...' if len(symbols) > 10 else ''}" if symbols else ""
+    return f"first differing date {first} ({where}; {len(changed)} date(s) differ in all){named}"
+
+
 def describe_panel(panel: pd.DataFrame) -> dict[str, object]:
     dates = panel.index.get_level_values("date")
     return {

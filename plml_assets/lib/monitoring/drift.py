@@ -493,3 +493,25 @@ def retrain_mode(decision: RetrainDecision) -> str:
     the decision is staleness or a performance slip, 'full' when the features or the scores drifted."""
     causes = set(decision.causes)
     return "incremental" if causes and causes <= INCREMENTAL_CAUSES else "full"
+
+
+def importance_weighted_drift(feature_table: pd.DataFrame, profile: Mapping[str, float], top: int = 10) -> dict:
+    """Feature drift weighted by the model's reliance on each feature: ``psi`` and ``ks`` are the
+    averages of the per-feature statistics weighted by the features' shares of mean |contribution|
+    (``profile``, e.g. the champion's SHAP profile), over the features both know; ``features`` lists
+    the ``top`` features by weight with their share, PSI and weighted PSI. A drifted feature the model
+    barely reads moves this little; one it leans on moves it a lot."""
+    weights = pd.Series({str(k): float(v) for k, v in profile.items()}, dtype=float)
+    common = [f for f in feature_table.index if f in weights.index]
+    if not common or weights[common].sum() <= 0:
+        return {"psi": float("nan"), "ks": float("nan"), "coverage": 0.0, "features": []}
+    share = weights[common] / weights[common].sum()
+    table = feature_table.loc[common]
+    ranked = share.sort_values(ascending=False).index[:top]
+    return {
+        "psi": float((share * table["psi"]).sum()),
+        "ks": float((share * table["ks"]).sum()) if "ks" in table else float("nan"),
+        "coverage": float(weights[common].sum() / weights.sum()),
+        "features": [{"feature": f, "share": round(float(share[f]), 4), "psi": round(float(table.loc[f, "psi"]), 4),
+                      "weighted_psi": round(float(share[f] * table.loc[f, "psi"]), 5)} for f in ranked],
+    }

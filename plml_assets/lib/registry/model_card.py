@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 CARD_ARTIFACT = "model_card.md"
+#: the version's mean |contribution| per feature on its holdout (``{"mean_abs": {feature: value}, ...}``)
+PROFILE_ARTIFACT = "shap_profile.json"
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -45,8 +47,8 @@ def _table(rows: Sequence[tuple[str, str]]) -> str:
 def render_card(facts: Mapping[str, Any]) -> str:
     """The markdown card. ``facts``: see :func:`plml_assets.defs.registry.assets.card_facts`."""
     f = facts
-    data, cv, evidence, backtest = f.get("data", {}), f.get("cv", {}), f.get("evidence", {}), f.get("backtest", {})
-    gate = f.get("gate", {})
+    data, cv, evidence, backtest = (f.get(k) or {} for k in ("data", "cv", "evidence", "backtest"))
+    gate = f.get("gate") or {}
     lines = [
         f"# {f['model']} v{f['version']}: {f['candidate']}",
         "",
@@ -68,17 +70,17 @@ def render_card(facts: Mapping[str, Any]) -> str:
         "## Model",
         _table([
             ("kind", f"{f.get('kind', 'n/a')} ({f.get('family', 'n/a')})"),
-            ("members", ", ".join(f.get("members", [])) or "none (a single model)"),
-            ("parameters", "; ".join(f"{k}={v}" for k, v in sorted(f.get("params", {}).items())) or "n/a"),
+            ("members", ", ".join(f.get("members") or []) or "none (a single model)"),
+            ("parameters", "; ".join(f"{k}={v}" for k, v in sorted((f.get("params") or {}).items())) or "n/a"),
             ("code version", f"`{f.get('code_version', 'n/a')}`"),
             ("trigger", f.get("trigger", "manual")),
         ]),
         "",
-        f"### Features ({len(f.get('features', []))})",
+        f"### Features ({len(f.get('features') or [])})",
         "",
         "| feature | recipe |",
         "|---|---|",
-        *[f"| `{name}` | {recipe} |" for name, recipe in f.get("feature_recipes", {}).items()],
+        *[f"| `{name}` | {recipe} |" for name, recipe in (f.get("feature_recipes") or {}).items()],
         "",
         "## Validation (rank IC: per-date Spearman correlation of score and outcome, mean over dates)",
         "",
@@ -97,7 +99,7 @@ def render_card(facts: Mapping[str, Any]) -> str:
             ("deflated Sharpe ratio", _num(evidence.get("dsr"))),
             ("probability of backtest overfitting", _num(evidence.get("pbo"))),
             ("probabilistic Sharpe ratio", _num(evidence.get("psr"))),
-            ("validation report", f"{evidence.get('verdict', 'n/a')}: " + ("; ".join(evidence.get("reasons", [])) or "no reasons")),
+            ("validation report", f"{evidence.get('verdict', 'n/a')}: " + ("; ".join(evidence.get("reasons") or []) or "no reasons")),
         ]),
         "",
         "## Backtest, net of costs",
@@ -106,14 +108,14 @@ def render_card(facts: Mapping[str, Any]) -> str:
             ("walk-forward / holdout net Sharpe", f"{_num(backtest.get('walk_forward_net_sharpe'))} / {_num(backtest.get('holdout_net_sharpe'))}"),
             ("costs", f"{_num(backtest.get('cost_bps_per_side'), 1)} bps per side, turnover {_num(backtest.get('turnover_per_day'), 3)} per day, "
                       f"{_num(backtest.get('holding_days'))}-day tranches, {_num(backtest.get('execution_lag_days'))}-day execution lag"),
-            ("baselines' net Sharpe", ", ".join(f"{k} {_num(v, 3)}" for k, v in backtest.get("baseline_net_sharpe", {}).items()) or "n/a"),
+            ("baselines' net Sharpe", ", ".join(f"{k} {_num(v, 3)}" for k, v in (backtest.get("baseline_net_sharpe") or {}).items()) or "n/a"),
         ]),
         "",
         "## What drives the score (mean |contribution| on the holdout)",
         "",
         "| feature | mean abs contribution |",
         "|---|---:|",
-        *[f"| `{k}` | {v:.4g} |" for k, v in f.get("top_contributions", {}).items()],
+        *[f"| `{k}` | {v:.4g} |" for k, v in (f.get("top_contributions") or {}).items()],
         "",
         "## Gate",
         "",
@@ -125,14 +127,14 @@ def render_card(facts: Mapping[str, Any]) -> str:
 
 def card_summary(facts: Mapping[str, Any]) -> str:
     """The version's description: the card in one paragraph."""
-    f, cv, ev, gate = facts, facts.get("cv", {}), facts.get("evidence", {}), facts.get("gate", {})
-    top = ", ".join(list(f.get("top_contributions", {}))[:3]) or "n/a"
+    f, cv, ev, gate = facts, facts.get("cv") or {}, facts.get("evidence") or {}, facts.get("gate") or {}
+    top = ", ".join(list(f.get("top_contributions") or {})[:3]) or "n/a"
     return (
-        f"{f.get('description', f['candidate'])}; trained to {f.get('data', {}).get('train_end', 'n/a')} on "
-        f"{_num(f.get('data', {}).get('symbols'))} symbols (data {str(f.get('data', {}).get('fingerprint', 'n/a'))[:12]}); "
+        f"{f.get('description') or f['candidate']}; trained to {(f.get('data') or {}).get('train_end', 'n/a')} on "
+        f"{_num((f.get('data') or {}).get('symbols'))} symbols (data {str((f.get('data') or {}).get('fingerprint', 'n/a'))[:12]}); "
         f"walk-forward CV rank IC {_num(cv.get('walk_forward_rank_ic'))} ± {_num(cv.get('walk_forward_se'))}, holdout "
         f"{_num(cv.get('holdout_rank_ic'))} ± {_num(cv.get('holdout_se'))}; DSR {_num(ev.get('dsr'))}, PBO {_num(ev.get('pbo'))} "
-        f"over {_num(ev.get('trials'))} trials; net Sharpe {_num(f.get('backtest', {}).get('net_sharpe'))}; top features {top}; "
+        f"over {_num(ev.get('trials'))} trials; net Sharpe {_num((f.get('backtest') or {}).get('net_sharpe'))}; top features {top}; "
         f"trigger {f.get('trigger', 'manual')}; gate {gate.get('verdict', 'not evaluated')}. Full card: {CARD_ARTIFACT} on run "
         f"{f.get('run_id', 'n/a')}."
     )
