@@ -81,7 +81,9 @@ def fail_fast_on_bad_input() -> Iterator[None]:
 
 
 #: The model families that get their own study, CV results and model assets.
-FAMILIES = ("xgboost", "lightgbm", "lstm", "gru")
+FAMILIES = ("xgboost", "lightgbm", "lstm", "gru", "elastic_net")
+#: the Dagster kind tag of each family's assets (the library it runs on)
+FAMILY_KIND = {"xgboost": "xgboost", "lightgbm": "lightgbm", "lstm": "pytorch", "gru": "pytorch", "elastic_net": "sklearn"}
 
 
 def json_object(text: str, field: str) -> dict:

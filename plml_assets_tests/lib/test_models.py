@@ -28,7 +28,7 @@ from plml_assets.lib.validation.metrics import evaluate_predictions
 
 HORIZON = 5
 SYMBOLS = ["AAPL", "AMD", "BAC", "CVX", "JPM", "KO"]
-FAMILIES = ["xgboost", "lightgbm", "lstm", "gru"]
+FAMILIES = ["xgboost", "lightgbm", "lstm", "gru", "elastic_net"]
 SEQUENCE_FAMILIES = ["lstm", "gru"]
 TINY_NET = {"window": 8, "hidden_size": 8, "max_epochs": 6, "patience": 3, "batch_size": 128, "lr": 5e-3}
 SMALL = {
@@ -38,6 +38,7 @@ SMALL = {
                  "n_jobs": 1},
     "lstm": TINY_NET,
     "gru": TINY_NET,
+    "elastic_net": {"alpha": 1e-4, "l1_ratio": 0.5},
 }
 
 
@@ -180,6 +181,9 @@ BAD_PARAMS = [
     ("gru", "device", "gpu"),
     ("gru", "weight_decay", -1e-3),
     ("gru", "scaling", "robust"),
+    ("elastic_net", "alpha", 0.0),
+    ("elastic_net", "l1_ratio", 1.5),
+    ("elastic_net", "device", "cuda"),
 ]
 
 
@@ -400,3 +404,21 @@ def test_fit_leaves_the_callers_torch_state_as_it_was():
     LSTMModel(**{**TINY_NET, "max_epochs": 1}, seed=7).fit(*data)
     np.testing.assert_array_equal(torch.rand(3), expected)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_elastic_net_standardizes_within_each_date_and_its_contributions_are_exact():
+    """The interpretable family: a feature's scale on one date never reaches another date, the
+    coefficients are sparse on noise, and coef x z is the score exactly."""
+    from plml_assets.lib.models.linear_model import per_date_z
+
+    X, y = synthetic_panel(n_dates=200, n_symbols=8)
+    shifted = X.copy()
+    later = dates_of(X) >= dates_of(X)[len(X) // 2]
+    shifted.loc[later] = shifted.loc[later] * 100.0 + 7.0  # another scale and level after some date
+    np.testing.assert_allclose(per_date_z(shifted), per_date_z(X), atol=1e-6)
+    model = make_model("elastic_net", alpha=0.02, l1_ratio=1.0).fit((X, y))
+    assert abs(model.coef_[0]) > 0.5 and np.all(np.abs(model.coef_[1:]) < 0.05)  # f1 drives y; the lasso drops noise
+    parts = model.contributions(X)
+    np.testing.assert_allclose(parts.sum(axis=1).to_numpy(), model.predict(X), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="indexed by \\(date, symbol\\)"):
+        model.predict(X.reset_index(drop=True))

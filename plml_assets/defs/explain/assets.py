@@ -25,7 +25,10 @@ from plml_assets.lib.plots import markdown_image
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
-#: families whose contributions are exact (TreeSHAP): the additivity check blocks on them
+#: families whose contributions are exact (TreeSHAP; the linear model's coef x z): every holdout row is
+#: explained and the additivity check blocks on them
+EXACT_FAMILIES = ("xgboost", "lightgbm", "elastic_net")
+#: the families the randomization test refits on permuted labels
 TREE_FAMILIES = ("xgboost", "lightgbm")
 QUICK_NET_DATES, QUICK_NET_STEPS, QUICK_RANDOMIZATION_DATES = 20, 16, 250
 
@@ -67,7 +70,8 @@ _INS = {
             kinds={"shap", "pandas"},
             description="Per-feature contributions (SHAP values) on the holdout, stored as values (Parquet), one block "
             "of rows per model (column `model`): every family model (XGBoost and LightGBM: exact TreeSHAP from the "
-            "boosters' own pred_contribs/pred_contrib; LSTM/GRU: integrated gradients on a spread of holdout dates) and "
+            "boosters' own pred_contribs/pred_contrib; the elastic net: coef x per-date z-score; LSTM/GRU: integrated "
+            "gradients on a spread of holdout dates) and "
             "the leaderboard's pick (an ensemble: its members' values mapped into its per-date score space). "
             "base_value + the feature columns (+ nonlinear_residual) = prediction.",
         ),
@@ -109,8 +113,8 @@ def explanations(
                 models[family] = _load(inputs[f"{family}_model"])
         for family, model in models.items():
             began = time.perf_counter()
-            rows = holdout_rows if family in TREE_FAMILIES else net_rows
-            frames[family] = explain_rows(model, span, rows, threads=config.threads, steps=None if family in TREE_FAMILIES else steps)
+            rows = holdout_rows if family in EXACT_FAMILIES else net_rows
+            frames[family] = explain_rows(model, span, rows, threads=config.threads, steps=None if family in EXACT_FAMILIES else steps)
             timing[family] = round(time.perf_counter() - began, 2)
             check = additivity(frames[family])
             context.log.info(f"explanations {family}: {len(rows):,} holdout rows in {timing[family]:.1f} s, additivity "
@@ -126,7 +130,8 @@ def explanations(
         for family in TREE_FAMILIES:
             randomization[family] = _randomization(family, models[family], features, y, split, rand_dates, settings, frames[family])
             context.log.info(f"explanations {family} randomization test: {randomization[family]}")
-    kind = {name: ("tree" if name in TREE_FAMILIES else "net" if name in FAMILIES else "ensemble") for name in frames}
+    kind = {name: ("tree" if name in TREE_FAMILIES else "linear" if name in EXACT_FAMILIES else "net" if name in FAMILIES else "ensemble")
+            for name in frames}
     members = {name: (ensemble_model["methods"][name.removeprefix("ensemble_")]["fit"]["members"] if kind[name] == "ensemble" else [name])
                for name in frames}
     summary = {
@@ -135,7 +140,7 @@ def explanations(
         "models": {
             name: {
                 "kind": kind[name],
-                "exact": all(m in TREE_FAMILIES for m in members[name]),
+                "exact": all(m in EXACT_FAMILIES for m in members[name]),
                 "members": members[name],
                 "rows": int(len(frame)),
                 "dates": int(frame.index.get_level_values("date").nunique()),

@@ -15,10 +15,11 @@ from pydantic import Field
 
 import plml_assets
 from plml_assets.defs.selection.assets import selected_features
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, redone_runs, split_for, step_tags
+from plml_assets.defs.shared import FAMILIES, FAMILY_KIND, TRAINING_RETRY, fail_fast_on_bad_input, redone_runs, split_for, step_tags
 from plml_assets.defs.validation.assets import cv_summary
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.features.base import FEATURE_SET_VERSION
+from plml_assets.lib.models.base import Model
 from plml_assets.lib.models.baselines import momentum_score
 from plml_assets.lib.models.distributed import DASK_FAMILIES
 from plml_assets.lib.models.training import best_iteration, design_matrix, early_stopping_split, fit_model, iteration_word, predict_rows, update_model
@@ -36,7 +37,7 @@ from plml_assets.resources.settings import ExperimentSettings
 METRIC_KEYS = ("ic", "rank_ic", "ic_ir", "rmse", "directional_accuracy")
 
 
-FAMILY_PACKAGES = {"xgboost": ("xgboost",), "lightgbm": ("lightgbm",), "lstm": ("torch",), "gru": ("torch",)}
+FAMILY_PACKAGES = {"xgboost": ("xgboost",), "lightgbm": ("lightgbm",), "lstm": ("torch",), "gru": ("torch",), "elastic_net": ()}
 
 
 def _pip_requirements(family: str) -> list[str]:
@@ -93,6 +94,8 @@ def champion_to_update(
     with registry.tracking():
         scorer = mlflow.pyfunc.load_model(registry.model_uri("champion")).unwrap_python_model()
     model = getattr(scorer, "model_", None)
+    if model is not None and type(model).fit_incremental is Model.fit_incremental:
+        return None, f"the champion v{champion.version} ({family}) has no incremental update: refitting it"
     if model is None or not hasattr(model, "target_clip_"):
         return None, f"the champion v{champion.version} carries no updatable model (saved before incremental updates)"
     missing = [c for c in model.feature_names_ if c not in features.columns]
@@ -124,7 +127,7 @@ def _device(family: str, requested: str) -> str | None:
 
 
 def build_model_asset(family: str) -> dg.AssetsDefinition:
-    kind = family if family in ("xgboost", "lightgbm") else "pytorch"
+    kind = FAMILY_KIND[family]
 
     @dg.multi_asset(
         name=f"{family}_training",

@@ -15,7 +15,7 @@ import pandas as pd
 from optuna.trial import TrialState
 from pydantic import Field
 
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, redone_runs, step_tags, training_window
+from plml_assets.defs.shared import FAMILIES, FAMILY_KIND, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, json_object, redone_runs, step_tags, training_window
 from plml_assets.lib import tuning
 from plml_assets.lib.models.registry import resolve_params
 from plml_assets.lib.models.training import folds_from_assignments
@@ -30,8 +30,8 @@ from plml_assets.resources.settings import ExperimentSettings
 #: Measured on the embedded panel, one 2-core machine: a boosting trial over 5 walk-forward folds
 #: costs ~5 s, a sequence-net trial ~20 s.
 DEFAULT_BUDGETS = {
-    "full": {"xgboost": (16, 240.0), "lightgbm": (16, 240.0), "lstm": (4, 300.0), "gru": (4, 300.0)},
-    "quick": {"xgboost": (6, 90.0), "lightgbm": (6, 90.0), "lstm": (2, 120.0), "gru": (2, 120.0)},
+    "full": {"xgboost": (16, 240.0), "lightgbm": (16, 240.0), "lstm": (4, 300.0), "gru": (4, 300.0), "elastic_net": (12, 120.0)},
+    "quick": {"xgboost": (6, 90.0), "lightgbm": (6, 90.0), "lstm": (2, 120.0), "gru": (2, 120.0), "elastic_net": (4, 60.0)},
 }
 
 
@@ -211,7 +211,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
         outs={
             study_key: dg.AssetOut(
                 group_name="tuning", is_required=False,
-                kinds={"optuna", family if family in ("xgboost", "lightgbm") else "pytorch"},
+                kinds={"optuna", FAMILY_KIND[family]},
                 description=f"Optuna search over the {family} hyper-parameters: mean validation rank IC over the purged CV "
                 "folds of cv_splits (each fold on the features it selected on its own training rows), pruned fold by "
                 f"fold, resumable from the Optuna storage. Outputs the parameters every later {family} asset uses.",

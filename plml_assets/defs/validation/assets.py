@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.selection.assets import selection_plan
-from plml_assets.defs.shared import FAMILIES, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_tags, training_window
+from plml_assets.defs.shared import FAMILIES, FAMILY_KIND, TRAINING_RETRY, fail_fast_on_bad_input, fold_columns, split_for, step_tags, training_window
 from plml_assets.lib.models.training import cross_validate, early_stopping_split, fold_assignments, folds_from_assignments
 from plml_assets.lib.plots import fold_metrics_plot, markdown_image
 from plml_assets.lib.registry.provenance import content_digest
@@ -123,7 +123,7 @@ class CVResultsConfig(dg.Config):
 
 
 def build_cv_results_asset(family: str) -> dg.AssetsDefinition:
-    kind = family if family in ("xgboost", "lightgbm") else "pytorch"
+    kind = FAMILY_KIND[family]
 
     @dg.multi_asset(
         name=f"{family}_cv",

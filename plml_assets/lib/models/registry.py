@@ -15,6 +15,7 @@ _LOCATIONS = {
     "lightgbm": ("plml_assets.lib.models.lightgbm_model", "LightGBMModel"),
     "lstm": ("plml_assets.lib.models.sequence", "LSTMModel"),
     "gru": ("plml_assets.lib.models.sequence", "GRUModel"),
+    "elastic_net": ("plml_assets.lib.models.linear_model", "ElasticNetModel"),
 }
 
 
@@ -70,6 +71,7 @@ DEFAULT_PARAMS: dict[str, dict[str, object]] = {
              "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1, "scaling": "robust_z"},
     "gru": {"window": 20, "hidden_size": 32, "num_layers": 1, "dropout": 0.1, "lr": 1e-3, "batch_size": 512,
              "max_epochs": 8, "patience": 2, "epoch_samples": 30_000, "num_threads": 1, "scaling": "robust_z"},
+    "elastic_net": {"alpha": 1e-3, "l1_ratio": 0.5, "max_iter": 2000, "scaling": "none"},
 }
 
 #: The quick profile's budget: upper bounds on the parameters that set the cost of one fit.
@@ -78,6 +80,7 @@ QUICK_CAPS: dict[str, dict[str, int]] = {
     "lightgbm": {"n_estimators": 150},
     "lstm": {"max_epochs": 3, "epoch_samples": 4096},
     "gru": {"max_epochs": 3, "epoch_samples": 4096},
+    "elastic_net": {"max_iter": 500},
 }
 #: What the quick profile changes in the defaults beyond the caps (fewer rounds need a larger step).
 QUICK_DEFAULTS: dict[str, dict[str, object]] = {
@@ -85,6 +88,7 @@ QUICK_DEFAULTS: dict[str, dict[str, object]] = {
     "lightgbm": {"learning_rate": 0.1},
     "lstm": {"lr": 3e-3},
     "gru": {"lr": 3e-3},
+    "elastic_net": {},
 }
 
 

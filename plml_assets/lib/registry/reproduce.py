@@ -31,7 +31,7 @@ DIGEST_ARTIFACT = "data_digest.json"
 #: largest |registered - reproduced| holdout score accepted: trees are exact on the same machine
 #: and library versions; a net's float32 training on the CPU may round differently
 TREE_TOLERANCE, NET_TOLERANCE = 1e-6, 1e-4
-TREE_FAMILIES = ("xgboost", "lightgbm")
+TREE_FAMILIES = ("xgboost", "lightgbm", "elastic_net")  # the deterministic fits (the linear model too)
 
 
 class ReproductionRefused(ValueError):

@@ -246,5 +246,10 @@ DEFAULT_SPACES: dict[str, SearchSpace] = {
     }),
 }
 DEFAULT_SPACES["gru"] = SearchSpace(list(DEFAULT_SPACES["lstm"].params))
+#: the interpretable family: how strongly to shrink, and how sparse (1: lasso)
+DEFAULT_SPACES["elastic_net"] = SearchSpace.from_dict({
+    "alpha": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "l1_ratio": {"type": "float", "low": 0.05, "high": 1.0},
+})
 
 
