@@ -82,6 +82,9 @@ def fail_fast_on_bad_input() -> Iterator[None]:
 
 #: The model families that get their own study, CV results and model assets.
 FAMILIES = ("xgboost", "lightgbm", "lstm", "gru", "elastic_net")
+#: the ensembles' default members: the learned families. The elastic net stands on the leaderboard on
+#: its own, the interpretable reference the others must beat (``ensembles`` config ``members`` adds it).
+ENSEMBLE_FAMILIES = ("xgboost", "lightgbm", "lstm", "gru")
 #: the Dagster kind tag of each family's assets (the library it runs on)
 FAMILY_KIND = {"xgboost": "xgboost", "lightgbm": "lightgbm", "lstm": "pytorch", "gru": "pytorch", "elastic_net": "sklearn"}
 

@@ -23,7 +23,7 @@ from plml_assets_tests.conftest import PLML_ENV_VARS, SLICE_SYMBOLS, fresh_postg
 pytestmark = pytest.mark.slow
 
 
-FAMILIES = ("xgboost", "lightgbm", "lstm", "gru")
+FAMILIES = ("xgboost", "lightgbm", "lstm", "gru", "elastic_net")
 ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
 # Tests about the registry re-run the XGBoost chain, the ensembles and the leaderboard; the other
 # families' outputs are then read from the first run's storage (the whole graph runs once, in first_run).
@@ -115,7 +115,7 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
     # and one MLflow run holds the trial table and plots.
     for family in FAMILIES:
         study = json.loads((plml_home / "assets" / f"{family}_study.json").read_text())
-        expected = 6 if family in ("xgboost", "lightgbm") else 2  # quick-profile budgets
+        expected = {"xgboost": 6, "lightgbm": 6, "elastic_net": 4}.get(family, 2)  # quick-profile budgets
         assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == expected
         assert set(study["tuned_params"]) <= set(study["params"]) and study["best_trial"] is not None
         for key, value in study["tuned_params"].items():
@@ -335,14 +335,15 @@ def test_explanations_cover_every_family_and_the_pick_and_add_up(first_run, grap
         block = values[values["model"] == family].drop(columns="model").dropna(axis=1, how="all")
         features = json.loads((assets / f"{family}_model.json").read_text())["features"]
         assert [c for c in block.columns if c not in ("base_value", "prediction", "nonlinear_residual")] == features
-        if family in ("xgboost", "lightgbm"):
+        exact = family in ("xgboost", "lightgbm", "elastic_net")  # TreeSHAP, and coef x z for the linear model
+        if exact:
             assert block.index.equals(holdout[family].index)  # every holdout row
         else:
             assert 4 <= block.index.get_level_values("date").nunique() <= 20  # the quick profile's spread of dates
         np.testing.assert_allclose(block["prediction"].to_numpy(), holdout[family].reindex(block.index).to_numpy(), rtol=1e-6, atol=1e-12)
         gap = (block[features].sum(axis=1) + block["base_value"] - block["prediction"]).abs().max()
-        assert gap <= (1e-4 if family in ("xgboost", "lightgbm") else 2e-2) * np.sqrt((block["prediction"] ** 2).mean())
-        assert summary["models"][family]["exact"] is (family in ("xgboost", "lightgbm"))
+        assert gap <= (1e-4 if exact else 2e-2) * np.sqrt((block["prediction"] ** 2).mean())
+        assert summary["models"][family]["exact"] is exact
     if pick is not None and pick.startswith("ensemble_"):
         block = values[values["model"] == pick]
         ens = pd.read_parquet(assets / "ensemble_predictions.parquet")

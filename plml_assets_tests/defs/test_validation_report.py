@@ -51,7 +51,7 @@ def _inputs(candidate: str, pick_ic: float, trial_copies: int, rng_seed: int = 0
     backtest["nested"], backtest["holding_days"], backtest["execution_lag_days"], backtest["cost_bps_per_side"] = True, 5, 1, 5.0
     oof_dates = DATES[100:450]
     studies = {}
-    for f in ("xgboost", "lightgbm", "lstm", "gru"):
+    for f in ("xgboost", "lightgbm", "lstm", "gru", "elastic_net"):
         base = rng.normal(0.0, 0.1, (len(oof_dates), 2))
         scores = {f"trial_{i}": list(np.round(base[:, i % 2] + rng.normal(0, 0.003, len(oof_dates)), 5))
                   for i in range(2 * trial_copies)}
@@ -76,7 +76,7 @@ def test_the_evidence_entry_names_the_pick_its_dates_and_everything_tried():
     assert evidence["backtest_dates"] == [str(DATES[100].date()), str(DATES[-1].date())]
     assert evidence["holdout_start"] == str(DATES[-200].date())
     assert evidence["nested"] is True and evidence["pbo_metric"] == "rank_ic"
-    assert evidence["trials"] == 4 * 6 + 1  # every trial of every study, and the ensemble rule
+    assert evidence["trials"] == 5 * 6 + 1  # every trial of every study (five families), and the ensemble rule
     assert evidence["effective_trials"] <= 9  # 2 decisions per family (+ the ensemble): copies are not independent tries
     assert evidence["execution_lag_days"] == 1 and evidence["cost_bps_per_side"] == 5.0
     assert evidence["turnover_per_day"] == pytest.approx(0.18)

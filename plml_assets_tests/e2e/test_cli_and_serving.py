@@ -109,7 +109,7 @@ def test_readme_main_command_runs_the_graph_and_prints_a_summary(readme_run):
     stored = json.loads((home / "assets" / "training_analytics.json").read_text())
     assert stored["run_id"] == analytics["run_id"] and stored["success_rate"] == 1.0
     families = {r["family"]: r for r in stored["families"]}
-    assert set(families) == {"xgboost", "lightgbm", "lstm", "gru"}
+    assert set(families) == {"xgboost", "lightgbm", "lstm", "gru", "elastic_net"}
     assert all(r["cost"] > 0 and r["steps"] >= 3 for r in families.values())
     assert sum(r["cost_share"] for r in families.values()) == pytest.approx(1.0, abs=1e-3)
     text = _plml(home, "analytics").stdout

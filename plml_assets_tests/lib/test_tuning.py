@@ -155,7 +155,10 @@ def test_space_suggests_every_parameter_within_its_declared_range():
 
 
 def test_default_spaces_cover_the_families_with_the_model_parameter_names():
-    assert set(DEFAULT_SPACES) == {"xgboost", "lightgbm", "lstm", "gru"}
+    assert set(DEFAULT_SPACES) == {"xgboost", "lightgbm", "lstm", "gru", "elastic_net"}
+    from plml_assets.lib.models.linear_model import ElasticNetModel
+
+    assert set(DEFAULT_SPACES["elastic_net"].names) == {"alpha", "l1_ratio"} <= set(inspect.signature(ElasticNetModel).parameters)
     assert set(DEFAULT_SPACES["xgboost"].names) <= set(inspect.signature(XGBoostModel).parameters)
     assert {"learning_rate", "num_leaves", "min_child_samples"} <= set(DEFAULT_SPACES["lightgbm"].names)
     for family in ("lstm", "gru"):

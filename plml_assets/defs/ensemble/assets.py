@@ -11,7 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 import plml_assets
-from plml_assets.defs.shared import FAMILIES, fail_fast_on_bad_input, split_for, step_tags
+from plml_assets.defs.shared import ENSEMBLE_FAMILIES, FAMILIES, fail_fast_on_bad_input, split_for, step_tags
 from plml_assets.defs.training.assets import _input_example, _pip_requirements
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.ensemble.combine import METHODS, ensemble_oof_scores, fit_ensemble
@@ -31,7 +31,8 @@ _INS = {
 
 class EnsembleConfig(dg.Config):
     methods: list[str] = Field(default=list(METHODS), description=f"ensemble rules to build, of {METHODS}")
-    members: list[str] = Field(default=list(FAMILIES), description="families combined (at least 2)")
+    members: list[str] = Field(default=list(ENSEMBLE_FAMILIES), description="families combined (at least 2; default the "
+                               "learned ones: the elastic net stays on the leaderboard alone, as the interpretable reference)")
     shrinkage: float = Field(default=0.5, ge=0, le=1, description="weighted: pull of the optimized weights toward equal weights")
     objective: str = Field(default="ic", description="weighted: 'ic' (maximize mean per-date IC) or 'mse'")
 
