@@ -77,7 +77,7 @@ def test_the_evidence_entry_names_the_pick_its_dates_and_everything_tried():
     assert evidence["holdout_start"] == str(DATES[-200].date())
     assert evidence["nested"] is True and evidence["pbo_metric"] == "rank_ic"
     assert evidence["trials"] == 5 * 6 + 1  # every trial of every study (five families), and the ensemble rule
-    assert evidence["effective_trials"] <= 9  # 2 decisions per family (+ the ensemble): copies are not independent tries
+    assert evidence["effective_trials"] <= 11  # 2 decisions per family (+ the ensemble): copies are not independent tries
     assert evidence["execution_lag_days"] == 1 and evidence["cost_bps_per_side"] == 5.0
     assert evidence["turnover_per_day"] == pytest.approx(0.18)
     assert set(evidence["baseline_net_sharpe"]) == {"momentum_20d", "reversal_5d", "ridge", "equal_weight"}
