@@ -353,6 +353,10 @@ def test_explanations_cover_every_family_and_the_pick_and_add_up(first_run, grap
     assert checks["shap_additivity"].passed, checks["shap_additivity"].description
     assert {"shap_stability", "shap_randomization"} <= set(checks)
     assert set(summary["randomization"]) == {"xgboost", "lightgbm"}
+    if pick is not None:  # the plots on the pick's MLflow run too
+        run_id = json.loads((assets / "model_leaderboard.json").read_text())["winner"]["run_id"]
+        logged = {a.path for a in MlflowRegistry(tracking_uri=first_run[0]["mlflow_registry"].tracking_uri).client().list_artifacts(run_id, "plots")}
+        assert {"plots/shap_summary.png", "plots/shap_waterfall.png"} <= logged
 
 
 def test_every_registered_version_has_a_model_card_from_the_measured_facts(first_run, graph_dir):

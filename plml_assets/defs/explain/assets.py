@@ -1,7 +1,9 @@
 """Explanations of every family model and of the leaderboard's pick on the holdout: contributions
 stored as values (``shap_values``), and what they say and whether to believe it (``shap_summary``)."""
 
+import tempfile
 import time
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -167,6 +169,15 @@ def explanations(
     summary_png = summary_plot(frames[shown], span, f"{shown}: contributions on the holdout")
     waterfall_png = waterfall_plot(frames[shown], frames[shown].index.get_level_values("date").max(), shown)
     top = pd.DataFrame({name: pd.Series(info["mean_abs"]).head(10) for name, info in summary["models"].items()})
+    # The same plots on the shown model's MLflow run, beside its other plots.
+    run_id = (model_leaderboard.get("winner") or {}).get("run_id") if shown == pick else inputs[f"{shown}_model"].get("run_id")
+    if run_id:
+        client = mlflow_registry.client()
+        for name, png in (("shap_summary", summary_png), ("shap_waterfall", waterfall_png)):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name}.png"
+                path.write_bytes(png)
+                client.log_artifact(run_id, str(path), "plots")
     context.log.info(f"explanations: {len(table):,} rows over {len(frames)} models in {time.perf_counter() - start:.1f} s")
     yield dg.Output(table, output_name="shap_values", metadata={
         "rows": len(table), "models": ", ".join(frames), "pick": pick or "none",
