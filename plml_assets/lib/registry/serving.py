@@ -207,7 +207,9 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
-        return self.score(model_input, all_dates=bool(params.get("all_dates", False)), explain=bool(params.get("explain", False)))
+        # explain= only when asked: a scorer subclass written before the param (its own score()) still serves
+        extra = {"explain": True} if params.get("explain", False) else {}
+        return self.score(model_input, all_dates=bool(params.get("all_dates", False)), **extra)
 
 
 def model_signature(scorer: PanelScorer, example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
