@@ -41,6 +41,10 @@ class ShapConfig(dg.Config):
                                "per path point and row); quick profile at most 20")
     net_steps: int = Field(default=32, ge=4, le=512, description="integrated-gradients path points (midpoint rule) per "
                            "row; quick profile at most 16")
+    exact_max_rows: int = Field(default=30_000, ge=100, description="at most this many holdout rows (whole dates, spread "
+                                "evenly) for the trees and the linear model: exact TreeSHAP of 400 trees took 137 s (XGBoost) "
+                                "and 249 s (LightGBM) on sp500_5yr's 125,638 holdout rows on one thread "
+                                "(benchmarks/shap_speed.py); the embedded panel's holdout (5,000 rows) is explained whole")
     threads: int = Field(default=1, ge=1, description="threads of the TreeSHAP and gradient computations")
     stability_top: int = Field(default=20, ge=3, description="top features whose mean |contribution| ranking must hold")
     bootstrap: int = Field(default=20, ge=2, description="date bootstrap resamples of the stability measure")
@@ -74,7 +78,8 @@ _INS = {
             "of rows per model (column `model`): every family model (XGBoost and LightGBM: exact TreeSHAP from the "
             "boosters' own pred_contribs/pred_contrib; the elastic net: coef x per-date z-score; LSTM/GRU: integrated "
             "gradients on a spread of holdout dates) and "
-            "the leaderboard's pick (an ensemble: its members' values mapped into its per-date score space). "
+            "the leaderboard's pick (an ensemble: its members' values mapped into its per-date score space), on at most "
+            "exact_max_rows holdout rows (whole dates). "
             "base_value + the feature columns (+ nonlinear_residual) = prediction.",
         ),
         "shap_summary": dg.AssetOut(
@@ -108,14 +113,18 @@ def explanations(
         span_dates = span.index.get_level_values("date")
         holdout_rows = np.flatnonzero(span_dates.isin(split.holdout_dates))
         hold_dates = np.unique(span_dates[holdout_rows])
-        net_rows = holdout_rows[np.isin(span_dates[holdout_rows], _spread(hold_dates, net_dates))]
+        per_date = max(1, int(np.ceil(len(holdout_rows) / max(len(hold_dates), 1))))
+        exact_dates = _spread(hold_dates, max(4, config.exact_max_rows // per_date))
+        exact_rows = holdout_rows[np.isin(span_dates[holdout_rows], exact_dates)]
+        # The nets' dates are among the trees': an ensemble is explained on the rows all its members were.
+        net_rows = holdout_rows[np.isin(span_dates[holdout_rows], _spread(exact_dates, net_dates))]
         frames, models, timing = {}, {}, {}
         with mlflow_registry.tracking():
             for family in FAMILIES:
                 models[family] = _load(inputs[f"{family}_model"])
         for family, model in models.items():
             began = time.perf_counter()
-            rows = holdout_rows if family in EXACT_FAMILIES else net_rows
+            rows = exact_rows if family in EXACT_FAMILIES else net_rows
             frames[family] = explain_rows(model, span, rows, threads=config.threads, steps=None if family in EXACT_FAMILIES else steps)
             timing[family] = round(time.perf_counter() - began, 2)
             check = additivity(frames[family])
