@@ -61,7 +61,11 @@ class SelectionSettings(dg.ConfigurableResource):
     max_missing_ratio: float = Field(default=0.2, description="drop features missing in more than this share of training rows")
     correlation_threshold: float = Field(default=0.95, description="of a pair correlated above this, keep the more important")
     leakage_corr_threshold: float = Field(default=0.3, description="|corr(feature, label)| above this raises the leakage alarm and drops the feature")
-    importance: str = Field(default="gain", description="'gain' (XGBoost total gain) or 'permutation' (rank-IC drop on validation folds)")
+    importance: str = Field(default="gain", description="'gain' (XGBoost total gain), 'permutation' (rank-IC drop on validation "
+                            "folds) or 'shap_stable' (mean |TreeSHAP| share on validation folds; features whose share varies "
+                            "across the folds by more than shap_max_cv are dropped)")
+    shap_max_cv: float = Field(default=1.0, gt=0, description="with importance='shap_stable': the largest coefficient of variation "
+                               "(std / mean over the folds) of a feature's SHAP share that keeps it")
     n_folds: int = Field(default=3, description="purged walk-forward folds over the training rows")
     n_estimators: int = Field(default=60, description="rounds of the importance models")
     sample_rows: int = Field(default=200_000, description="rows sampled (seeded) for the importance models")
@@ -75,6 +79,7 @@ class SelectionSettings(dg.ConfigurableResource):
             correlation_threshold=self.correlation_threshold,
             leakage_corr_threshold=self.leakage_corr_threshold,
             importance=self.importance,
+            shap_max_cv=self.shap_max_cv,
             n_estimators=self.n_estimators,
             seed=seed,
             sample_rows=self.sample_rows,

@@ -348,3 +348,28 @@ def test_column_ranks_match_pandas_rank_with_ties_averaged_and_nan_kept(matrix):
 
     expected = pd.DataFrame(matrix).rank(na_option="keep").to_numpy(dtype=np.float64)
     np.testing.assert_allclose(_column_ranks(matrix), expected, equal_nan=True)
+
+
+def test_shap_stable_keeps_the_steady_driver_and_drops_features_the_folds_disagree_on(panel):
+    """importance='shap_stable' (issue 16): each fold's importance model is explained by TreeSHAP on
+    its validation rows; a feature whose share of mean |contribution| swings across the folds is
+    dropped with that reason. ``f_regime`` drives the label until date 200 and is flat after it: the
+    first fold's model is credited with it on its validation dates, the later folds' models are not
+    (their validation rows hold one value of it); the planted signal is credited on every fold."""
+    X, y, folds = panel
+    rng = np.random.default_rng(11)
+    day = np.repeat(np.arange(N_DATES), N_SYMBOLS)
+    regime = np.where(day < 200, rng.standard_normal(len(X)), 0.0)
+    X = X.assign(f_regime=regime.astype(np.float32))
+    y = y + 0.5 * regime  # as strong as the signal, below the leakage alarm
+    result = select_features(X, y, folds, SelectionConfig(max_features=5, importance="shap_stable", shap_max_cv=0.5, **FAST))
+    assert result.dropped["f_regime"].startswith("SHAP contribution unstable across 3 folds"), result.dropped.get("f_regime")
+    assert "f_signal" in result.selected
+    assert_partition(result, list(X.columns))
+    gain = select_features(X, y, folds, SelectionConfig(max_features=5, **FAST))
+    assert "f_regime" in gain.selected  # what gain importance alone keeps
+    lenient = select_features(X, y, folds, SelectionConfig(max_features=5, importance="shap_stable", shap_max_cv=1e6, **FAST))
+    assert not any(r.startswith("SHAP") for r in lenient.dropped.values())
+    assert result == select_features(X, y, folds, SelectionConfig(max_features=5, importance="shap_stable", shap_max_cv=0.5, **FAST))
+    with pytest.raises(ValueError, match="shap_max_cv"):
+        SelectionConfig(importance="shap_stable", shap_max_cv=0.0).validate()

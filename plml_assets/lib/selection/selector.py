@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-IMPORTANCE_MODES = ("gain", "permutation")
+IMPORTANCE_MODES = ("gain", "permutation", "shap_stable")
 CORRELATION_METHODS = ("spearman", "pearson")
 
 Fold = tuple[np.ndarray, np.ndarray]
@@ -53,6 +53,10 @@ class SelectionConfig:
     leakage_corr_threshold: float = 0.3
     importance: str = "gain"
     permutation_repeats: int = 1
+    # "shap_stable": importance is the mean |TreeSHAP contribution| share on each fold's validation
+    # rows, and a feature whose share varies across the folds by more than this coefficient of
+    # variation (std / mean) is dropped: what the model credits it with does not hold from fold to fold.
+    shap_max_cv: float = 1.0
     n_estimators: int = 60
     max_depth: int = 4
     learning_rate: float = 0.1
@@ -72,6 +76,7 @@ class SelectionConfig:
         _require_choice(self, "correlation_method", CORRELATION_METHODS)
         _require_choice(self, "importance", IMPORTANCE_MODES)
         _require_int(self, "permutation_repeats", minimum=1)
+        _require_real(self, "shap_max_cv", 0.0, float("inf"), "(0, inf)", low_open=True)
         _require_int(self, "n_estimators", minimum=1)
         _require_int(self, "max_depth", minimum=1)
         _require_real(self, "learning_rate", 0.0, 1.0, "(0, 1]", low_open=True)
@@ -150,7 +155,7 @@ def select_features(
     values = X.to_numpy(dtype=np.float32, copy=True)
     values[~np.isfinite(values)] = np.nan  # XGBoost and the statistics treat inf as missing
     labels = y.to_numpy(dtype=np.float64, na_value=np.nan)
-    need_valid = config.importance == "permutation"
+    need_valid = config.importance in ("permutation", "shap_stable")
     fold_rows = _check_folds(folds, labelled=np.isfinite(labels), need_valid=need_valid)
     seeds = np.random.SeedSequence(config.seed).spawn(1 + len(fold_rows))
     train_rows = np.unique(np.concatenate([train for train, _ in fold_rows]))
@@ -170,7 +175,17 @@ def select_features(
         raise ValueError(f"every feature was dropped ({counts}); nothing left to select")
 
     columns = np.array([features.index(name) for name in candidates], dtype=np.int64)
-    importance = _importance(values[:, columns], labels, X.index, fold_rows, seeds[1:], config, emit)
+    importance, variation = _importance(values[:, columns], labels, X.index, fold_rows, seeds[1:], config, emit)
+    if variation is not None:  # shap_stable: drop what the folds do not agree on
+        unstable = [i for i in range(len(candidates)) if variation[i] > config.shap_max_cv]
+        for i in unstable:
+            dropped[candidates[i]] = (f"SHAP contribution unstable across {len(fold_rows)} folds "
+                                      f"(coefficient of variation {variation[i]:.2f} > {config.shap_max_cv:g})")
+        emit(f"SHAP stability across folds: dropped {len(unstable)} of {len(candidates)} features")
+        keep = [i for i in range(len(candidates)) if i not in set(unstable)]
+        if not keep:
+            raise ValueError(f"every feature's SHAP contribution is unstable across the folds (shap_max_cv={config.shap_max_cv:g})")
+        candidates, importance = [candidates[i] for i in keep], importance[keep]
     order = sorted(range(len(candidates)), key=lambda i: (-importance[i], i))
     ranked = [candidates[i] for i in order]
     importances = {candidates[i]: float(importance[i]) for i in order}
@@ -405,11 +420,14 @@ def _importance(
     fold_seeds: Sequence[np.random.SeedSequence],
     config: SelectionConfig,
     emit: Log,
-) -> np.ndarray:
-    """Importance per column of ``values``, averaged over folds, clipped at 0 and normalized to sum 1."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Importance per column of ``values``, averaged over folds, clipped at 0 and normalized to sum 1;
+    with ``shap_stable``, also each column's coefficient of variation of its share across the folds
+    (else None)."""
     n_features = values.shape[1]
     dates = index.get_level_values(0) if isinstance(index, pd.MultiIndex) else index
     total = np.zeros(n_features, dtype=np.float64)
+    shares: list[np.ndarray] = []
     reference: xgb.QuantileDMatrix | None = None  # the first fold's histogram cuts, reused by the others
     for number, ((train, valid), seed) in enumerate(zip(fold_rows, fold_seeds), start=1):
         rng = np.random.default_rng(seed)
@@ -422,6 +440,14 @@ def _importance(
         if config.importance == "gain":
             scores = booster.get_score(importance_type="total_gain")
             total += np.array([scores.get(f"f{k}", 0.0) for k in range(n_features)])
+        elif config.importance == "shap_stable":
+            valid_rows = _subsample(valid, config.sample_rows, rng)
+            contributions = booster.predict(xgb.DMatrix(values[valid_rows], nthread=config.n_threads), pred_contribs=True)[:, :-1]
+            profile = np.abs(contributions).mean(axis=0)
+            share = profile / profile.sum() if profile.sum() > 0 else np.zeros(n_features)
+            shares.append(share)
+            total += share
+            message += f"; mean |SHAP| on {valid_rows.size:,} validation rows"
         else:
             valid_rows = _subsample(valid, config.sample_rows, rng)
             drops, base_ic = _permutation_drops(
@@ -431,10 +457,16 @@ def _importance(
             message += f"; validation rank-IC {base_ic:.3f} on {valid_rows.size:,} rows"
         emit(message)
     importance = np.clip(total / len(fold_rows), 0.0, None)
+    variation = None
+    if shares:
+        matrix = np.vstack(shares)
+        mean = matrix.mean(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            variation = np.where(mean > 0, matrix.std(axis=0) / mean, np.inf)  # never credited: unstable by definition
     if importance.sum() > 0:
-        return importance / importance.sum()
+        return importance / importance.sum(), variation
     emit("no feature carried importance on any fold; importances are uniform")
-    return np.full(n_features, 1.0 / n_features)
+    return np.full(n_features, 1.0 / n_features), variation
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, config: SelectionConfig,
