@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -193,7 +194,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = self.client().download_artifacts(version.run_id, "shap_profile.json", tmp)
-                return {str(k): float(v) for k, v in json.loads(open(path).read())["mean_abs"].items()}
+                return {str(k): float(v) for k, v in json.loads(Path(path).read_text())["mean_abs"].items()}
         except (MlflowException, OSError, KeyError, ValueError):
             return None
 

@@ -140,3 +140,16 @@ def test_randomization_test_passes_a_changed_explanation_and_fails_a_copied_one(
     assert not same["passed"] and same["profile_rank_corr"] == pytest.approx(1.0)
     loud = randomization_test(real, pd.Series([0.1, 0.2, 6.0, 0.4, 0.3, 0.6], index=real.index))
     assert not loud["passed"] and loud["permuted_standouts"] == ["c"]
+
+
+def test_permuted_label_check_refits_the_family_on_shuffled_labels_and_compares_profiles(panel, fitted):
+    from plml_assets.lib.explain.validation import permuted_label_check
+
+    X, y, train = panel
+    rows = np.flatnonzero(~train)
+    real = explain_rows(fitted["xgboost"], X, rows)
+    dates = X.index.get_level_values("date")[train].unique()
+    result = permuted_label_check(fitted["xgboost"], X, y, dates, real, horizon=5, seed=0)
+    assert result["passed"] and result["profile_rank_corr"] < 0.5  # the real driver f0 is gone on shuffled labels
+    assert list(result["real_strongest"]) == ["f0"]
+    assert result == permuted_label_check(fitted["xgboost"], X, y, dates, real, horizon=5, seed=0)

@@ -21,8 +21,7 @@ from plml_assets.lib.explain.contributions import (
     mean_abs,
 )
 from plml_assets.lib.explain.plots import summary_plot, version_profiles_plot, waterfall_plot
-from plml_assets.lib.explain.validation import permuted_within_dates, randomization_test, top_feature_stability
-from plml_assets.lib.models.training import fit_model
+from plml_assets.lib.explain.validation import permuted_label_check, top_feature_stability
 from plml_assets.lib.plots import markdown_image
 from plml_assets.resources.mlflow_registry import MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
@@ -139,7 +138,8 @@ def explanations(
             context.log.info(f"explanations {pick}: {len(frames[pick]):,} rows (the rows every member was explained on)")
         randomization = {}
         for family in TREE_FAMILIES:
-            randomization[family] = _randomization(family, models[family], features, y, split, rand_dates, settings, frames[family])
+            randomization[family] = permuted_label_check(models[family], features, y, split.train_dates[-rand_dates:], frames[family],
+                                                         settings.horizon, settings.seed)
             context.log.info(f"explanations {family} randomization test: {randomization[family]}")
     kind = {name: ("tree" if name in TREE_FAMILIES else "linear" if name in EXACT_FAMILIES else "net" if name in FAMILIES else "ensemble")
             for name in frames}
@@ -204,17 +204,3 @@ def explanations(
         "versions_plot": dg.MetadataValue.md(markdown_image(version_profiles_plot(profiles), "top features across versions")),
     })
 
-
-def _randomization(family, model, features, y, split, n_dates, settings, real: pd.DataFrame) -> dict:
-    """The same family and parameters refitted on the latest ``n_dates`` training dates with the
-    labels permuted within each date, explained on the same holdout rows as the real model."""
-    dates = split.train_dates[-n_dates:]
-    columns = list(model.feature_names_)
-    X = features.loc[features.index.get_level_values("date").isin(dates), columns]
-    target = permuted_within_dates(y.reindex(X.index).dropna(), settings.seed)
-    X = X.loc[target.index]
-    params = {k: v for k, v in model.get_params().items() if k != "device"}
-    permuted, _ = fit_model(family, params, X, target, settings.horizon)
-    rows = features.index.get_indexer(real.index)
-    explained = explain_rows(permuted, features[columns], rows)
-    return randomization_test(mean_abs(real), mean_abs(explained))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.explain.contributions import mean_abs
+from plml_assets.lib.explain.contributions import explain_rows, mean_abs
 
 #: the real and the permuted-label explanations must differ: their profiles' rank correlation at most this
 MAX_PROFILE_CORR = 0.5
@@ -95,3 +95,20 @@ def randomization_test(real: pd.Series, permuted: pd.Series, max_corr: float = M
         "real_strongest": {str(real.idxmax()): strongest} if len(real) else {},
         "permuted_strongest": {str(permuted.idxmax()): float(permuted.max())} if len(permuted) else {},
     }
+
+
+def permuted_label_check(model, features: pd.DataFrame, y: pd.Series, train_dates: pd.Index, real: pd.DataFrame,
+                         horizon: int, seed: int) -> dict:
+    """The randomization test of a fitted model: the same family and parameters refitted
+    (``lib.models.training.fit_model``) on ``train_dates`` with the labels permuted within each
+    date, explained on the rows of ``real`` (the real model's contributions), and the two profiles
+    compared by :func:`randomization_test`."""
+    from plml_assets.lib.models.training import fit_model
+
+    columns = list(model.feature_names_)
+    X = features.loc[features.index.get_level_values("date").isin(train_dates), columns]
+    target = permuted_within_dates(y.reindex(X.index).dropna(), seed)
+    params = {k: v for k, v in model.get_params().items() if k != "device"}
+    permuted, _ = fit_model(model.family, params, X.loc[target.index], target, horizon)
+    explained = explain_rows(permuted, features[columns], features.index.get_indexer(real.index))
+    return randomization_test(mean_abs(real), mean_abs(explained))

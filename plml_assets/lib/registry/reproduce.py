@@ -28,10 +28,11 @@ from plml_assets.lib.models.training import excess_returns, fit_model, predict_r
 from plml_assets.lib.registry.serving import history_days, model_features
 
 DIGEST_ARTIFACT = "data_digest.json"
-#: largest |registered - reproduced| holdout score accepted: trees are exact on the same machine
+#: largest |registered - reproduced| holdout score accepted: trees and the linear model are exact on the same machine
 #: and library versions; a net's float32 training on the CPU may round differently
 TREE_TOLERANCE, NET_TOLERANCE = 1e-6, 1e-4
-TREE_FAMILIES = ("xgboost", "lightgbm", "elastic_net")  # the deterministic fits (the linear model too)
+#: the families whose fits repeat exactly (the trees and the linear model)
+EXACT_FAMILIES = ("xgboost", "lightgbm", "elastic_net")
 
 
 class ReproductionRefused(ValueError):
@@ -119,7 +120,7 @@ def reproduce(scorer, tags: dict[str, str], recorded: dict, prices: pd.DataFrame
         rows = np.flatnonzero((dates >= hold_start) & (dates <= hold_end))
         a, b = predict_rows(model, features[cols], rows), predict_rows(refitted[name], features[cols], rows)
         report[name]["max_abs_diff"] = float(np.max(np.abs(a - b))) if len(rows) else float("nan")
-    tolerance = TREE_TOLERANCE if all(m.family in TREE_FAMILIES for m, _ in members.values()) else NET_TOLERANCE
+    tolerance = TREE_TOLERANCE if all(m.family in EXACT_FAMILIES for m, _ in members.values()) else NET_TOLERANCE
     out = Reproduction(version, float(diff.max()) if len(diff) else float("nan"), int(held.sum()), tolerance, report, notes)
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
