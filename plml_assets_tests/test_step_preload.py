@@ -22,6 +22,7 @@ print(json.dumps({
     "preloaded": preload.PRELOADED,
     "threads": [t.name for t in threading.enumerate()],
     "torch": "torch" in sys.modules,
+    "mlflow_map": preload.MLFLOW_REQUIREMENTS_MAP_WARM,
     "sockets": sum(1 for fd in fds if target(fd).startswith('socket:')),
 }))
 """
@@ -32,6 +33,7 @@ def test_step_preload_imports_every_listed_module_without_threads_or_sockets():
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["preloaded"] == probe["listed"], f"not importable: {sorted(set(probe['listed']) - set(probe['preloaded']))}"
     assert probe["torch"]
+    assert probe["mlflow_map"], "MLflow's module-to-package map was not precomputed (its private helper moved?)"
     assert probe["threads"] == ["MainThread"], probe["threads"]
     assert probe["sockets"] == 0
 

@@ -21,11 +21,14 @@ TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPON
 #: ``dagster/priority`` op tag, higher first; untagged steps are 0). The chain to the leaderboard and
 #: the CPCV of its pick go first; the per-family CPCV refits ({family}_cpcv_predictions) and the CPCV
 #: selections they need, read only after the leaderboard, come next, and the leaves no other step reads
-#: (importance, generation report, comparison, drift) fill idle cores.
+#: (importance, generation report, comparison, drift) fill idle cores. The explanations are on the
+#: chain to the promotion gate (its model card reads them), so they rank with the registration. The
+#: generation report, the longest leaf (~7 s), waits for no refit: at the leaves' rank it started last
+#: and ran alone after the gate; at 0 it fills a gap before the leaderboard.
 #: Simulated on the step walls of a measured run (embedded panel, 2 cores): 306 s -> 288 s.
 STEP_PRIORITY = {"study": 4, "cv": 3, "cpcv_paths": 3, "training": 2, "ensembles": 2, "model_leaderboard": 2, "backtest": 2,
-                 "cpcv_fold_features": 1, "cpcv_predictions": 1, "feature_importance": -2, "feature_generation_report": -2,
-                 "model_comparison": -2, "drift_metrics": -2, "explanations": -1}
+                 "cpcv_fold_features": 1, "cpcv_predictions": 1, "feature_importance": -2, "feature_generation_report": 0,
+                 "model_comparison": -2, "drift_metrics": -2, "explanations": 2}
 
 
 #: Steps heavy enough to get their own requests and limits on Kubernetes (the ``dagster-k8s/config``

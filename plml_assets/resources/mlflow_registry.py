@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
-from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home
+from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home, sqlite_schema_lock
 
 
 def _is_not_found(exc: MlflowException) -> bool:
@@ -36,6 +36,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "plml.champion_history"
 _LOCK = threading.RLock()  # re-entrant: training_run holds it for a whole fit
+_INITIALIZED: set[str] = set()  # SQLite store URIs whose schema this process has seen created
 _SYSTEM_METRICS_ENV = ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")
 
 
@@ -81,7 +82,14 @@ class MlflowRegistry(dg.ConfigurableResource):
         uri = self.resolved_tracking_uri()
         if uri.startswith("sqlite:///"):
             plml_home().mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=uri, registry_uri=self.resolved_registry_uri())
+        if not uri.startswith("sqlite:///") or uri in _INITIALIZED:
+            return MlflowClient(tracking_uri=uri, registry_uri=self.resolved_registry_uri())
+        with sqlite_schema_lock(uri):  # the client's first use of the store creates (or migrates) the tables
+            client = MlflowClient(tracking_uri=uri, registry_uri=self.resolved_registry_uri())
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+        _INITIALIZED.add(uri)
+        return client
 
     def experiment_id(self) -> str:
         client = self.client()

@@ -8,7 +8,7 @@ import warnings
 import dagster as dg
 from pydantic import Field
 
-from plml_assets.resources.paths import default_optuna_storage_url, plml_home
+from plml_assets.resources.paths import default_optuna_storage_url, plml_home, sqlite_schema_lock
 
 
 class OptunaStorage(dg.ConfigurableResource):
@@ -37,4 +37,5 @@ class OptunaStorage(dg.ConfigurableResource):
             plml_home().mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but needed to reap killed trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url=url, heartbeat_interval=60, grace_period=180)
+            with sqlite_schema_lock(url):  # RDBStorage creates its tables unguarded on first use
+                return optuna.storages.RDBStorage(url=url, heartbeat_interval=60, grace_period=180)

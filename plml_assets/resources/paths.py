@@ -3,7 +3,10 @@ SQLite MLflow store and its artefacts, the Optuna storage and the assets' Parque
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -34,3 +37,22 @@ def default_asset_dir() -> Path:
 
 def default_dagster_home() -> Path:
     return plml_home() / "dagster"
+
+
+@contextlib.contextmanager
+def sqlite_schema_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite database (``sqlite:///path``) while its schema is
+    created; other URLs pass straight through. MLflow and Optuna create their tables on a process's
+    first use of a store, unguarded: two step processes touching a new database at once made the
+    second fail with "table experiments already exists" (seen under ``plml run --workers 2``)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(url.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".init.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -300,3 +300,35 @@ def test_training_run_restores_sampling_settings_a_user_had_set(registry, monkey
     with fast.training_run("fit", {}):
         assert os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] == "0.5"
     assert (os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"], os.environ["MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"]) == ("7", "3")
+
+
+def _first_use(uri: str, optuna_url: str, barrier, results) -> None:
+    from plml_assets.resources.optuna_storage import OptunaStorage
+
+    barrier.wait()  # every process reaches its first use of the new stores at the same moment
+    try:
+        MlflowRegistry(tracking_uri=uri, experiment_name="race").experiment_id()
+        OptunaStorage(url=optuna_url).storage().get_all_studies()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def test_concurrent_first_use_of_new_sqlite_stores(tmp_path):
+    """Step processes that start together on a fresh PLML_HOME (``plml run --workers 2``) all create
+    the MLflow and Optuna schemas on first use; unguarded, one of them failed with "table experiments
+    already exists". With the schema lock each opens the stores. Real processes, real SQLite."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    uri, optuna_url = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
+    procs = [ctx.Process(target=_first_use, args=(uri, optuna_url, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert outcomes == ["ok"] * n, outcomes
+    assert MlflowRegistry(tracking_uri=uri, experiment_name="race").client().get_experiment_by_name("race") is not None

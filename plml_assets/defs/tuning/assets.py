@@ -106,7 +106,7 @@ def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labe
         raise ValueError(f"n_trials must be >= 0 and timeout_s > 0; got {n_trials} and {timeout}")
     fixed = json_object(config.fixed_params, "fixed_params")
     space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
-             if config.search_space.strip() else tuning.DEFAULT_SPACES[family])
+             if config.search_space.strip() else tuning.default_space(family, quick=settings.quick))
     clash = sorted(set(fixed) & set(space.names))
     if clash:
         raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")

@@ -111,7 +111,7 @@ def cv_fold_features(
 
 
 #: validation dates per fold the quick profile scores permutations on
-QUICK_PERMUTATION_DATES = 30
+QUICK_PERMUTATION_DATES = 20
 
 
 class CVResultsConfig(dg.Config):
@@ -119,7 +119,7 @@ class CVResultsConfig(dg.Config):
     permutation_repeats: int = Field(default=2, ge=1, le=20, description="{family}_fold_importances: seeded shuffles per "
                                      "feature and walk-forward fold (quick profile: 1)")
     permutation_max_dates: int = Field(default=60, ge=5, description="{family}_fold_importances: validation dates per fold "
-                                       "the permutations are scored on, spread evenly (quick profile: at most 30)")
+                                       "the permutations are scored on, spread evenly (quick profile: at most 20)")
 
 
 def build_cv_results_asset(family: str) -> dg.AssetsDefinition:

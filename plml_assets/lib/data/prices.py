@@ -116,12 +116,18 @@ def panel_digests(panel: pd.DataFrame) -> dict[str, object]:
     """What a trained model records of its prices so that a later reproduction can say where they
     differ: the whole panel's :func:`fingerprint`, its columns, and one short hash per date (of that
     date's rows) and per symbol (of that symbol's rows)."""
-    hashed = pd.Series(pd.util.hash_pandas_object(panel, index=True).to_numpy(), index=panel.index)
+    hashed = pd.util.hash_pandas_object(panel, index=True).to_numpy()
 
     def per(level: str) -> dict[str, str]:
+        # A group's rows in their panel order, as groupby(level, sort=True) yields them, from one
+        # stable sort of the keys' codes (iterating 8k pandas groups cost 0.65 s per call).
+        codes, keys = pd.factorize(panel.index.get_level_values(level), sort=True)
+        order = np.argsort(codes, kind="stable")
+        rows, sorted_codes = hashed[order], codes[order]
+        bounds = np.searchsorted(sorted_codes, np.arange(len(keys) + 1))  # missing keys (code -1) sort first, unnamed
         return {(str(key.date()) if isinstance(key, pd.Timestamp) else str(key)):
-                hashlib.sha256(values.to_numpy().tobytes()).hexdigest()[:12]
-                for key, values in hashed.groupby(level=level, sort=True)}
+                hashlib.sha256(rows[bounds[i]:bounds[i + 1]].tobytes()).hexdigest()[:12]
+                for i, key in enumerate(keys)}
 
     return {"fingerprint": fingerprint(panel), "columns": list(panel.columns), "dates": per("date"), "symbols": per("symbol")}
 

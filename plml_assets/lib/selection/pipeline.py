@@ -18,7 +18,7 @@ from plml_assets.lib.validation.splits import PurgedWalkForward
 
 #: The quick profile's caps on what one selection costs: importance rounds, rows per importance model,
 #: rows for the statistics (missing share, near-constant, leakage, correlation).
-QUICK_SELECTION = {"n_estimators": 40, "sample_rows": 50_000, "stats_rows": 20_000}
+QUICK_SELECTION = {"n_estimators": 30, "sample_rows": 25_000, "stats_rows": 20_000}
 QUICK_SELECTION_FOLDS = 2  # importance models per selection in the quick profile
 
 

@@ -60,6 +60,9 @@ class SelectionConfig:
     n_estimators: int = 60
     max_depth: int = 4
     learning_rate: float = 0.1
+    # Histogram bins per feature of the importance models: a ranking of features needs far fewer
+    # than a model that predicts (64 bins: 0.31 s per 40 rounds on 25k x 143 features, 256: 0.58 s).
+    max_bin: int = 64
     n_threads: int = 1
     seed: int = 0
     # Seeded subsample of each fold's training (and, for permutation, validation) rows.
@@ -79,6 +82,7 @@ class SelectionConfig:
         _require_real(self, "shap_max_cv", 0.0, float("inf"), "(0, inf)", low_open=True)
         _require_int(self, "n_estimators", minimum=1)
         _require_int(self, "max_depth", minimum=1)
+        _require_int(self, "max_bin", minimum=2)
         _require_real(self, "learning_rate", 0.0, 1.0, "(0, 1]", low_open=True)
         _require_int(self, "n_threads", minimum=1)
         _require_int(self, "seed", minimum=0)
@@ -474,10 +478,11 @@ def _fit(features: np.ndarray, labels: np.ndarray, config: SelectionConfig,
     # Anonymous f0..fn names: real feature names may hold characters XGBoost rejects. With a
     # ``reference``, its histogram cuts are reused: binning without sketching again halves the cost of
     # building the matrix (the cuts come from the same call's training rows, so nothing leaks).
-    train = xgb.QuantileDMatrix(features, label=labels, nthread=config.n_threads, ref=reference)
+    train = xgb.QuantileDMatrix(features, label=labels, nthread=config.n_threads, ref=reference, max_bin=config.max_bin)
     params = {
         "objective": "reg:squarederror",
         "tree_method": "hist",
+        "max_bin": config.max_bin,
         "max_depth": config.max_depth,
         "eta": config.learning_rate,
         "nthread": config.n_threads,

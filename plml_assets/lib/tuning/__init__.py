@@ -55,7 +55,7 @@ from plml_assets.lib.tuning.objective import (
 )
 from plml_assets.lib.tuning.plots import plot_optimization_history, plot_param_importances, plot_pareto_front
 from plml_assets.lib.tuning.report import param_importances, trial_date_scores, trial_value_of, trials_frame
-from plml_assets.lib.tuning.space import DEFAULT_SPACES, ParamSpec, SearchSpace
+from plml_assets.lib.tuning.space import DEFAULT_SPACES, QUICK_SPACE_BOUNDS, ParamSpec, SearchSpace, default_space
 from plml_assets.lib.tuning.study import (
     Log,
     Objective,
@@ -73,6 +73,8 @@ __all__ = [
     "CVObjective",
     "DATE_SCORES_ATTR",
     "DEFAULT_SPACES",
+    "QUICK_SPACE_BOUNDS",
+    "default_space",
     "FamilyFitPredict",
     "FitPredict",
     "Log",

@@ -252,4 +252,23 @@ DEFAULT_SPACES["elastic_net"] = SearchSpace.from_dict({
     "l1_ratio": {"type": "float", "low": 0.05, "high": 1.0},
 })
 
+#: What the quick profile narrows in a family's space (the rest of it stays): the sequence nets'
+#: cost grows with the window, the width and the depth, so quick searches short windows of one
+#: narrow layer. The study records the space it searched, so its trials say what was fitted.
+QUICK_SPACE_BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
+    "lstm": {"window": {"type": "int", "low": 10, "high": 20, "step": 5},
+             "hidden_size": {"type": "int", "low": 16, "high": 32, "log": True},
+             "num_layers": {"type": "categorical", "choices": [1]}},
+}
+QUICK_SPACE_BOUNDS["gru"] = QUICK_SPACE_BOUNDS["lstm"]
+
+
+def default_space(family: str, *, quick: bool = False) -> SearchSpace:
+    """The family's default search space; in the quick profile, with :data:`QUICK_SPACE_BOUNDS`."""
+    space = DEFAULT_SPACES[family]
+    bounds = QUICK_SPACE_BOUNDS.get(family) if quick else None
+    if not bounds:
+        return space
+    return SearchSpace.from_dict({**space.to_dict(), **bounds})
+
 

@@ -53,10 +53,11 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
                 return optuna.storages.RDBStorage(
                     url=url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
                 )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             # N workers started at once on an empty database all create Optuna's schema; PostgreSQL
             # refuses the losers' CREATE TABLE / CREATE TYPE ("duplicate key ... pg_type" or "already
-            # exists"). The winner's schema is complete a moment later: open it again.
+            # exists"), SQLite their CREATE TABLE ("table ... already exists"). The winner's schema is
+            # complete a moment later: open it again.
             text = str(exc).lower()
             if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
                 raise
