@@ -217,6 +217,29 @@ def test_lightgbm_reused_dataset_gives_the_same_model_as_a_fresh_one():
     np.testing.assert_array_equal(reused.predict_matrix(dvalid), fresh.predict(Xv))
 
 
+def test_lightgbm_fit_bins_the_same_rows_once_and_fits_what_a_fresh_dataset_fits():
+    """A study's trials fit one fold's rows again and again through ``fit``: the second trial
+    reuses the first one's binned Datasets (even with a smaller min_child_samples), and its model
+    is the one fresh Datasets give; other rows get their own, and the cache stays bounded."""
+    from plml_assets.lib.models import lightgbm_model
+
+    (X, y), (Xv, yv) = split_by_date(*synthetic_panel(n_dates=200))
+    lightgbm_model.clear_dataset_cache()
+    LightGBMModel(min_child_samples=80, n_estimators=30).fit((X, y), (Xv, yv))
+    (dtrain, validations), = lightgbm_model._DATASETS.values()
+    params = {"min_child_samples": 5, "n_estimators": 30, "num_leaves": 15, "seed": 3}
+    reused = LightGBMModel(**params).fit((X.copy(), y.copy()), (Xv.copy(), yv.copy()))  # equal values, new objects
+    assert len(lightgbm_model._DATASETS) == 1 and len(validations) == 1
+    assert lightgbm_model._DATASETS[next(iter(lightgbm_model._DATASETS))][0] is dtrain
+    lightgbm_model.clear_dataset_cache()
+    fresh = LightGBMModel(**params).fit((X, y), (Xv, yv))
+    np.testing.assert_array_equal(reused.predict(Xv), fresh.predict(Xv))
+    for shift in range(1, lightgbm_model.DATASET_CACHE_SIZE + 2):  # other rows: binned anew, the oldest dropped
+        LightGBMModel(n_estimators=5).fit((X + shift, y), (Xv + shift, yv))
+    assert len(lightgbm_model._DATASETS) == lightgbm_model.DATASET_CACHE_SIZE
+    assert all(entry[0] is not dtrain for entry in lightgbm_model._DATASETS.values())
+
+
 def test_lightgbm_early_stopping_keeps_the_best_round_on_noise():
     X, _ = synthetic_panel(n_dates=200)
     noise = pd.Series(np.random.default_rng(1).normal(size=len(X)), index=X.index)

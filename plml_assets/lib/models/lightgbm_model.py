@@ -18,6 +18,12 @@ kept (``free_raw_data=False``) so that :meth:`LightGBMModel.predict_matrix` can 
 Pre-built Datasets bypass the ``scaling`` hyper-parameter, so ``fit_matrix`` refuses a model with
 scaling; :meth:`LightGBMModel.fit` scales (scaler fitted on the training rows) and builds them.
 
+:meth:`LightGBMModel.fit` reuses Datasets by itself: the last :data:`DATASET_CACHE_SIZE` training
+sets it binned (and their validation sets) are kept, keyed by a hash of their values, labels and
+column names, so the trials of a study, which fit the same fold's rows again and again through
+``training.fit_model``, bin each fold once (binning was 5.9 of the quick lightgbm_study's 10.5 s
+of fitting). Binning is deterministic, so a reused Dataset fits the model a fresh one would.
+
 Incremental update (:meth:`LightGBMModel.fit_incremental`): training continues (``init_model``)
 from the rounds that predictions use (those after ``best_iteration_`` were rejected by early
 stopping and are dropped first); the new rows are binned on their own, which only affects the
@@ -26,8 +32,10 @@ new trees' split candidates, since the kept trees split on raw thresholds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Self
 
@@ -38,6 +46,23 @@ import pandas as pd
 from plml_assets.lib.models.base import Dataset, Model
 
 MAX_BIN = 255
+#: training Datasets :meth:`LightGBMModel.fit` keeps for reuse (a study's folds), with their validation sets
+DATASET_CACHE_SIZE = 3
+_DATASETS: OrderedDict[str, tuple[lgb.Dataset, dict[str, lgb.Dataset]]] = OrderedDict()
+
+
+def _content_key(X: pd.DataFrame, y: pd.Series | np.ndarray | None) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update("\x1f".join(str(c) for c in X.columns).encode())
+    digest.update(np.ascontiguousarray(X.to_numpy(dtype="float32")).tobytes())
+    if y is not None:
+        digest.update(np.ascontiguousarray(np.asarray(y, dtype="float64")).tobytes())
+    return digest.hexdigest()
+
+
+def clear_dataset_cache() -> None:
+    """Drop the Datasets :meth:`LightGBMModel.fit` kept for reuse."""
+    _DATASETS.clear()
 # Importance names shared with the XGBoost adapter map onto LightGBM's two kinds.
 _IMPORTANCE_KINDS = {"gain": "gain", "total_gain": "gain", "split": "split", "weight": "split"}
 _DEVICES = ("cpu", "gpu", "cuda")
@@ -167,9 +192,25 @@ class LightGBMModel(Model):
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         X, y = train
-        dtrain = self.matrix(self._fit_scaling(X), y)  # the scaler learns from the training rows only
-        dvalid = (self.matrix(self._apply_scaling(valid[0]), valid[1], reference=dtrain)
-                  if valid is not None else None)
+        X = self._fit_scaling(X)  # the scaler learns from the training rows only
+        key = _content_key(X, y)
+        if key in _DATASETS:
+            _DATASETS.move_to_end(key)
+            dtrain, validations = _DATASETS[key]
+        else:
+            dtrain, validations = self.matrix(X, y), {}
+            _DATASETS[key] = (dtrain, validations)
+            while len(_DATASETS) > DATASET_CACHE_SIZE:
+                _DATASETS.popitem(last=False)
+        dvalid = None
+        if valid is not None:
+            Xv = self._apply_scaling(valid[0])
+            valid_key = _content_key(Xv, valid[1])
+            dvalid = validations.get(valid_key)
+            if dvalid is None:  # binned with (and belonging to) this training Dataset
+                if len(validations) >= DATASET_CACHE_SIZE:
+                    validations.pop(next(iter(validations)))
+                dvalid = validations[valid_key] = self.matrix(Xv, valid[1], reference=dtrain)
         return self._fit_matrix(dtrain, dvalid)
 
     def fit_matrix(self, dtrain: lgb.Dataset, dvalid: lgb.Dataset | None = None) -> Self:
