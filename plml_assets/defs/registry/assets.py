@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import split_for
+from plml_assets.lib.analytics.metering import METER
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.models.baselines import momentum_score
 from plml_assets.lib.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, card_summary, render_card, standard_error
@@ -374,5 +375,7 @@ def champion_model(context: dg.AssetExecutionContext, mlflow_registry: MlflowReg
             "model_uri": mlflow_registry.model_uri("champion"),
             "reason": info.tags.get("plml.promotion_reason", ""),
             "holdout_rank_ic": float(info.tags.get("plml.metric.holdout_rank_ic", "nan")),
+            # what the step cost (no IO manager output meters it: lib/analytics/metering.py, `plml analytics`)
+            **METER.measure(context.op_execution_context.get_step_execution_context().step.key, None),
         }
     )
