@@ -244,3 +244,25 @@ def test_a_worker_is_refused_for_an_unknown_study_or_one_no_asset_started(prepar
     assert unknown.wait(timeout=120) == 2 and "no study 'nope'" in unknown.stdout.read()
     handmade = _worker("handmade", storage, home / "assets")
     assert handmade.wait(timeout=120) == 2 and "not started by a plml <family>_study asset" in handmade.stdout.read()
+
+
+def test_declared_monotone_constraints_are_a_searched_choice_of_a_booster_study(prepared):
+    """Issue 16 item 4: a feature declared monotone in the study's config becomes a categorical
+    trial parameter (none, or the declaration), the unconstrained default enqueued first; with
+    monotone_search off it is fixed on. Unknown features and non-booster families are refused."""
+    home, resources, _ = prepared
+    feature = pd.read_parquet(home / "assets" / "features.parquet").columns[0]
+    declared = json.dumps({feature: 1})
+    result, out = _study(prepared, n_trials=3, sampler="random", monotone_constraints=declared, study_name="monotone")
+    assert result.success, _failure(result)
+    study = optuna.load_study(study_name="monotone", storage=resources["optuna_storage"].storage())
+    first = study.trials[0]
+    assert first.params["monotone_constraints"] == ""
+    assert first.distributions["monotone_constraints"].choices == ("", json.dumps({feature: 1}, sort_keys=True))
+    assert out["params"]["monotone_constraints"] in ("", json.dumps({feature: 1}, sort_keys=True))
+    result, out = _study(prepared, n_trials=1, monotone_constraints=declared, monotone_search=False, study_name="monotone_fixed")
+    assert result.success and out["params"]["monotone_constraints"] == json.dumps({feature: 1}, sort_keys=True)
+    unknown, _ = _study(prepared, n_trials=1, monotone_constraints='{"no_such_feature": -1}')
+    assert "monotone_constraints name feature(s) ['no_such_feature']" in _failure(unknown)
+    net, _ = _study(prepared, "lstm", n_trials=1, monotone_constraints=declared)
+    assert "monotone_constraints apply to the boosters ['xgboost', 'lightgbm'], not to lstm" in _failure(net)

@@ -445,3 +445,42 @@ def test_elastic_net_standardizes_within_each_date_and_its_contributions_are_exa
     np.testing.assert_allclose(parts.sum(axis=1).to_numpy(), model.predict(X), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="indexed by \\(date, symbol\\)"):
         model.predict(X.reset_index(drop=True))
+
+
+# --- monotone constraints (issue 16 item 4) ------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm"])
+def test_declared_monotone_constraints_make_the_score_monotone_in_that_feature(family):
+    """The label rises with f1 only on average (a noisy hump on top of the trend): unconstrained trees
+    follow the hump, constrained ones score never lower for a larger f1 with the other features held,
+    and a decreasing declaration never higher. The constraint survives save and load."""
+    rng = np.random.default_rng(0)
+    X, _ = synthetic_panel(n_dates=200)
+    f1 = X["f1"].to_numpy()
+    y = pd.Series(0.5 * f1 - 1.5 * np.exp(-((f1 - 0.5) ** 2) / 0.05) + rng.normal(scale=0.3, size=len(X)), index=X.index)
+    train, valid = split_by_date(X, y)
+    grid = pd.DataFrame({c: np.full(60, float(X[c].median())) for c in X.columns}, index=X.index[:60])
+    grid["f1"] = np.linspace(f1.min(), f1.max(), 60)
+    params = {**SMALL[family], "n_estimators": 80}
+    free = make_model(family, **params).fit(train, valid)
+    assert (np.diff(free.predict(grid)) < -1e-6).any()  # the hump: unconstrained scores fall somewhere
+    up = make_model(family, **params, monotone_constraints={"f1": 1}).fit(train, valid)
+    assert (np.diff(up.predict(grid)) >= -1e-9).all()
+    down = make_model(family, **params, monotone_constraints='{"f1": -1}').fit(train, valid)
+    assert (np.diff(down.predict(grid)) <= 1e-9).all()
+    assert up.get_params()["monotone_constraints"] == {"f1": 1} and down.get_params()["monotone_constraints"] == {"f1": -1}
+    rebuilt = make_model(family, **up.get_params())
+    assert rebuilt.monotone_constraints == {"f1": 1}
+
+
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm"])
+def test_monotone_constraints_refuse_a_bad_direction_and_ignore_features_a_fold_lacks(family):
+    with pytest.raises(ValueError, match="1 \\(increasing\\) or -1.*'f1'"):
+        make_model(family, monotone_constraints={"f1": 2})
+    with pytest.raises(ValueError, match="JSON object"):
+        make_model(family, monotone_constraints="{f1: 1")
+    assert make_model(family, monotone_constraints="").monotone_constraints is None
+    train, valid = split_by_date(*synthetic_panel(n_dates=120))
+    plain = make_model(family, **SMALL[family]).fit(train, valid)
+    absent = make_model(family, **SMALL[family], monotone_constraints={"not_selected": 1}).fit(train, valid)
+    np.testing.assert_array_equal(plain.predict(valid[0]), absent.predict(valid[0]))

@@ -53,6 +53,11 @@ class StudyConfig(dg.Config):
     search_space: str = Field(default="", description="JSON search space replacing the family's default, e.g. "
                               '{"max_depth": {"type": "int", "low": 2, "high": 6}}')
     fixed_params: str = Field(default="", description="JSON hyper-parameters fixed during the search and in the final model")
+    monotone_constraints: str = Field(default="", description="boosters only: JSON {feature: 1 | -1} declaring that the "
+                                      "score may only rise (1) or only fall (-1) with a feature, the others held, e.g. "
+                                      '{"mom_20": 1}; a fold whose selection lacks a declared feature leaves it out')
+    monotone_search: bool = Field(default=True, description="with monotone_constraints: search whether to apply them "
+                                  "(a categorical trial parameter, the unconstrained default enqueued first); False: always apply")
     study_name: str = Field(default="", description="Optuna study name; default: derived from the family, data, folds and "
                             "search setup, so a re-run resumes the same study and new data starts a new one")
     worker: int = Field(default=0, description="index of this worker when several processes share the study (distinct seeds)")
@@ -92,6 +97,34 @@ class PreparedStudy:
     digest: str  # of the data, folds and search setup: a worker must arrive at the same one
 
 
+#: families whose models take monotone constraints (lib/models/base.monotone_constraints)
+MONOTONE_FAMILIES = ("xgboost", "lightgbm")
+
+
+def monotone_option(family: str, config: StudyConfig, space: tuning.SearchSpace, fixed: dict,
+                    columns) -> tuple[tuning.SearchSpace, dict, bool]:
+    """The study's space and fixed parameters with the declared monotone constraints: a categorical
+    choice between none and the declaration (``monotone_search``) or fixed on. Returns (space,
+    fixed, whether the choice is searched); unchanged without a declaration."""
+    from plml_assets.lib.models.base import monotone_constraints
+
+    declared = monotone_constraints(config.monotone_constraints)
+    if declared is None:
+        return space, fixed, False
+    if family not in MONOTONE_FAMILIES:
+        raise ValueError(f"monotone_constraints apply to the boosters {list(MONOTONE_FAMILIES)}, not to {family}")
+    unknown = sorted(set(declared) - {str(c) for c in columns})
+    if unknown:
+        raise ValueError(f"monotone_constraints name feature(s) {unknown} that the features asset does not have")
+    if "monotone_constraints" in fixed or "monotone_constraints" in space.names:
+        raise ValueError("monotone constraints are declared in the config's monotone_constraints, not in fixed_params or search_space")
+    text = json.dumps(declared, sort_keys=True)
+    if not config.monotone_search:
+        return space, {**fixed, "monotone_constraints": text}, False
+    choice = tuning.ParamSpec.from_dict("monotone_constraints", {"type": "categorical", "choices": ["", text]})
+    return tuning.SearchSpace([*space.params, choice]), fixed, True
+
+
 def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labels: pd.DataFrame, cv_splits: pd.DataFrame,
                   cv_fold_features: pd.DataFrame, settings: ExperimentSettings, model_name: str,
                   warn=lambda message: None) -> PreparedStudy:
@@ -107,6 +140,7 @@ def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labe
     fixed = json_object(config.fixed_params, "fixed_params")
     space = (tuning.SearchSpace.from_dict(json_object(config.search_space, "search_space"))
              if config.search_space.strip() else tuning.default_space(family, quick=settings.quick))
+    space, fixed, searched_monotone = monotone_option(family, config, space, fixed, features.columns)
     clash = sorted(set(fixed) & set(space.names))
     if clash:
         raise ValueError(f"fixed_params {clash} are also in the search space: fix them or search them, not both")
@@ -121,6 +155,8 @@ def prepare_study(family: str, config: StudyConfig, features: pd.DataFrame, labe
                             fixed_during_search, list(objective.names), config.metric, settings.horizon)
     name = config.study_name or f"{model_name}-{family}-{digest}"
     defaults = {k: v for k, v in base.items() if k in space.names}
+    if searched_monotone:
+        defaults["monotone_constraints"] = ""  # the unconstrained model is the first trial
     try:
         space.check_params(defaults)
         enqueue = [defaults] if len(defaults) == len(space) else []

@@ -181,3 +181,36 @@ class Model(ABC):
     @property
     def is_fitted(self) -> bool:
         return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+
+
+def monotone_constraints(value: object) -> dict[str, int] | None:
+    """A booster's declared monotone constraints, normalized: ``{feature: +1 | -1}`` (the score may
+    only rise, or only fall, with that feature, the others held), from a mapping or its JSON text
+    (a study's categorical choice carries it as text); None, ``{}`` or ``""``: unconstrained. A bad
+    declaration raises naming the feature."""
+    import json
+
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"monotone_constraints must be a JSON object such as {{\"mom_20\": 1}}, got {value!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"monotone_constraints must map feature names to 1 or -1, got {value!r}")
+    bad = {k: v for k, v in value.items() if isinstance(v, bool) or v not in (1, -1, 0)}
+    if bad:
+        raise ValueError(f"monotone_constraints: each feature's direction must be 1 (increasing) or -1 (decreasing), got {bad}")
+    kept = {str(k): int(v) for k, v in sorted(value.items()) if v != 0}
+    return kept or None
+
+
+def monotone_vector(constraints: dict[str, int] | None, columns: list[str]) -> list[int] | None:
+    """The constraints in the order of ``columns`` (0 for a free feature); None when no declared
+    feature is among them (a fold's selection may have dropped every constrained feature)."""
+    if not constraints:
+        return None
+    vector = [constraints.get(str(c), 0) for c in columns]
+    return vector if any(vector) else None
+

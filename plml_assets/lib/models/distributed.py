@@ -89,7 +89,7 @@ def fit_xgboost_dask(model: Model, train: Dataset, valid: Dataset, client) -> Mo
     Xv = model._apply_scaling(valid[0])
     dtrain = xgb.dask.DaskDMatrix(client, *_arrays(client, X, train[1]), feature_names=list(X.columns))
     dvalid = xgb.dask.DaskDMatrix(client, *_arrays(client, Xv, valid[1]), feature_names=list(X.columns))
-    params = {**model._booster_params(), "nthread": model.nthread}
+    params = {**model._booster_params(list(X.columns)), "nthread": model.nthread}
     out = xgb.dask.train(client, params, dtrain, num_boost_round=model.n_estimators,
                          evals=[(dtrain, "train"), (dvalid, "valid")],
                          early_stopping_rounds=model.early_stopping_rounds or None, verbose_eval=False)
@@ -110,7 +110,7 @@ def fit_lightgbm_dask(model: Model, train: Dataset, valid: Dataset, client) -> M
     start = time.perf_counter()
     X = model._fit_scaling(train[0])
     Xv = model._apply_scaling(valid[0])
-    params = {k: v for k, v in model._booster_params().items() if k not in ("metric", "verbose", "objective")}
+    params = {k: v for k, v in model._booster_params(list(X.columns)).items() if k not in ("metric", "verbose", "objective")}
     estimator = lgb.DaskLGBMRegressor(client=client, n_estimators=model.n_estimators, objective="regression",
                                       verbose=-1, **params)
     dX, dy = _arrays(client, X, train[1])

@@ -43,7 +43,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from plml_assets.lib.models.base import Dataset, Model
+from plml_assets.lib.models.base import Dataset, Model, monotone_vector
+from plml_assets.lib.models.base import monotone_constraints as normalize_monotone
 
 MAX_BIN = 255
 #: training Datasets :meth:`LightGBMModel.fit` keeps for reuse (a study's folds), with their validation sets
@@ -82,7 +83,7 @@ class LightGBMModel(Model):
     _PARAM_NAMES = (
         "n_estimators", "learning_rate", "num_leaves", "max_depth", "min_child_samples", "subsample",
         "subsample_freq", "colsample_bytree", "reg_lambda", "early_stopping_rounds", "n_jobs", "seed", "device",
-        "scaling",
+        "scaling", "monotone_constraints",
     )
 
     def __init__(
@@ -101,7 +102,9 @@ class LightGBMModel(Model):
         seed: int = 0,
         device: str = "cpu",
         scaling: str = "none",
+        monotone_constraints: dict[str, int] | str | None = None,
     ) -> None:
+        self.monotone_constraints = normalize_monotone(monotone_constraints)
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -153,8 +156,9 @@ class LightGBMModel(Model):
     def get_params(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self._PARAM_NAMES}
 
-    def _booster_params(self) -> dict[str, object]:
-        return {
+    def _booster_params(self, columns: list[str] | None = None) -> dict[str, object]:
+        vector = monotone_vector(self.monotone_constraints, list(columns or []))
+        return ({} if vector is None else {"monotone_constraints": vector}) | {
             "objective": "regression",
             "metric": "l2",
             "learning_rate": self.learning_rate,
@@ -229,7 +233,7 @@ class LightGBMModel(Model):
             if self.early_stopping_rounds:
                 callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
         booster = lgb.train(
-            self._booster_params(),
+            self._booster_params(list(dtrain.feature_name)),
             dtrain,
             num_boost_round=self.n_estimators,
             valid_sets=valid_sets,
@@ -276,7 +280,7 @@ class LightGBMModel(Model):
             if self.early_stopping_rounds:
                 callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
         booster = lgb.train(
-            self._booster_params(),
+            self._booster_params(list(dtrain.feature_name)),
             dtrain,
             num_boost_round=budget,
             init_model=base,

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from plml_assets.lib.models.base import Dataset, Model
+from plml_assets.lib.models.base import Dataset, Model, monotone_vector
+from plml_assets.lib.models.base import monotone_constraints as normalize_monotone
 
 
 class XGBoostModel(Model):
@@ -40,7 +41,9 @@ class XGBoostModel(Model):
         seed: int = 0,
         device: str = "cpu",
         scaling: str = "none",
+        monotone_constraints: dict[str, int] | str | None = None,
     ) -> None:
+        self.monotone_constraints = normalize_monotone(monotone_constraints)
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -81,11 +84,14 @@ class XGBoostModel(Model):
             for k in (
                 "n_estimators", "learning_rate", "max_depth", "min_child_weight", "subsample",
                 "colsample_bytree", "reg_lambda", "early_stopping_rounds", "nthread", "seed", "device", "scaling",
+                "monotone_constraints",
             )
         }
 
-    def _booster_params(self) -> dict[str, object]:
-        return {
+    def _booster_params(self, columns: list[str] | None = None) -> dict[str, object]:
+        vector = monotone_vector(self.monotone_constraints, list(columns or []))
+        monotone = {} if vector is None else {"monotone_constraints": "(" + ",".join(map(str, vector)) + ")"}
+        return monotone | {
             "objective": "reg:squarederror",
             "tree_method": "hist",
             "eta": self.learning_rate,
@@ -122,7 +128,7 @@ class XGBoostModel(Model):
         evals = [(dtrain, "train")] + ([(dvalid, "valid")] if dvalid is not None else [])
         history: dict[str, dict[str, list[float]]] = {}
         booster = xgb.train(
-            self._booster_params(),
+            self._booster_params(dtrain.feature_names),
             dtrain,
             num_boost_round=self.n_estimators,
             evals=evals,
@@ -160,7 +166,7 @@ class XGBoostModel(Model):
         evals = [(dtrain, "train")] + ([(dvalid, "valid")] if dvalid is not None else [])
         history: dict[str, dict[str, list[float]]] = {}
         booster = xgb.train(
-            self._booster_params(),
+            self._booster_params(dtrain.feature_names),
             dtrain,
             num_boost_round=budget,
             evals=evals,
