@@ -180,7 +180,10 @@ def test_plml_workers_share_the_assets_postgresql_study_and_a_killed_ones_trial_
     trial number once, and the asset, re-materialized, sees every worker's trials and runs none again."""
     home, resources, instance = prepared
     resources = {**resources, "optuna_storage": OptunaStorage(url=fresh_postgres_url)}
-    run_config = {"ops": {"xgboost_study": {"config": {"n_trials": 1}}}}
+    # Every trial runs its whole round budget (no early stopping), so a trial lasts long enough for
+    # the poll below to see it RUNNING and kill its worker mid-trial (with early stopping after 20
+    # idle rounds a trial took 0.7 s and the worker could finish unseen on a loaded machine).
+    run_config = {"ops": {"xgboost_study": {"config": {"n_trials": 1, "fixed_params": '{"early_stopping_rounds": 0}'}}}}
     first = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, run_config=run_config, selection=["xgboost_study"])
     name = first.asset_materializations_for_node("xgboost_study")[0].metadata["study_name"].value
     budget = 6
@@ -222,7 +225,7 @@ def test_plml_workers_share_the_assets_postgresql_study_and_a_killed_ones_trial_
     assert "budget 6 trials" in out and json.loads(out.strip().splitlines()[-1])["trials_by_this_worker"] >= 1
     # The asset with the same budget sees the workers' trials and runs none of its own.
     again = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance, selection=["xgboost_study"],
-                           run_config={"ops": {"xgboost_study": {"config": {"n_trials": budget}}}})
+                           run_config={"ops": {"xgboost_study": {"config": {"n_trials": budget, "fixed_params": '{"early_stopping_rounds": 0}'}}}})
     metadata = again.asset_materializations_for_node("xgboost_study")[0].metadata
     assert metadata["study_name"].value == name and metadata["trials_run_now"].value == 0
     assert metadata["trials_complete"].value + metadata["trials_pruned"].value == budget
