@@ -363,14 +363,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             from dagster import execute_job, reconstructable
 
             print(f"plml run: {workers} step processes at a time (--workers 1 runs every step in this process)")
-            # forkserver with the definitions and what the steps import preloaded
-            # (plml_assets/step_preload.py): each step process forks from a server that has already
-            # imported dagster and its instance storage, pandas, torch, MLflow and plml (seconds of
-            # CPU per step with a fresh interpreter, ~1.6 s per step after a bare definitions preload).
-            run_config = {"execution": {"config": {"multiprocess": {
-                "max_concurrent": workers,
-                "start_method": {"forkserver": {"preload_modules": ["plml_assets.step_preload"]}},
-            }}}}
+            # The definitions' default executor (plml_assets/definitions.DEFAULT_EXECUTOR) forks each
+            # step process from a forkserver that has already imported dagster and its instance
+            # storage, pandas, torch, MLflow and plml (plml_assets/step_preload.py; seconds of CPU
+            # per step with a fresh interpreter, ~1.6 s per step after a bare definitions preload).
+            run_config = {"execution": {"config": {"multiprocess": {"max_concurrent": workers}}}}
             with execute_job(reconstructable(main_job), instance=instance, run_config=run_config,
                              raise_on_error=False) as result:
                 summary = _run_summary(result)

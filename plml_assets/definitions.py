@@ -91,17 +91,47 @@ ANALYTICS_JOB = dg.define_asset_job(
     description="training_analytics and its step_regression check, on the runs finished so far.",
 )
 
-#: ``PLML_EXECUTOR``: how a run's steps execute. Unset: Dagster's default (one process per step,
-#: several at a time; `plml run --workers N` sets how many). ``in_process``: every step in the run's
-#: process. ``multiprocess``: one process per step. ``k8s``: one Kubernetes Job per step
-#: (dagster-k8s's k8s_job_executor, on a cluster whose run launcher is the K8sRunLauncher; each heavy
-#: step's pod gets the resources of its ``dagster-k8s/config`` tag). See docs/deploy.md.
+#: ``PLML_EXECUTOR``: how a run's steps execute. Unset: one process per step, several at a time
+#: (Dagster's multi-or-in-process executor, forking each step from a preloaded forkserver: see
+#: ``DEFAULT_EXECUTOR``; `plml run --workers N` sets how many). ``in_process``: every step in the
+#: run's process. ``multiprocess``: Dagster's plain multiprocess executor (a fresh interpreter per
+#: step). ``k8s``: one Kubernetes Job per step (dagster-k8s's k8s_job_executor, on a cluster whose
+#: run launcher is the K8sRunLauncher; each heavy step's pod gets the resources of its
+#: ``dagster-k8s/config`` tag). See docs/deploy.md.
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 
+#: What every step process imports before it is forked (plml_assets/step_preload.py).
+PRELOAD_MODULES = ["plml_assets.step_preload"]
+FORKSERVER = {"forkserver": {"preload_modules": PRELOAD_MODULES}}
 
-def select_executor(name: str | None) -> dg.ExecutorDefinition | None:
+
+def with_forkserver(config: dict | None) -> dict:
+    """Run config for Dagster's multi-or-in-process executor, with the forkserver start method when
+    a multiprocess run names none: ``{}`` and ``{"multiprocess": {"max_concurrent": 2}}`` gain
+    ``start_method: forkserver`` preloading PRELOAD_MODULES; an explicit ``start_method`` (spawn,
+    a forkserver with other modules) and ``{"in_process": ...}`` are kept as given."""
+    config = dict(config or {})
+    if "in_process" in config:
+        return config
+    multiprocess = dict(config.get("multiprocess") or {})
+    multiprocess.setdefault("start_method", FORKSERVER)
+    return {**config, "multiprocess": multiprocess}
+
+
+#: The executor of every run that names none: the runs the daemon's sensors and schedules launch,
+#: those launched from the UI or GraphQL, and `plml run --workers N`. Dagster's default starts each
+#: step in a fresh interpreter (measured in `dagster dev` on the 2-core machine: ~4 s from
+#: STEP_WORKER_STARTING to STEP_START, importing Dagster, pandas, torch and MLflow again per step);
+#: forked from the preloaded forkserver a step starts in well under a second. The run config's
+#: ``execution.config`` takes the same shape as Dagster's default executor's (checked by it, after
+#: ``with_forkserver``).
+DEFAULT_EXECUTOR = dg.multi_or_in_process_executor.configured(
+    with_forkserver, config_schema=dg.Permissive(), name="plml_multiprocess")
+
+
+def select_executor(name: str | None) -> dg.ExecutorDefinition:
     if not name:
-        return None
+        return DEFAULT_EXECUTOR
     if name == "in_process":
         return dg.in_process_executor
     if name == "multiprocess":
@@ -110,10 +140,10 @@ def select_executor(name: str | None) -> dg.ExecutorDefinition | None:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    raise ValueError(f"PLML_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)} (or unset for Dagster's default)")
+    raise ValueError(f"PLML_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)} (or unset for plml's default)")
 
 
-def _executor_from_env() -> dg.ExecutorDefinition | None:
+def _executor_from_env() -> dg.ExecutorDefinition:
     import os
 
     return select_executor(os.environ.get("PLML_EXECUTOR"))

@@ -1,4 +1,5 @@
-"""What every step process of ``plml run --workers N`` imports, imported once in the forkserver.
+"""What every step process imports, imported once in the forkserver (the definitions' default executor:
+``plml run --workers N`` and every run the daemon, the UI or GraphQL launches).
 
 The multiprocess executor forks each step's process from a forkserver that imported this module,
 so a step starts with these modules already in memory instead of importing them again: measured
@@ -13,6 +14,14 @@ threads at the first operation, in the step process), so forking after it is saf
 from __future__ import annotations
 
 import importlib
+import os
+
+# A thread budget of one per step process, set before numpy, torch and LightGBM are imported: every
+# model already fits on its own ``nthread``/``n_jobs`` (1 by default), and BLAS/OpenMP would
+# otherwise start one thread per core in each of the concurrent step processes and oversubscribe
+# the cores. `plml run` sets the same; a deployment that wants more sets them in the environment.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import plml_assets.definitions  # noqa: F401  (the code location the steps are reconstructed from)
 

@@ -226,7 +226,8 @@ def test_the_sizing_file_names_its_run_and_rule_and_a_bad_file_is_refused(tmp_pa
 
 
 # ---- executor choice ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name, expected", [("k8s", "k8s"), ("in_process", "in_process"), ("multiprocess", "multiprocess")])
+@pytest.mark.parametrize("name, expected", [("k8s", "k8s"), ("in_process", "in_process"), ("multiprocess", "multiprocess"),
+                                            ("", "plml_multiprocess")])
 def test_plml_executor_selects_the_executor_of_the_definitions(name, expected):
     code = ("from plml_assets.definitions import defs; "
             "print(defs.resolve_job_def('plml_main').executor_def.name)")
@@ -241,7 +242,9 @@ def test_an_unknown_executor_is_refused_naming_the_choices():
 
     with pytest.raises(ValueError, match="PLML_EXECUTOR='celery'.*in_process, multiprocess, k8s"):
         select_executor("celery")
-    assert select_executor(None) is None and select_executor("") is None
+    from plml_assets.definitions import DEFAULT_EXECUTOR
+
+    assert select_executor(None) is DEFAULT_EXECUTOR and select_executor("") is DEFAULT_EXECUTOR
 
 
 # ---- the run launcher, against a stubbed batch API ---------------------------------------------
