@@ -620,6 +620,11 @@ def test_new_prices_flow_to_drift_metrics_and_the_sensor_acts_on_its_decision(fi
     weighted = drift["contribution_weighted"]
     assert weighted is not None and weighted["coverage"] == pytest.approx(1.0)
     assert 0.0 <= weighted["psi"] <= summary["max_feature_psi"] and len(weighted["features"]) == 10
+    # ... and the champion explained on the newest 20 dates, against that profile (its SHAP profile's drift).
+    shap = drift["shap_profile"]
+    assert shap["dates"] == 20 and shap["window"][1] == "2016-12-30" and shap["rows"] == 20 * 20
+    assert 0.0 <= shap["shift"] <= 1.0 and -1.0 <= shap["rank_corr"] <= 1.0 and len(shap["features"]) == 10
+    assert sum(f["current_share"] for f in shap["features"]) <= 1.0 + 1e-3
 
     context = dg.build_sensor_context(instance=instance, definitions=defs)
     outcome = drift_retraining_sensor(context)

@@ -460,3 +460,18 @@ def test_importance_weighted_drift_follows_the_features_the_model_leans_on():
     assert [f["feature"] for f in leans_on_drifted["features"]] == ["a", "b", "c"]
     empty = importance_weighted_drift(table, {"zzz": 1.0})
     assert math.isnan(empty["psi"]) and empty["features"] == []
+
+
+def test_profile_drift_measures_how_the_reliance_moved():
+    from plml_assets.lib.monitoring.drift import profile_drift
+
+    same = profile_drift({"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 6.0, "b": 4.0, "c": 2.0})  # same shares, other scale
+    assert same["shift"] == pytest.approx(0.0) and same["rank_corr"] == pytest.approx(1.0) and same["top_overlap"] == 1.0
+    swapped = profile_drift({"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 1.0, "b": 2.0, "c": 3.0})
+    # shares 1/2, 1/3, 1/6 vs 1/6, 1/3, 1/2: half of |1/3| + 0 + |1/3|
+    assert swapped["shift"] == pytest.approx(1 / 3) and swapped["rank_corr"] == pytest.approx(-1.0)
+    assert [f["feature"] for f in swapped["features"]] == ["c", "b", "a"]
+    assert swapped["features"][0] == {"feature": "c", "reference_share": 0.1667, "current_share": 0.5, "change": 0.3333}
+    disjoint = profile_drift({"a": 1.0, "b": 1.0}, {"c": 1.0, "d": 1.0}, top=2)
+    assert disjoint["shift"] == pytest.approx(1.0) and disjoint["top_overlap"] == 0.0 and np.isnan(disjoint["rank_corr"])
+    assert np.isnan(profile_drift({"a": 0.0}, {"a": 1.0})["shift"])

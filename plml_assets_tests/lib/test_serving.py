@@ -121,6 +121,19 @@ def test_all_dates_scores_every_row(scorer, prices, fitted):
     pd.testing.assert_frame_equal(via_pyfunc, out)
 
 
+def test_contributions_on_dates_add_up_to_the_served_scores_of_those_rows(scorer, prices):
+    """What drift_metrics profiles new data with: the rows of the asked dates only, each row's base
+    value plus contributions equal to the score the model serves for it (its history from earlier
+    rows of the panel, as when it scores)."""
+    dates = prices.index.get_level_values("date").unique()[-5:]
+    parts = scorer.contributions_on(prices.loc[dates[0] - pd.Timedelta(days=500):], dates)
+    assert set(parts.index.get_level_values("date")) == set(dates) and len(parts) == 5 * 20
+    served = scorer.score(prices, all_dates=True).set_index(["date", "symbol"])["score"].reindex(parts.index)
+    np.testing.assert_allclose(parts.sum(axis=1).to_numpy(), served.to_numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="none of the 1 dates to explain is in the panel"):
+        scorer.contributions_on(prices, [pd.Timestamp("1999-01-04")])
+
+
 def test_scores_from_the_last_400_dates_match_full_history(scorer, prices, embedded_panel):
     """Training/serving parity: the feature look-back fits in what a caller sends."""
     full_history = embedded_panel.loc[:"2012-12-31"]  # 23 years

@@ -9,6 +9,8 @@ import pandas as pd
 from pydantic import Field
 
 from plml_assets.defs.shared import fail_fast_on_bad_input, split_for, step_tags
+from plml_assets.lib.explain.contributions import mean_abs
+from plml_assets.lib.explain.plots import version_profiles_plot
 from plml_assets.lib.monitoring.drift import (
     DriftThresholds,
     data_age_days,
@@ -17,6 +19,7 @@ from plml_assets.lib.monitoring.drift import (
     importance_weighted_drift,
     performance_decay,
     prediction_drift,
+    profile_drift,
     realized_rank_ic,
     summarize,
 )
@@ -45,6 +48,9 @@ class DriftConfig(dg.Config):
     performance_z: float | None = Field(default=1.645, description="the performance rules fire only when the breach exceeds "
                                         "this many standard errors of the realized rank IC (horizon-overlap aware); None: point estimate alone")
     max_age_days: int | None = Field(default=None, description="retrain when the champion's training data ends more than this many trading days before the newest date")
+    profile_dates: int = Field(default=20, ge=0, description="newest dates the champion is explained on to compare its "
+                               "reliance on each feature (mean |SHAP|) with the profile recorded on its holdout at registration "
+                               "(shap_profile: shift, rank correlation, top features); 0 skips it. Reported, not a retraining rule")
     min_dates: int = Field(default=60, ge=1, description="newly labelled dates needed before realized performance is judged "
                            "(a 60-date rank IC on 20 stocks still has a standard error near 0.07)")
 
@@ -54,6 +60,17 @@ class DriftConfig(dg.Config):
             prediction_psi_retrain=self.prediction_psi_retrain, min_realized_rank_ic=self.min_realized_rank_ic,
             max_decay=self.max_decay, performance_z=self.performance_z, max_age_days=self.max_age_days,
         ).validate()
+
+
+def _finite_json(value):
+    """``value`` with NaN/inf floats as None (JSON metadata has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _no_champion(thresholds: DriftThresholds) -> dg.Output:
@@ -129,6 +146,19 @@ def drift_metrics(
         with mlflow_registry.tracking():
             profile = mlflow_registry.version_profile(champion)
         weighted = importance_weighted_drift(feature_table, profile) if profile else None
+        # The SHAP profile on new data: the champion explained on the newest dates, against its holdout's.
+        shap_profile, profile_png = None, None
+        if profile and config.profile_dates:
+            explained = recent_dates[-config.profile_dates:]
+            began = all_dates[max(0, all_dates.get_loc(explained[0]) - history_days(getattr(scorer, "recipes", {})))]
+            parts = scorer.contributions_on(market_prices[market_prices.index.get_level_values("date") >= began], explained)
+            now = mean_abs(parts)
+            shap_profile = {**profile_drift(profile, now), "dates": int(len(explained)), "rows": int(len(parts)),
+                            "window": [str(explained[0].date()), str(explained[-1].date())]}
+            profile_png = version_profiles_plot({f"v{champion.version} holdout (registered)": pd.Series(profile),
+                                                 f"newest {len(explained)} dates": now},
+                                                title=f"champion v{champion.version}: reliance on its features, holdout vs new data",
+                                                xlabel="explained on")
         summary = summarize(feature_table, prediction, performance, thresholds, age)
         decision = decide_retraining(summary, thresholds)
     realized = realized_rank_ic(new, y.reindex(new.index)) if len(new) else None
@@ -148,7 +178,7 @@ def drift_metrics(
         {"champion": champion.version, "summary": clean, "decision": decision_dict, "thresholds": thresholds.__dict__,
          "windows": windows, "prediction": {k: float(v) for k, v in prediction.items()},
          "performance": {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in performance.items()},
-         "contribution_weighted": weighted},
+         "contribution_weighted": weighted, "shap_profile": shap_profile},
         metadata={
             "champion": f"v{champion.version}",
             "severity": decision.severity,
@@ -161,6 +191,10 @@ def drift_metrics(
             "feature_psi": dg.MetadataValue.md(feature_table.head(20).round(4).to_markdown()),
             "importance_weighted_psi": (float(weighted["psi"]) if weighted else "no contribution profile for this champion"),
             "plot": dg.MetadataValue.md(markdown_image(png, "feature PSI and realized rank IC")),
+            "shap_profile_shift": (round(float(shap_profile["shift"]), 4) if shap_profile else "no contribution profile for this champion"),
+            "shap_profile": dg.MetadataValue.json(_finite_json(shap_profile) if shap_profile else {}),
+            **({"shap_profile_plot": dg.MetadataValue.md(markdown_image(profile_png, "mean |SHAP| shares: holdout vs newest dates"))}
+               if profile_png else {}),
             "seconds": round(time.perf_counter() - start, 1),
         },
     )

@@ -72,7 +72,8 @@ def waterfall_plot(contributions: pd.DataFrame, date: pd.Timestamp, title: str, 
     return to_png(fig)
 
 
-def version_profiles_plot(profiles: Mapping[str, pd.Series], top: int = 12) -> bytes:
+def version_profiles_plot(profiles: Mapping[str, pd.Series], top: int = 12, title: str = "top features across versions",
+                          xlabel: str = "registered version") -> bytes:
     """Mean |contribution| share of the features that were in any version's top ``top``, one line
     per feature across the versions (oldest left)."""
     versions = list(profiles)
@@ -82,8 +83,8 @@ def version_profiles_plot(profiles: Mapping[str, pd.Series], top: int = 12) -> b
     for feature in keep:
         ax.plot(range(len(versions)), shares.loc[feature, versions].to_numpy(), marker="o", label=feature)
     ax.set_xticks(range(len(versions)), versions)
-    ax.set_xlabel("registered version")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("share of mean |contribution|")
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("top features across versions")
+    ax.set_title(title)
     return to_png(fig)

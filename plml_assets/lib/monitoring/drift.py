@@ -515,3 +515,35 @@ def importance_weighted_drift(feature_table: pd.DataFrame, profile: Mapping[str,
         "features": [{"feature": f, "share": round(float(share[f]), 4), "psi": round(float(table.loc[f, "psi"]), 4),
                       "weighted_psi": round(float(share[f] * table.loc[f, "psi"]), 5)} for f in ranked],
     }
+
+
+def profile_drift(reference: Mapping[str, float], current: Mapping[str, float], top: int = 10) -> dict:
+    """How the model's reliance on its features moved between ``reference`` (mean |contribution| per
+    feature where it was validated, e.g. the champion's holdout profile recorded at registration)
+    and ``current`` (the same on new data). Both are turned into shares of their total:
+
+    - ``shift``: total variation distance between the shares, 0 (the same reliance) to 1 (disjoint);
+    - ``rank_corr``: Spearman correlation of the shares over the features both know;
+    - ``top_overlap``: the share of the reference's ``top`` features still in the current top;
+    - ``features``: the ``top`` features by current share, with both shares and the change.
+
+    A model whose scores now come from other features than on its holdout is being read differently
+    by the market it scores, even where each feature's distribution (PSI) moved little."""
+    ref = pd.Series({str(k): float(v) for k, v in reference.items()}, dtype=float).abs()
+    cur = pd.Series({str(k): float(v) for k, v in current.items()}, dtype=float).abs()
+    if ref.sum() <= 0 or cur.sum() <= 0:
+        return {"shift": float("nan"), "rank_corr": float("nan"), "top_overlap": float("nan"), "features": []}
+    union = ref.index.union(cur.index)
+    ref_share = (ref / ref.sum()).reindex(union, fill_value=0.0)
+    cur_share = (cur / cur.sum()).reindex(union, fill_value=0.0)
+    common = ref.index.intersection(cur.index)
+    rank_corr = float(ref_share[common].rank().corr(cur_share[common].rank())) if len(common) >= 3 else float("nan")
+    ref_top = set(ref_share.sort_values(ascending=False).index[:top])
+    cur_ranked = cur_share.sort_values(ascending=False).index[:top]
+    return {
+        "shift": float(0.5 * (ref_share - cur_share).abs().sum()),
+        "rank_corr": rank_corr,
+        "top_overlap": float(len(ref_top & set(cur_ranked)) / max(len(ref_top), 1)),
+        "features": [{"feature": f, "reference_share": round(float(ref_share[f]), 4), "current_share": round(float(cur_share[f]), 4),
+                      "change": round(float(cur_share[f] - ref_share[f]), 4)} for f in cur_ranked],
+    }

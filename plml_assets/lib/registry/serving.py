@@ -173,6 +173,24 @@ class PanelScorer(mlflow.pyfunc.PythonModel):
         model, columns = self.members()[self.family]
         return explain_rows(model, features[columns], features.index.get_indexer(index)).drop(columns=PREDICTION)
 
+    def contributions_on(self, panel: pd.DataFrame, dates) -> pd.DataFrame:
+        """``base_value`` and one column per feature (as ``score(..., explain=True)``, without the
+        ``contrib_`` prefix) of the score on the rows of ``dates``, indexed by (date, symbol); the
+        panel's earlier rows only give those rows' feature history. What drift_metrics profiles the
+        champion's reliance on new data with."""
+        panel = as_panel(panel, columns=self.input_columns())
+        members = self.members()
+        needed = list(dict.fromkeys(c for _, columns in members.values() for c in columns))
+        features = model_features(panel, needed, getattr(self, "recipes", {}))
+        on = features.index.get_level_values("date")
+        index = features.index[on.isin(pd.DatetimeIndex(dates))]
+        if len(index) == 0:
+            raise ValueError(f"none of the {len(dates)} dates to explain is in the panel "
+                             f"({on.min().date()}..{on.max().date()})")
+        scores = pd.DataFrame({name: _predict(model, features[columns], None) for name, (model, columns) in members.items()},
+                              index=features.index).loc[index]
+        return self.explain(features, index, scores)
+
     def score(self, panel: pd.DataFrame, all_dates: bool = False, explain: bool = False) -> pd.DataFrame:
         """One score per symbol on the latest date (every row with ``all_dates``); with ``explain``,
         also ``base_value`` and one ``contrib_<feature>`` column per feature the model reads, in the
