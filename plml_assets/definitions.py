@@ -21,6 +21,7 @@ from plml_assets.defs.registry.jobs import rollback_champion
 from plml_assets.defs.selection import assets as selection_assets
 from plml_assets.defs.training import assets as training_assets
 from plml_assets.defs.tuning import assets as tuning_assets
+from plml_assets.defs.tuning import automl as automl_assets
 from plml_assets.defs.validation import assets as validation_assets
 from plml_assets.resources.dask import DaskResource
 from plml_assets.resources.io import ParquetIOManager
@@ -65,7 +66,7 @@ def build_resources() -> dict[str, object]:
 
 
 ASSETS = dg.load_assets_from_modules(
-    [data_assets, selection_assets, validation_assets, tuning_assets, backtest_assets, training_assets,
+    [data_assets, selection_assets, validation_assets, tuning_assets, automl_assets, backtest_assets, training_assets,
      comparison_assets, ensemble_assets, importance_assets, monitoring_assets, registry_assets, analytics_assets, explain_assets]
 )
 CHECKS = dg.load_asset_checks_from_modules([data_checks, registry_assets, analytics_assets, explain_checks])

@@ -28,7 +28,7 @@ TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPON
 #: Simulated on the step walls of a measured run (embedded panel, 2 cores): 306 s -> 288 s.
 STEP_PRIORITY = {"study": 4, "cv": 3, "cpcv_paths": 3, "training": 2, "ensembles": 2, "model_leaderboard": 2, "backtest": 2,
                  "cpcv_fold_features": 1, "cpcv_predictions": 1, "feature_importance": -2, "feature_generation_report": 0,
-                 "model_comparison": -2, "drift_metrics": -2, "explanations": 2}
+                 "model_comparison": -2, "drift_metrics": -2, "explanations": 2, "automl_study": -1}
 
 
 #: Steps heavy enough to get their own requests and limits on Kubernetes (the ``dagster-k8s/config``

@@ -29,7 +29,7 @@ ALL_KEYS = [k.to_user_string() for a in ASSETS for k in a.keys]
 # families' outputs are then read from the first run's storage (the whole graph runs once, in first_run).
 XGBOOST_CHAIN = [k for k in ALL_KEYS if not k.startswith(("lightgbm_", "lstm_", "gru_"))
                  and k not in ("model_comparison", "feature_importance", "xgboost_fold_importances", "feature_generation_report",
-                               "shap_values", "shap_summary")]
+                               "shap_values", "shap_summary", "automl_study")]
 
 
 def _materialize(resources, instance, run_config=None, selection=None):
@@ -317,6 +317,22 @@ def test_whole_graph_registers_a_gated_model_with_full_lineage(first_run, graph_
         assert "champion_model" in materialized
     else:  # the gate holds: nothing is promoted and the run says so
         assert champion is None and "champion_model" not in materialized and not result.success
+
+
+def test_the_automl_study_searched_families_on_the_family_studies_folds(first_run, graph_dir):
+    automl = json.loads((graph_dir / "assets" / "automl_study.json").read_text())
+    xgb_study = json.loads((graph_dir / "assets" / "xgboost_study.json").read_text())
+    assert automl["budget_s"] == 10.0 and sum(automl["ran_this_time"].values()) >= 2
+    # The cheap families' defaults ran first, then the search went on within the budget.
+    first, second = automl["trials"][:2]
+    assert first["params"]["family"] == "elastic_net" and second["params"]["family"] == "xgboost"
+    assert automl["by_family"]["elastic_net"]["trials"] >= 1 and automl["by_family"]["xgboost"]["trials"] >= 1
+    winner = automl["winner"]
+    assert winner["family"] in automl["families"] and winner["rank_ic"] == max(
+        f["best_rank_ic"] for f in automl["by_family"].values() if f["best_rank_ic"] is not None)
+    # Same folds and dates as the family studies: its trials are comparable date by date.
+    assert automl["oof_dates"] == xgb_study["oof_dates"]
+    assert all(len(v) == len(automl["oof_dates"]) for v in automl["trial_date_scores"].values())
 
 
 def test_explanations_cover_every_family_and_the_pick_and_add_up(first_run, graph_dir):

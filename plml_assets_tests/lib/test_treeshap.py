@@ -130,3 +130,17 @@ def test_deep_leaves_computed_directly_give_the_same_values(data, table_max_d, m
     xgb_trees = treeshap.xgboost_trees(xgb_booster, 20, NAMES)
     native = _xgb_native(xgb_booster, X, 20)
     np.testing.assert_allclose(treeshap.fast_contributions(xgb_trees, X, threads=1), native[:, :-1], atol=2e-5 * np.abs(native).max())
+
+
+def test_the_kernel_runs_on_numbas_own_thread_pool(data):
+    """Not OpenMP: numba's 'omp' layer left threads that slowed torch's own OpenMP in the same process
+    (the explanations step explains the nets after the trees)."""
+    import os
+
+    import numba
+
+    X, y = data
+    booster = xgb.train({"nthread": 1, "max_depth": 3}, xgb.DMatrix(X, label=y, feature_names=NAMES), 5)
+    treeshap.fast_contributions(treeshap.xgboost_trees(booster, 5, NAMES), X, threads=2)
+    expected = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+    assert numba.threading_layer() == expected

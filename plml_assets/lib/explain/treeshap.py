@@ -192,7 +192,16 @@ def _kernels():
     """The two numba kernels, compiled (or loaded from numba's cache) on first use."""
     if _KERNELS:
         return _KERNELS["fill"], _KERNELS["explain"]
+    import os
+
     import numba
+
+    # numba's own thread pool, not OpenMP: with its 'omp' layer the OpenMP threads it leaves behind
+    # slowed torch (its own OpenMP) in the same process 4.6x afterwards (the explanations step runs the
+    # nets' integrated gradients after the trees: 12 s -> 56 s on sp500_5yr's GRU, 2 cores). The
+    # kernel is called from one thread at a time, which is what 'workqueue' needs.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
 
     @_jit()
     def fill(zeros, values, d_all, offset, weights, table):
