@@ -127,6 +127,8 @@ def automl_study(
         "scheme": config.scheme, "pruner": config.pruner, "families": space.families, "top_k": space.top_k,
         "counts": {s: sum(t.state.name == s for t in study.get_trials(deepcopy=False)) for s in ("COMPLETE", "PRUNED", "FAIL")},
         "ran_this_time": result.ran, "winner": winner, "by_family": by_family, "importances": importances,
+        # the winner's rank IC is the best of every trial on these folds: biased upward, not out of sample
+        "winner_footing": "best of the study's trials on the walk-forward folds it was chosen on (selection-biased)",
         "search_space": space.to_dict(),
     }
     summary.update(trial_evidence(study, objective, "rank_ic"))
@@ -138,6 +140,7 @@ def automl_study(
         "study_name": name,
         "winner_family": winner["family"] if winner else "none",
         "best_rank_ic": winner["rank_ic"] if winner else float("nan"),
+        "best_rank_ic_footing": "best of N on the folds it was chosen on: selection-biased, not out of sample",
         "trials_complete": summary["counts"]["COMPLETE"],
         "trials_pruned": summary["counts"]["PRUNED"],
         "trials_run_now": int(sum(result.ran.values())),
