@@ -25,13 +25,11 @@ from mlflow.exceptions import MlflowException
 from plml_assets.resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets.resources.paths import default_dagster_home, plml_home
+from plml_assets.resources.secrets import mask_secrets, mask_url
 
 
 def _registry() -> MlflowRegistry:
-    return MlflowRegistry(
-        tracking_uri=os.environ.get("PLML_MLFLOW_TRACKING_URI"),
-        model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"),
-    )
+    return MlflowRegistry(model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"))  # the URI from the environment
 
 
 def _ensure_dagster_home() -> Path:
@@ -60,7 +58,7 @@ def status_payload(registry: MlflowRegistry) -> dict[str, object]:
 
     return {
         "model_name": registry.model_name,
-        "tracking_uri": registry.resolved_tracking_uri(),
+        "tracking_uri": registry.display_tracking_uri(),
         "champion": None if champion is None else {
             "version": champion.version,
             "model_uri": registry.model_uri(CHAMPION),
@@ -138,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         payload = status_payload(registry)
     except MlflowException as exc:
-        print(f"plml status: the MLflow store {registry.resolved_tracking_uri()} failed: {exc}", file=sys.stderr)
+        print(f"plml status: the MLflow store {registry.display_tracking_uri()} failed: {mask_secrets(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(payload, indent=2))
@@ -240,7 +238,9 @@ def _doctor_dagster() -> tuple[bool, str, str]:
     home = str(_ensure_dagster_home())
     try:
         instance = DagsterInstance.get()
-        url = f"{home} (run storage: {type(instance.run_storage).__name__})"
+        storage = instance.run_storage
+        where = getattr(storage, "postgres_url", None) or getattr(storage, "mysql_url", None)
+        url = f"{home} (run storage: {type(storage).__name__}{' at ' + mask_url(where) if where else ''})"
         instance.get_runs(limit=1)
         instance.run_storage.set_cursor_values({"plml_doctor_last_check": str(time.time())})
         instance.run_storage.get_cursor_values({"plml_doctor_last_check"})
@@ -251,7 +251,7 @@ def _doctor_dagster() -> tuple[bool, str, str]:
 
 def _doctor_mlflow() -> tuple[bool, str, str]:
     registry = _registry()
-    url = registry.resolved_tracking_uri()
+    url = registry.display_tracking_uri()
     try:
         exp_id = registry.experiment_id()
         registry.client().set_experiment_tag(exp_id, "plml.doctor_last_check", str(time.time()))
@@ -261,8 +261,8 @@ def _doctor_mlflow() -> tuple[bool, str, str]:
 
 
 def _doctor_optuna() -> tuple[bool, str, str]:
-    storage = OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE"))
-    url = storage.resolved_url()
+    storage = OptunaStorage()
+    url = storage.display_url()
     try:
         import optuna
 
@@ -296,9 +296,11 @@ def _bounded(check, name: str, url_hint: str) -> tuple[bool, str, str]:
 def cmd_doctor(args: argparse.Namespace) -> int:
     results = {
         "dagster": _bounded(_doctor_dagster, "dagster", os.environ.get("DAGSTER_HOME", str(default_dagster_home()))),
-        "mlflow": _bounded(_doctor_mlflow, "mlflow", _registry().resolved_tracking_uri()),
-        "optuna": _bounded(_doctor_optuna, "optuna", OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE")).resolved_url()),
+        "mlflow": _bounded(_doctor_mlflow, "mlflow", _registry().display_tracking_uri()),
+        "optuna": _bounded(_doctor_optuna, "optuna", OptunaStorage().display_url()),
     }
+    # A driver's error message may quote the URL it was given (password included): mask every detail.
+    results = {name: (ok, mask_secrets(url), mask_secrets(detail)) for name, (ok, url, detail) in results.items()}
     failed = [name for name, (ok, _, _) in results.items() if not ok]
     if args.json:
         print(json.dumps({k: {"ok": ok, "url": url, "detail": d} for k, (ok, url, d) in results.items()}, indent=2))
@@ -400,7 +402,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print("Where to look:")
     print(f"  DAGSTER_HOME={home} dagster dev            # asset graph, metadata, runs (workspace.yaml)")
-    print(f"  mlflow ui --backend-store-uri {_registry().resolved_tracking_uri()}")
+    shown = _registry().display_tracking_uri()
+    note = "   # password masked: it is in PLML_MLFLOW_TRACKING_URI" if shown != _registry().resolved_tracking_uri() else ""
+    print(f"  mlflow ui --backend-store-uri {shown}{note}")
     if success or gate_only:
         if gate_only:
             challenger = _registry().alias_version(CHALLENGER)
@@ -486,7 +490,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          n_trials=args.n_trials, worker_index=args.worker_index, heartbeat_s=args.heartbeat_s,
                          timeout_s=args.timeout_s, log=lambda m: print(m, flush=True))
     except (ValueError, FileNotFoundError) as exc:
-        print(f"plml worker: {exc}", file=sys.stderr)
+        print(f"plml worker: {mask_secrets(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(out))

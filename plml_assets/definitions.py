@@ -56,11 +56,11 @@ def build_resources() -> dict[str, object]:
             profile=os.environ.get("PLML_PROFILE", "full"),
         ),
         "selection": SelectionSettings(max_features=_env_int("PLML_MAX_FEATURES", 30)),
-        "mlflow_registry": MlflowRegistry(
-            tracking_uri=os.environ.get("PLML_MLFLOW_TRACKING_URI"),
-            model_name=os.environ.get("PLML_MODEL_NAME", "plml_model"),
-        ),
-        "optuna_storage": OptunaStorage(url=os.environ.get("PLML_OPTUNA_STORAGE")),
+        # The store URLs may carry a password: they are read from the environment when used
+        # (PLML_MLFLOW_TRACKING_URI, PLML_OPTUNA_STORAGE or their _FILE), never copied into the
+        # resource config, which the Dagster UI and the run's config show.
+        "mlflow_registry": MlflowRegistry(model_name=os.environ.get("PLML_MODEL_NAME", "plml_model")),
+        "optuna_storage": OptunaStorage(),
         "dask": DaskResource(scheduler_address=os.environ.get("PLML_DASK_SCHEDULER")),
     }
 

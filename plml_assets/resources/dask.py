@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
+from plml_assets.resources.secrets import mask_secrets, mask_url
+
 
 class DaskResource(dg.ConfigurableResource):
     scheduler_address: str | None = Field(
@@ -31,12 +33,12 @@ class DaskResource(dg.ConfigurableResource):
         try:
             import distributed
         except ImportError as exc:
-            raise RuntimeError(f"a Dask scheduler is configured ({address}) but dask.distributed is not installed: "
+            raise RuntimeError(f"a Dask scheduler is configured ({mask_url(address)}) but dask.distributed is not installed: "
                                "pip install 'plml[scale]'") from exc
         try:
             client = distributed.Client(address, timeout=self.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
-            raise RuntimeError(f"no Dask scheduler answers at {address} within {self.connect_timeout_s:.0f} s: {exc}") from exc
+            raise RuntimeError(f"no Dask scheduler answers at {mask_url(address)} within {self.connect_timeout_s:.0f} s: {mask_secrets(exc)}") from exc
         with client:
             try:  # a scheduler without workers would make a fit wait for ever
                 client.wait_for_workers(1, timeout=self.connect_timeout_s)

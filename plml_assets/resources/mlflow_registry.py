@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home, sqlite_schema_lock
+from plml_assets.resources.secrets import env_value, mask_url
 
 
 def _is_not_found(exc: MlflowException) -> bool:
@@ -57,7 +58,8 @@ def _info(name: str, mv) -> VersionInfo:
 
 class MlflowRegistry(dg.ConfigurableResource):
     tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; default sqlite:///$PLML_HOME/mlflow.db (env PLML_MLFLOW_TRACKING_URI)"
+        default=None, description="MLflow tracking URI; default sqlite:///$PLML_HOME/mlflow.db (env PLML_MLFLOW_TRACKING_URI, or a file "
+        "named by PLML_MLFLOW_TRACKING_URI_FILE); leave unset here when it holds a password, so that it stays out of the run config"
     )
     registry_uri: str | None = Field(default=None, description="registry URI; default: the tracking URI")
     artifact_root: str | None = Field(
@@ -73,7 +75,11 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     # ---- locations -------------------------------------------------------------------------
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or os.environ.get("PLML_MLFLOW_TRACKING_URI") or default_mlflow_tracking_uri()
+        return self.tracking_uri or env_value("PLML_MLFLOW_TRACKING_URI") or default_mlflow_tracking_uri()
+
+    def display_tracking_uri(self) -> str:
+        """The tracking URI with any password masked: what logs, metadata and `plml status` show."""
+        return mask_url(self.resolved_tracking_uri())
 
     def resolved_registry_uri(self) -> str:
         return self.registry_uri or self.resolved_tracking_uri()

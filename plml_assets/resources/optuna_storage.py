@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import dagster as dg
 from pydantic import Field
 
 from plml_assets.resources.paths import default_optuna_storage_url, plml_home, sqlite_schema_lock
+from plml_assets.resources.secrets import env_value, mask_url
 
 
 class OptunaStorage(dg.ConfigurableResource):
     url: str | None = Field(
         default=None,
-        description="Optuna RDB storage URL; default sqlite:///$PLML_HOME/optuna.db (env PLML_OPTUNA_STORAGE)",
+        description="Optuna RDB storage URL; default sqlite:///$PLML_HOME/optuna.db (env PLML_OPTUNA_STORAGE, or a file "
+        "named by PLML_OPTUNA_STORAGE_FILE); leave unset here when it holds a password, so that it stays out of the run config",
     )
 
     def resolved_url(self) -> str:
-        return self.url or os.environ.get("PLML_OPTUNA_STORAGE") or default_optuna_storage_url()
+        return self.url or env_value("PLML_OPTUNA_STORAGE") or default_optuna_storage_url()
 
     def display_url(self) -> str:
         """The URL with any password masked, for logs and metadata."""
-        from sqlalchemy.engine import make_url
-
-        try:
-            return make_url(self.resolved_url()).render_as_string(hide_password=True)
-        except Exception:  # not an SQLAlchemy URL: show only its scheme
-            return self.resolved_url().split(":", 1)[0] + ":…"
+        return mask_url(self.resolved_url())
 
     def storage(self):
         import optuna

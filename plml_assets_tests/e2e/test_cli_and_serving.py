@@ -238,6 +238,56 @@ def test_doctor_with_optuna_on_real_postgresql(tmp_path):
     assert report["optuna"] == {"ok": True, "url": url, "detail": "reachable and writable"}
 
 
+def test_no_command_prints_a_store_password(tmp_path):
+    """Issue 18 item 1: the Dagster instance (deploy/dagster-postgres.yaml, password from the
+    environment), the MLflow store and the Optuna storage all on the local PostgreSQL with URLs that
+    carry a password (trust auth accepts any), and one store that is down: `plml doctor`, `plml status`
+    (text and --json) and `plml worker` name every store, with the password masked, in every output."""
+    if postgres_url() is None:
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    from plml_assets_tests.conftest import fresh_postgres_database
+
+    secret = "Zq8-s3cr3t-pw"
+    home, dh = tmp_path / "plml", tmp_path / "dh"
+    dh.mkdir()
+    (dh / "dagster.yaml").write_text((REPO / "deploy" / "dagster-postgres.yaml").read_text())
+    with fresh_postgres_database() as dagster_db, fresh_postgres_database() as mlflow_db, fresh_postgres_database() as optuna_db:
+        def with_pw(url: str) -> str:
+            return url.replace("@", f":{secret}@", 1)
+
+        user = dagster_db.split("//", 1)[1].split("@", 1)[0]
+        stores = dict(DAGSTER_HOME=str(dh), PLML_DAGSTER_PG_HOST="127.0.0.1", PLML_DAGSTER_PG_PORT="5432", PLML_DAGSTER_PG_USER=user,
+                      PLML_DAGSTER_PG_PASSWORD=secret, PLML_DAGSTER_PG_DB=dagster_db.rsplit("/", 1)[1],
+                      PLML_MLFLOW_TRACKING_URI=with_pw(mlflow_db), PLML_OPTUNA_STORAGE=with_pw(optuna_db))
+        outputs = {}
+        doctor = _plml(home, "doctor", **stores)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        outputs["doctor"] = doctor
+        masked_mlflow, masked_optuna = (url.replace("@", ":***@", 1) for url in (mlflow_db, optuna_db))
+        for name, shown in (("mlflow", masked_mlflow), ("optuna", masked_optuna)):
+            assert re.search(rf"ok\s+{name}\s+{re.escape(shown)}\n", doctor.stdout), doctor.stdout
+        assert re.search(r"ok\s+dagster\s+.*PostgresRunStorage at postgresql\+psycopg2://\w+:\*\*\*@127\.0\.0\.1:5432/", doctor.stdout), doctor.stdout
+        report = _plml(home, "doctor", "--json", **stores)
+        outputs["doctor --json"] = report
+        assert json.loads(report.stdout)["mlflow"] == {"ok": True, "url": masked_mlflow, "detail": json.loads(report.stdout)["mlflow"]["detail"]}
+        status = _plml(home, "status", **stores)
+        assert status.returncode == 0 and f"({masked_mlflow})" in status.stdout and "champion: none" in status.stdout, status.stdout + status.stderr
+        outputs["status"] = status
+        as_json = _plml(home, "status", "--json", **stores)
+        assert json.loads(as_json.stdout)["tracking_uri"] == masked_mlflow
+        outputs["status --json"] = as_json
+        # A store that is down: the failure detail (the driver's own message) and the URL are masked too.
+        down = {**stores, "PLML_MLFLOW_TRACKING_URI": f"postgresql://{user}:{secret}@127.0.0.1:1/nowhere", "PLML_DOCTOR_TIMEOUT": "8"}
+        failed = _plml(home, "doctor", "--json", **down)
+        assert failed.returncode == 1 and json.loads(failed.stdout)["mlflow"]["url"] == f"postgresql://{user}:***@127.0.0.1:1/nowhere"
+        outputs["doctor, mlflow down"] = failed
+        worker = _plml(home, "worker", "--study", "no_such_study", **stores)
+        assert worker.returncode == 2 and f"no study 'no_such_study' in {masked_optuna}" in worker.stderr, worker.stderr
+        outputs["worker"] = worker
+    for what, proc in outputs.items():
+        assert secret not in proc.stdout + proc.stderr, f"`plml {what}` printed the password:\n{proc.stdout}\n{proc.stderr}"
+
+
 def test_killed_materialize_run_resumes_its_study_and_completes(tmp_path):
     """Kill `dagster asset materialize` in the middle of the XGBoost study (SIGKILL to its process
     group), run it again: the study resumes from the Optuna storage without losing or repeating
