@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from plml_assets.lib.registry.integrity import ArtifactIntegrityError
 from plml_assets.resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
 from plml_assets.resources.paths import default_dagster_home, plml_home
@@ -160,7 +161,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         info = registry.promote(args.version, reason=f"manual promotion by `plml promote {args.version}`")
-    except MlflowException as exc:
+    except (MlflowException, ArtifactIntegrityError, TimeoutError) as exc:
         print(f"plml promote: cannot promote version {args.version} of {registry.model_name}: {exc}", file=sys.stderr)
         return 2
     print(f"{registry.model_name}: champion v{before.version if before else 'none'} -> v{info.version}")
@@ -173,7 +174,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return 1
     try:
         old, new = registry.rollback()
-    except (LookupError, MlflowException) as exc:
+    except (LookupError, MlflowException, ArtifactIntegrityError, TimeoutError) as exc:
         print(f"plml rollback: {exc}", file=sys.stderr)
         return 2
     print(f"{registry.model_name}: champion rolled back v{old} -> v{new}")
@@ -505,8 +506,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 2
     import tempfile
 
-    import mlflow
-
     from plml_assets.definitions import build_resources
     from plml_assets.lib.registry.reproduce import DIGEST_ARTIFACT, ReproductionRefused, reproduce
 
@@ -525,8 +524,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             except (MlflowException, OSError) as exc:
                 raise ReproductionRefused(f"v{mv.version} recorded no {DIGEST_ARTIFACT} (registered before plml recorded its prices): "
                                           "it cannot be checked against the prices available") from exc
-        with registry.tracking():
-            scorer = mlflow.pyfunc.load_model(registry.model_uri(str(mv.version))).unwrap_python_model()
+        scorer = registry.load_model(str(mv.version)).unwrap_python_model()  # its artefacts verified first
         prices = build_resources()["price_source"].load()
         if not args.json:
             print(f"plml reproduce: refitting {registry.model_name} v{mv.version} ({tags.get('plml.candidate', tags.get('plml.family', '?'))}) "

@@ -9,8 +9,12 @@ the previous value, so assets never change global state.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
+from plml_assets.lib.registry.integrity import CHECKSUM_TAG, ArtifactIntegrityError, artifact_manifest, checksum_tags, compare
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home, sqlite_schema_lock
 from plml_assets.resources.secrets import env_value, mask_url
 
@@ -37,6 +42,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "plml.champion_history"
 _LOCK = threading.RLock()  # re-entrant: training_run holds it for a whole fit
+_REGISTRY_LOCK = threading.RLock()  # alias moves of this process's threads (registry_lock adds the other processes)
 _INITIALIZED: set[str] = set()  # SQLite store URIs whose schema this process has seen created
 _SYSTEM_METRICS_ENV = ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")
 
@@ -54,6 +60,10 @@ class VersionInfo:
 def _info(name: str, mv) -> VersionInfo:
     # MLflow 3 returns versions as int from some stores and str from others: normalize to str.
     return VersionInfo(name, str(mv.version), mv.run_id, list(mv.aliases or []), dict(mv.tags or {}), mv.source)
+
+
+class ChampionMoved(RuntimeError):
+    """The champion is not the one a promotion was decided against (someone else moved it)."""
 
 
 class MlflowRegistry(dg.ConfigurableResource):
@@ -230,20 +240,107 @@ class MlflowRegistry(dg.ConfigurableResource):
         raw = rm.tags.get(HISTORY_TAG, "")
         return [v for v in raw.split(",") if v]
 
-    def promote(self, version: str | int, reason: str) -> VersionInfo:
-        """Point ``champion`` at ``version`` and remember it, so rollback can go back."""
-        client = self.client()
-        info = self.version_info(version)  # raises if the version does not exist
-        client.set_registered_model_alias(self.model_name, CHAMPION, info.version)
-        history = self.champion_history()
-        if not history or history[-1] != info.version:
-            history.append(info.version)
-        client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history[-50:]))
-        client.set_model_version_tag(self.model_name, info.version, "plml.promotion_reason", reason[:4000])
-        return self.version_info(info.version)
+    # ---- integrity: what was registered is what is promoted and served ---------------------
+    def download_artifacts(self, model_uri: str, dst: str | Path) -> Path:
+        """A local copy of a model's artefacts (``models:/...``, ``runs:/...``) from this store."""
+        with self.tracking():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+
+    def version_manifest(self, version: str) -> dict[str, str]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return artifact_manifest(self.download_artifacts(self.model_uri(str(version)), tmp))
+
+    def record_checksum(self, version: str, manifest: dict[str, str]) -> str:
+        """Record the SHA-256 manifest of ``version``'s artefacts on the version; returns the digest."""
+        tags = checksum_tags(manifest)
+        for key, value in tags.items():
+            self.client().set_model_version_tag(self.model_name, str(version), key, value)
+        return tags[CHECKSUM_TAG]
+
+    def _resolve(self, alias_or_version: str | int) -> VersionInfo:
+        if str(alias_or_version).isdigit():
+            return self.version_info(alias_or_version)
+        info = self.alias_version(str(alias_or_version))
+        if info is None:
+            raise LookupError(f"model {self.model_name!r} has no alias {alias_or_version!r}")
+        return info
+
+    @contextlib.contextmanager
+    def verified_artifacts(self, alias_or_version: str | int) -> Iterator[tuple[VersionInfo, Path]]:
+        """``(version, local folder)`` of a version of this registry's model whose artefacts hash to
+        the checksum recorded at registration; ArtifactIntegrityError (naming the files) otherwise.
+        A version registered without a checksum (by hand, or before checksums) has nothing to be
+        compared with and is yielded as it is (``CHECKSUM_TAG`` absent from its tags says so)."""
+        info = self._resolve(alias_or_version)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.download_artifacts(self.model_uri(info.version), tmp)
+            except (MlflowException, OSError) as exc:
+                raise ArtifactIntegrityError(f"{self.model_name} v{info.version}: its artefacts cannot be read "
+                                             f"({type(exc).__name__}: {str(exc)[:300]})") from exc
+            if CHECKSUM_TAG in info.tags:
+                compare(info.tags, artifact_manifest(path), f"{self.model_name} v{info.version}")
+            yield info, path
+
+    def load_model(self, alias_or_version: str | int):
+        """The pyfunc of a version (or alias) of this registry's model, as the prediction engine loads
+        it, after its artefacts were checked against their registration checksum. Only this
+        registry's model is loaded: no arbitrary URI or path."""
+        with self.verified_artifacts(alias_or_version) as (_, path):
+            with self.tracking():
+                return mlflow.pyfunc.load_model(str(path))
+
+    # ---- alias moves: one at a time across processes ---------------------------------------
+    @contextlib.contextmanager
+    def registry_lock(self, timeout_s: float = 120.0) -> Iterator[None]:
+        """Serialize alias and history changes of this model across threads and processes: a
+        PostgreSQL/MySQL store takes an advisory lock in its own database (every host sharing the
+        store sees it); a SQLite store, a file lock beside the database; an MLflow server, a file
+        lock under PLML_HOME (one host: processes on other hosts are not serialized)."""
+        uri = self.resolved_registry_uri()
+        key = f"plml-registry:{self.model_name}"
+        with _REGISTRY_LOCK:
+            if uri.startswith(("postgresql", "mysql")):
+                with _database_lock(uri, key, timeout_s):
+                    yield
+                return
+            if uri.startswith("sqlite:///"):
+                path = Path(uri.removeprefix("sqlite:///") + f".{hashlib.sha1(key.encode()).hexdigest()[:10]}.lock")
+            else:
+                plml_home().mkdir(parents=True, exist_ok=True)
+                path = plml_home() / f"registry-{hashlib.sha1((uri + key).encode()).hexdigest()[:12]}.lock"
+            with _file_lock(path, timeout_s, f"the registry of {self.model_name!r}"):
+                yield
+
+    def promote(self, version: str | int, reason: str, expect_champion: str | None = None) -> VersionInfo:
+        """Point ``champion`` at ``version`` and remember it, so rollback can go back. Its artefacts
+        must match their registration checksum. With ``expect_champion`` ("none" for no champion)
+        it is a compare-and-set: ChampionMoved if the champion is no longer that one."""
+        with self.registry_lock():
+            client = self.client()
+            info = self.version_info(version)  # raises if the version does not exist
+            with self.verified_artifacts(info.version):
+                pass
+            if expect_champion is not None:
+                current = self.alias_version(CHAMPION)
+                now = current.version if current is not None else "none"
+                if now != str(expect_champion):
+                    raise ChampionMoved(f"the champion of {self.model_name!r} moved to {now} (expected {expect_champion}): "
+                                        f"not promoting v{info.version} over a champion it was not compared with")
+            client.set_registered_model_alias(self.model_name, CHAMPION, info.version)
+            history = self.champion_history()
+            if not history or history[-1] != info.version:
+                history.append(info.version)
+            client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history[-50:]))
+            client.set_model_version_tag(self.model_name, info.version, "plml.promotion_reason", reason[:4000])
+            return self.version_info(info.version)
 
     def rollback(self) -> tuple[str, str]:
         """Move ``champion`` back to the version that held it before. Returns (from, to)."""
+        with self.registry_lock():
+            return self._rollback()
+
+    def _rollback(self) -> tuple[str, str]:
         client = self.client()
         current = self.alias_version(CHAMPION)
         if current is None:
@@ -263,9 +360,63 @@ class MlflowRegistry(dg.ConfigurableResource):
                 f"model {self.model_name!r}: the earlier champions of v{current.version} no longer exist"
             )
         previous = history[-1]
+        with self.verified_artifacts(previous):  # the champion it goes back to must still be what was registered
+            pass
         client.set_registered_model_alias(self.model_name, CHAMPION, previous)
         client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history))
         client.set_model_version_tag(self.model_name, current.version, "plml.rolled_back", "true")
         # A gate verdict given before the rollback must not let champion_model promote it again.
         client.set_model_version_tag(self.model_name, current.version, "plml.gate", "rolled_back")
         return current.version, previous
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{what} stayed locked for {timeout_s:.0f} s ({path}): another promotion or rollback "
+                                       f"is running, or a process holding the lock hangs") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _database_lock(uri: str, key: str, timeout_s: float) -> Iterator[None]:
+    """An advisory lock in the store's own database, held on one connection for the block."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(uri, poolclass=NullPool)
+    postgres = uri.startswith("postgresql")
+    lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+    try:
+        with engine.connect() as conn:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                got = (conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar() if postgres
+                       else conn.execute(sa.text("SELECT GET_LOCK(:k, 0)"), {"k": key[:64]}).scalar() == 1)
+                conn.commit()
+                if got:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the registry lock {key!r} stayed taken for {timeout_s:.0f} s: another promotion or "
+                                       f"rollback is running")
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)") if postgres else sa.text("SELECT RELEASE_LOCK(:k)"),
+                             {"k": lock_id} if postgres else {"k": key[:64]})
+                conn.commit()
+    finally:
+        engine.dispose()

@@ -278,13 +278,11 @@ def test_training_serving_skew_registers_no_challenger_and_promotes_nothing(worl
     assert failure.step_key == "registered_model"
     error = str(failure.event_specific_data.error)
     assert "training/serving skew" in error
-    assert f"{challenger_model.holdout_rank_ic:.6f} through the pyfunc but {recorded:.6f} at training time" in error
-    # The version was registered (to be scored as served), but it is no challenger, no gate judged it,
-    # and nothing moved.
-    new = [v for v in registry.versions() if v.version != champion]
-    assert [v.run_id for v in new] == [challenger_model.run_id]
+    assert f"{challenger_model.holdout_rank_ic:.6f} through the pyfunc but {recorded:.6f} at training time; nothing registered" in error
+    # Parity is checked on the logged model before registering (issue 18 item 3): no orphan version is
+    # left behind, there is no challenger, no gate judged anything, and nothing moved.
+    assert [v.version for v in registry.versions()] == [champion]
     assert registry.alias_version("challenger") is None
-    assert "plml.gate" not in new[0].tags
     assert not [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
     assert "registered_model" not in _materialized(result) and "champion_model" not in _materialized(result)
     assert registry.alias_version("champion").version == champion and registry.champion_history() == [champion]
@@ -314,3 +312,49 @@ def test_when_every_check_passes_the_champion_moves_to_the_challenger(world, reg
     # The card is written from whatever evidence exists, n/a for the rest (no explanation, no backtest here).
     card = gate.metadata["model_card"].value
     assert card.startswith(f"# {registry.model_name} v{challenger.version}: {CANDIDATE}") and "**promote**" in card
+
+
+def test_a_registration_killed_before_its_checksum_is_resumed(world, registry, instance):
+    """Issue 18 items 3 and 5: a run killed between MLflow's register_model and the checksum leaves a
+    version with no checksum; the re-run checks that version's artefacts against the ones that passed
+    parity, records the checksum and reuses it."""
+    from plml_assets.lib.registry.integrity import CHECKSUM_TAG
+
+    champion = _register_champion(registry, world.models[WEAK])
+    model = world.models[CHALLENGER]
+    with registry.tracking():
+        half = mlflow.register_model(model.model_uri, registry.model_name)  # what the killed run left
+    assert CHECKSUM_TAG not in registry.version_info(str(half.version)).tags
+    result = _run(world, registry, instance, _leaderboard(world, model), _report(CLEAN_STATS))
+    assert result.success, [str(e.event_specific_data.error) for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    out = result.output_for_node("registered_model")
+    assert out["version"] == str(half.version)
+    metadata = result.asset_materializations_for_node("registered_model")[0].metadata
+    assert metadata["newly_registered"].value is False
+    tags = registry.version_info(str(half.version)).tags
+    assert tags[CHECKSUM_TAG] == metadata["artifact_sha256"].value
+    assert [v.version for v in registry.versions()] == [champion, str(half.version)]
+    assert registry.alias_version("champion").version == str(half.version)  # promoted: the gate passed
+
+
+def test_a_version_of_the_winners_run_holding_other_artefacts_is_deleted_not_reused(world, registry, instance):
+    """A version whose run is the winner's but whose artefacts are not the ones that passed serving
+    parity (another model logged in that run) is an orphan: deleted, said in the log, and the winner
+    registered anew with its checksum."""
+    from plml_assets.lib.registry.integrity import CHECKSUM_TAG
+
+    champion = _register_champion(registry, world.models[WEAK])
+    model = world.models[CHALLENGER]
+    with registry.tracking():
+        with mlflow.start_run(run_id=model.run_id):
+            other = mlflow.pyfunc.log_model(name="other", python_model=MixedOracle(STRONG), pip_requirements=["mlflow", "pandas"])
+        foreign = mlflow.register_model(other.model_uri, registry.model_name)
+    assert registry.version_info(str(foreign.version)).run_id == model.run_id
+    result = _run(world, registry, instance, _leaderboard(world, model), _report(CLEAN_STATS))
+    assert result.success
+    version = result.output_for_node("registered_model")["version"]
+    assert version not in (champion, str(foreign.version))
+    assert [v.version for v in registry.versions()] == [champion, version]
+    assert CHECKSUM_TAG in registry.version_info(version).tags
+    logs = [r.user_message for r in instance.all_logs(result.run_id)]
+    assert any(f"deleted {registry.model_name} v{foreign.version} of run {model.run_id}" in m for m in logs), logs[-20:]

@@ -123,3 +123,35 @@ def test_retraining_runs_carry_the_configured_run_config(instance, monkeypatch):
     _report(instance, DRIFTED)
     with pytest.raises(ValueError, match="must be a JSON object"):
         _tick(instance)
+
+
+def test_the_weekly_retrain_and_the_drift_sensor_fired_together_start_one_retrain(instance):
+    """Issue 18 item 4: both fire at once. Whichever launches first, the other skips while that run is
+    queued or running, naming it; and the run coordinator of both instance files admits one run
+    tagged plml/trigger at a time, so even runs submitted together are serialized."""
+    import yaml
+
+    from plml_assets.defs.monitoring.schedules import weekly_retrain_schedule
+    from plml_assets_tests.conftest import REPO
+
+    _prices(instance, "v1")
+    _report(instance, DRIFTED)
+    schedule_context = dg.build_schedule_context(instance=instance, scheduled_execution_time=None)
+    # The schedule first: its run is queued; the sensor's tick then skips.
+    weekly = weekly_retrain_schedule.evaluate_tick(schedule_context).run_requests
+    assert len(weekly) == 1 and weekly[0].tags["plml/kind"] == "full_retrain"
+    run = instance.create_run_for_job(dg.GraphDefinition("weekly").to_job(), tags=weekly[0].tags)
+    busy, cursor = _tick(instance)
+    assert isinstance(busy, dg.SkipReason) and f"retraining run {run.run_id} is still in progress" in busy.skip_message
+    instance.report_run_failed(run)
+    # The sensor first: its retrain is queued; the schedule's tick then skips, naming it.
+    request, cursor = _tick(instance, cursor)
+    assert isinstance(request, dg.RunRequest) and request.tags["plml/trigger"] == "drift"
+    drift_run = instance.create_run_for_job(dg.GraphDefinition("drift").to_job(), tags=request.tags)
+    skipped = weekly_retrain_schedule.evaluate_tick(schedule_context)
+    assert not skipped.run_requests and f"retraining run {drift_run.run_id} (drift) is still in progress" in skipped.skip_message
+    instance.report_run_failed(drift_run)
+    assert len(weekly_retrain_schedule.evaluate_tick(schedule_context).run_requests) == 1  # free again
+    for path in (REPO / "dagster.yaml", REPO / "deploy" / "dagster-postgres.yaml"):
+        limits = yaml.safe_load(path.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
+        assert {"key": "plml/trigger", "limit": 1} in limits, path

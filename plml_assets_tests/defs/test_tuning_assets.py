@@ -269,3 +269,54 @@ def test_declared_monotone_constraints_are_a_searched_choice_of_a_booster_study(
     assert "monotone_constraints name feature(s) ['no_such_feature']" in _failure(unknown)
     net, _ = _study(prepared, "lstm", n_trials=1, monotone_constraints=declared)
     assert "monotone_constraints apply to the boosters ['xgboost', 'lightgbm'], not to lstm" in _failure(net)
+
+
+def test_a_study_on_password_bearing_stores_records_the_password_nowhere(prepared, monkeypatch):
+    """Issue 18 item 1, inside a run: the Optuna storage, the MLflow store and the Dagster instance on
+    the local PostgreSQL with URLs that carry a password, given the way a deployment gives them (the
+    environment). The study asset's event log (every message and metadata entry), its metadata, the
+    MLflow run's params, tags and study record, and a `plml worker` on that study show the URLs masked
+    and the password nowhere."""
+    from dagster._serdes import serialize_value
+    from mlflow.tracking import MlflowClient
+
+    from plml_assets_tests.conftest import fresh_postgres_database
+
+    home, resources, _ = prepared
+    secret = "Zq8-s3cr3t-pw"
+    with fresh_postgres_database() as optuna_db, fresh_postgres_database() as mlflow_db, fresh_postgres_database() as dagster_db:
+        if optuna_db is None:
+            pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+
+        def with_pw(url: str) -> str:
+            return url.replace("@", f":{secret}@", 1)
+
+        monkeypatch.setenv("PLML_OPTUNA_STORAGE", with_pw(optuna_db))
+        monkeypatch.setenv("PLML_MLFLOW_TRACKING_URI", with_pw(mlflow_db))
+        stores = {**resources, "optuna_storage": OptunaStorage(), "mlflow_registry": MlflowRegistry(model_name="plml_test_model")}
+        overrides = {"storage": {"postgres": {"postgres_url": with_pw(dagster_db).replace("postgresql://", "postgresql+psycopg2://", 1)}}}
+        (home / "dagster_pw").mkdir(exist_ok=True)
+        with dg.instance_for_test(temp_dir=str(home / "dagster_pw"), overrides=overrides) as instance:
+            result = dg.materialize([*ASSETS, *CHECKS], resources=stores, instance=instance, selection=["xgboost_study"],
+                                    run_config={"ops": {"xgboost_study": {"config": {"n_trials": 2}}}})
+            assert result.success
+            metadata = result.asset_materializations_for_node("xgboost_study")[0].metadata
+            assert metadata["storage"].value == optuna_db.replace("@", ":***@", 1)
+            logs = instance.all_logs(result.run_id)
+            assert len(logs) > 10 and any("storage" in (r.user_message or "") for r in logs)
+            leaked = [r.user_message[:200] for r in logs if secret in serialize_value(r)]
+            assert not leaked, leaked
+        client = MlflowClient(tracking_uri=with_pw(mlflow_db))
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert runs, "the study logged no MLflow run"
+        for run in runs:
+            assert secret not in repr(run.data.params) + repr(run.data.tags), run.info.run_id
+            study_record = client.download_artifacts(run.info.run_id, "study.json", str(home / f"dl_{run.info.run_id}"))
+            assert secret not in Path(study_record).read_text()
+        env = {k: v for k, v in os.environ.items() if k not in PLML_ENV_VARS}
+        env.update(PLML_ASSET_DIR=str(home / "assets"), PLML_OPTUNA_STORAGE=with_pw(optuna_db))
+        worker = subprocess.run([str(Path(sys.executable).parent / "plml"), "worker", "--study", metadata["study_name"].value,
+                                 "--n-trials", "3", "--json"], env=env, capture_output=True, text=True, timeout=300)
+        assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+        assert optuna_db.replace("@", ":***@", 1) in worker.stdout
+        assert secret not in worker.stdout + worker.stderr

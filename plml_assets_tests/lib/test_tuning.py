@@ -617,3 +617,28 @@ def test_without_waiting_the_pick_is_made_from_what_has_finished(sqlite_url):
                        sampler="random", pruner="none", n_trials=3, seed=0, wait_for_others_s=1.0, log=lines.append)
     assert result.n_done == 2  # the running trial holds its claim on the budget
     assert any("still running after 1 s: picking from the finished trials" in line for line in lines)
+
+
+def test_the_time_budget_is_one_deadline_for_the_whole_call(sqlite_url):
+    """A study of slow trials (4 folds of 0.25 s each) with a 1.2 s budget and room for 20 trials: no
+    trial starts after the deadline, the trial running at it is pruned at its next fold, and the
+    step that fills other workers' places in the budget (wait_for_others_s) does not start a new
+    search after the deadline (it once did, with a fresh timeout: a 300 s net study ran 22 minutes)."""
+    def slow(trial, params):
+        for fold in range(1, 5):
+            time.sleep(0.25)
+            trial.report(params["x"], fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return params["x"]
+
+    start = time.monotonic()
+    lines: list[str] = []
+    result = run_study(slow, QUICK_SPACE, storage_url=sqlite_url, study_name="deadline", sampler="random", pruner="none",
+                       n_trials=20, timeout_s=1.2, seed=0, wait_for_others_s=30.0, log=lines.append)
+    wall = time.monotonic() - start
+    trials = result.study.get_trials(deepcopy=False)
+    assert wall < 1.2 + 0.25 + 1.5, wall  # the budget, one more fold, and bookkeeping
+    assert 1 <= len(trials) <= 2 and result.n_done == len(trials) < 20
+    assert trials[-1].state == TrialState.PRUNED and max(trials[-1].intermediate_values) < 4
+    assert any("time budget of 1 s is spent" in line for line in lines), lines

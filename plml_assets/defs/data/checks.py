@@ -10,7 +10,7 @@ from pydantic import Field
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.resources.settings import ExperimentSettings
 
-CHECK_NAMES = ("schema", "duplicates", "prices", "missing", "ranges", "history")
+CHECK_NAMES = ("schema", "duplicates", "prices", "missing", "ranges", "history", "volume", "frozen", "splits")
 
 
 class PriceQualityConfig(dg.Config):
@@ -19,6 +19,11 @@ class PriceQualityConfig(dg.Config):
     max_bad_range_fraction: float = Field(default=0.001, ge=0, lt=1, description="tolerated share of rows whose high/low do not bracket open/close")
     min_dates: int = Field(default=300, ge=2, description="fewest training dates before the holdout window")
     min_symbols: int = Field(default=3, ge=1, description="fewest symbols (cross-sectional features and IC need >= 3)")
+    max_frozen_days: int = Field(default=10, ge=2, description="a close unchanged for this many trading days in a row is a stale feed")
+    max_split_suspects: int = Field(default=0, ge=0, description="tolerated one-day moves that look like unadjusted splits "
+                                    "(raise it for moves you checked are real)")
+    block_on_split_suspects: bool = Field(default=False, description="refuse the panel (not only warn) when more than "
+                                          "max_split_suspects moves look like unadjusted splits")
 
 
 @dg.multi_asset_check(
@@ -33,6 +38,11 @@ class PriceQualityConfig(dg.Config):
                 "no symbol missing too many trading days",
                 "high/low bracket open/close",
                 "enough dates and symbols for the horizon, the holdout and the CV",
+                "no negative volume",
+                "no symbol's close frozen (unchanged) for max_frozen_days trading days up to the latest date (a dead feed; "
+                "stale runs inside the history warn)",
+                "no one-day move that looks like an unadjusted split (a split ratio, the market flat, volume the inverse way); "
+                "a warning unless block_on_split_suspects",
             ),
         )
     ],
@@ -52,11 +62,13 @@ def market_prices_quality(
             )
             continue
         if not outcome.passed:
-            context.log.error(f"market_prices {name} check failed: {outcome.message}")
+            (context.log.error if outcome.blocking else context.log.warning)(
+                f"market_prices {name} check {'failed' if outcome.blocking else 'warns'}: {outcome.message}")
         yield dg.AssetCheckResult(
             check_name=f"prices_{name}",
             passed=outcome.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
+            # a failed blocking check stops everything downstream only with severity ERROR
+            severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
             description=outcome.message,
             metadata={
                 **{k: v for k, v in outcome.stats.items()},

@@ -3,7 +3,6 @@
 import time
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -110,8 +109,7 @@ def drift_metrics(
         holdout_end = champion.tags.get("plml.holdout_end")
         if not train_end:
             raise ValueError(f"champion v{champion.version} has no plml.train_end tag: its training window is unknown")
-        with mlflow_registry.tracking():
-            scorer = mlflow.pyfunc.load_model(mlflow_registry.model_uri(CHAMPION)).unwrap_python_model()
+        scorer = mlflow_registry.load_model(CHAMPION).unwrap_python_model()  # its artefacts verified first
         columns = list(dict.fromkeys(c for _, cols in scorer.members().values() for c in cols))
         # The champion's own features, rebuilt from raw prices by its own pipeline (its recipes): the
         # features asset may generate other interactions now than when the champion was trained.

@@ -23,6 +23,15 @@ RETRAIN_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("monitori
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
+def active_retrain(instance: dg.DagsterInstance) -> dg.DagsterRun | None:
+    """A retraining run (drift or weekly) that is queued or running, or None."""
+    for tags in ({TRIGGER_TAG: "drift"}, {"plml/kind": "full_retrain"}):
+        records = instance.get_run_records(dg.RunsFilter(tags=tags, statuses=ACTIVE), limit=1)
+        if records:
+            return records[0].dagster_run
+    return None
+
+
 def retrain_run_config() -> dict:
     """Run config for the retraining runs this sensor launches, from ``PLML_RETRAIN_RUN_CONFIG`` (JSON,
     e.g. bigger study budgets, or the gate's tolerances on a small demo panel); empty by default."""
@@ -80,11 +89,10 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext):
     cursor = _cursor(context.cursor)
     if cursor.get("drift", -1) >= event.storage_id:
         return dg.SkipReason(f"no new drift_metrics since materialization {cursor['drift']}")
-    for tags in ({TRIGGER_TAG: "drift"}, {"plml/kind": "full_retrain"}):  # drift retrains and the weekly one
-        active = context.instance.get_run_records(dg.RunsFilter(tags=tags, statuses=ACTIVE), limit=1)
-        if active:
-            return dg.SkipReason(f"retraining run {active[0].dagster_run.run_id} is still in progress; drift_metrics "
-                                 f"{event.storage_id} will be read when it ends")
+    active = active_retrain(context.instance)
+    if active is not None:
+        return dg.SkipReason(f"retraining run {active.run_id} is still in progress; drift_metrics "
+                             f"{event.storage_id} will be read when it ends")
     prices = latest_record(context.instance, PRICES_KEY)
     # The price version is the panel's content fingerprint: a refresh that brought no new prices is
     # the same version (the storage id when the fingerprint is not recorded).

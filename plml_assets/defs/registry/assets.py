@@ -1,6 +1,8 @@
 """MLflow registry: the challenger is registered, gated, and only then becomes the champion."""
 
 
+import tempfile
+
 import dagster as dg
 import mlflow
 import numpy as np
@@ -11,20 +13,23 @@ from plml_assets.defs.shared import split_for
 from plml_assets.lib.analytics.metering import METER
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.models.baselines import momentum_score
+from plml_assets.lib.registry.integrity import CHECKSUM_TAG, ArtifactIntegrityError, artifact_manifest, manifest_digest
 from plml_assets.lib.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, card_summary, render_card, standard_error
 from plml_assets.lib.registry.promotion import decide
 from plml_assets.lib.validation.metrics import evaluate_predictions
-from plml_assets.resources.mlflow_registry import CHALLENGER, MlflowRegistry
+from plml_assets.resources.mlflow_registry import CHALLENGER, ChampionMoved, MlflowRegistry
 from plml_assets.resources.settings import ExperimentSettings
 
 PARITY_TOLERANCE = 1e-6
 
 
-def score_holdout(model_uri: str, prices: pd.DataFrame, labels: pd.DataFrame, settings: ExperimentSettings, registry: MlflowRegistry) -> tuple[dict[str, float], pd.Series]:
-    """Load a registered pyfunc as the prediction engine would and score the holdout window."""
+def score_holdout(model, prices: pd.DataFrame, labels: pd.DataFrame, settings: ExperimentSettings, registry: MlflowRegistry) -> tuple[dict[str, float], pd.Series]:
+    """Score the holdout window with a pyfunc (or the pyfunc at a local path or URI), fed raw prices as
+    the prediction engine feeds it."""
     y_all, split = split_for(labels, settings)
-    with registry.tracking():
-        model = mlflow.pyfunc.load_model(model_uri)
+    if isinstance(model, str):
+        with registry.tracking():
+            model = mlflow.pyfunc.load_model(model)
     scored = model.predict(prices.reset_index(), params={"all_dates": True}).set_index(["date", "symbol"])["score"]
     scored = scored[scored.index.get_level_values("date").isin(split.holdout_dates)]
     y = y_all.reindex(scored.index)
@@ -66,10 +71,36 @@ def registered_model(
     client = mlflow_registry.client()
     name = mlflow_registry.model_name
     run_id = winner["run_id"]
-    existing = [v for v in mlflow_registry.versions() if v.run_id == run_id]
-    newly_registered = not existing
-    if existing:  # a re-run after a killed run: reuse the version instead of registering twice
-        version = existing[-1].version
+    with tempfile.TemporaryDirectory() as tmp:
+        # Serving parity before anything is registered: the logged pyfunc, loaded from a local copy of
+        # its artefacts and rebuilding its features from raw prices as the prediction engine does,
+        # must reproduce the holdout score measured at training time (a mismatch is training/serving
+        # skew). The copy's SHA-256 manifest is what the registered version must then hold.
+        local = mlflow_registry.download_artifacts(winner["model_uri"], tmp)
+        manifest = artifact_manifest(local)
+        served, _ = score_holdout(str(local), market_prices, labels, settings, mlflow_registry)
+    trained = winner["metrics"]["holdout_rank_ic"]
+    both_undefined = np.isnan(served["rank_ic"]) and np.isnan(trained)  # e.g. a constant model
+    skew = 0.0 if both_undefined else abs(served["rank_ic"] - trained)
+    if not skew <= PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"training/serving skew: {winner['name']} (run {run_id}) scores holdout rank IC "
+            f"{served['rank_ic']:.6f} through the pyfunc but {trained:.6f} at training time; nothing registered"
+        )
+    digest = manifest_digest(manifest)
+    version = None
+    for old in (v for v in mlflow_registry.versions() if v.run_id == run_id):
+        # A re-run after a killed run: reuse its version if it holds these very artefacts (a version
+        # killed before its checksum was recorded is checked now), else delete it as an orphan.
+        recorded = old.tags.get(CHECKSUM_TAG)
+        if (recorded or manifest_digest(mlflow_registry.version_manifest(old.version))) == digest:
+            version = old.version
+            break
+        client.delete_model_version(name, old.version)
+        context.log.warning(f"registered_model: deleted {name} v{old.version} of run {run_id}: its artefacts are not "
+                            f"the ones that passed serving parity (an orphan of an interrupted registration)")
+    newly_registered = version is None
+    if version is not None:
         context.log.info(f"registered_model: run {run_id} is already version {version} of {name}")
     else:
         tags = {
@@ -89,17 +120,12 @@ def registered_model(
             f"holdout {winner['holdout']['holdout_start']}..{winner['holdout']['holdout_end']} "
             f"rank IC {winner['metrics']['holdout_rank_ic']:.4f}"
         ))
-    # Serving parity: the registered pyfunc, rebuilding features from raw prices, must reproduce
-    # the holdout metrics measured at training time. A mismatch is training/serving skew.
-    served, _ = score_holdout(mlflow_registry.model_uri(version), market_prices, labels, settings, mlflow_registry)
-    trained = winner["metrics"]["holdout_rank_ic"]
-    both_undefined = np.isnan(served["rank_ic"]) and np.isnan(trained)  # e.g. a constant model
-    skew = 0.0 if both_undefined else abs(served["rank_ic"] - trained)
-    if not skew <= PARITY_TOLERANCE:
-        raise RuntimeError(
-            f"training/serving skew: registered {name} v{version} ({winner['name']}) scores holdout rank IC "
-            f"{served['rank_ic']:.6f} through the pyfunc but {trained:.6f} at training time"
-        )
+    registered = mlflow_registry.version_manifest(version)
+    if manifest_digest(registered) != digest:
+        client.delete_model_version(name, version)
+        raise RuntimeError(f"registered {name} v{version} does not hold the artefacts that passed serving parity "
+                           f"(SHA-256 {manifest_digest(registered)[:12]}... != {digest[:12]}...): version deleted")
+    mlflow_registry.record_checksum(version, manifest)
     client.set_registered_model_alias(name, CHALLENGER, version)  # only once it serves what it was trained to
     context.log.info(
         f"registered_model: {name} v{version} ({winner['name']}) is '{CHALLENGER}', holdout rank IC {served['rank_ic']:.4f} "
@@ -129,6 +155,8 @@ def registered_model(
             "newly_registered": newly_registered,
             "holdout_rank_ic": float(served["rank_ic"]),
             "serving_parity_abs_diff": float(skew),
+            "artifact_sha256": digest,
+            "artifact_files": len(manifest),
             "leaderboard_validated": bool(selection["validated"]),
         },
     )
@@ -195,7 +223,7 @@ def promotion_gate(
     if champion is not None and champion.version != registered_model["version"]:
         reference_kind = f"champion v{champion.version}"
         try:
-            ref_metrics, _ = score_holdout(mlflow_registry.model_uri(champion.version), market_prices, labels, settings, mlflow_registry)
+            ref_metrics, _ = score_holdout(mlflow_registry.load_model(champion.version), market_prices, labels, settings, mlflow_registry)
         except Exception as exc:  # the champion cannot score today's panel: it is no usable reference
             notes.append(f"champion v{champion.version} could not score this panel ({type(exc).__name__}: {exc}); compared with the baseline instead")
             ref_metrics = None
@@ -356,14 +384,17 @@ def champion_model(context: dg.AssetExecutionContext, mlflow_registry: MlflowReg
             f"{challenger.tags.get('plml.gate_detail', 'no gate result')}); not promoting",
             allow_retries=False,
         )
-    current = previous.version if previous is not None else "none"
-    if challenger.tags.get("plml.gate_champion") != current:
-        raise dg.Failure(
-            description=f"the champion changed since the gate judged v{challenger.version} "
-            f"(then {challenger.tags.get('plml.gate_champion')}, now {current}): re-run registered_model and its gate",
-            allow_retries=False,
-        )
-    info = mlflow_registry.promote(challenger.version, reason=challenger.tags.get("plml.gate_detail", "promotion gate passed"))
+    judged_against = challenger.tags.get("plml.gate_champion")
+    try:
+        # Compare-and-set under the registry lock: a rollback or another promotion between the gate
+        # and here makes it refuse instead of silently replacing a champion the gate never saw.
+        info = mlflow_registry.promote(challenger.version, reason=challenger.tags.get("plml.gate_detail", "promotion gate passed"),
+                                       expect_champion=judged_against or "unknown")
+    except ChampionMoved as exc:
+        raise dg.Failure(description=f"the champion changed since the gate judged v{challenger.version} "
+                         f"(then {judged_against}): {exc}; re-run registered_model and its gate", allow_retries=False) from exc
+    except ArtifactIntegrityError as exc:
+        raise dg.Failure(description=f"not promoting: {exc}", allow_retries=False) from exc
     context.log.info(
         f"champion_model: {info.name} champion -> v{info.version} (was {'v' + previous.version if previous else 'none'})"
     )

@@ -91,8 +91,7 @@ def champion_to_update(
         early_stopping_split(new_dates.to_numpy(), horizon)
     except ValueError as exc:
         return None, f"{len(new_dates)} training date(s) after the champion's training end {train_end}: {exc}"
-    with registry.tracking():
-        scorer = mlflow.pyfunc.load_model(registry.model_uri("champion")).unwrap_python_model()
+    scorer = registry.load_model("champion").unwrap_python_model()  # its artefacts verified first
     model = getattr(scorer, "model_", None)
     if model is not None and type(model).fit_incremental is Model.fit_incremental:
         return None, f"the champion v{champion.version} ({family}) has no incremental update: refitting it"

@@ -9,6 +9,7 @@ Dagster checks (and a person reading them) can act on it.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,13 +82,82 @@ def load_file(path: str | Path) -> pd.DataFrame:
         raise PriceDataError(
             f"price file {str(path)!r} lacks required column(s) {missing}; it has {list(frame.columns)}"
         )
-    try:
-        frame["date"] = pd.to_datetime(frame["date"])
-    except (ValueError, TypeError) as exc:
-        raise PriceDataError(f"price file {str(path)!r}: column 'date' is not parseable as dates ({exc})") from exc
-    frame["symbol"] = frame["symbol"].astype(str)
+    frame["date"] = parse_dates(frame["date"], f"price file {str(path)!r}")
+    frame["symbol"] = normalize_symbols(frame["symbol"])
     keep = ["date", "symbol", *REQUIRED_COLUMNS, *[c for c in OPTIONAL_COLUMNS if c in frame.columns]]
     return normalize_panel(frame[keep].set_index(INDEX_NAMES))
+
+
+def parse_dates(column: pd.Series, where: str) -> pd.Series:
+    """Trading dates from a file's ``date`` column, normalized as a user would expect:
+
+    * ISO 8601 in any variant (``2020-01-02``, with a time, with a ``Z`` or ``-05:00`` offset), or
+      any other single format pandas recognizes, is read;
+    * a time zone or a time of day is dropped, keeping each row's own calendar date (a daily bar
+      stamped ``2020-01-02T16:00:00-05:00`` is the session of 2020-01-02);
+    * two formats mixed in one file (``2020-01-03`` and ``01/06/2020``) are refused, with an example
+      of each: day-first and month-first cannot be told apart, so guessing could reorder history.
+    """
+    if pd.api.types.is_datetime64_any_dtype(column):  # Parquet: already timestamps
+        stamps = column.dt.tz_localize(None) if column.dt.tz is not None else column
+        return stamps.dt.normalize()
+    raw = column.astype("string").str.strip()
+    uniq = pd.Series(raw.dropna().unique(), dtype=object)
+    iso = uniq.str.fullmatch(r"\d{4}-\d{2}-\d{2}([ T].*)?").astype(bool)
+    parsed = None
+    for fmt in (("ISO8601",) if iso.all() else ()) + (None,):
+        try:
+            with _quiet_date_warnings():
+                parsed = pd.to_datetime(uniq, format=fmt)
+            if parsed.dtype != object:
+                break
+        except (ValueError, TypeError):
+            parsed = None
+    if parsed is None or parsed.dtype == object:
+        if not iso.all():  # no single format reads every value
+            bad = next((v for v in uniq if _unparseable(v)), None)
+            if bad is not None:
+                raise PriceDataError(f"{where}: column 'date' is not parseable as dates (e.g. {bad!r})")
+            examples = (uniq[iso].iloc[0], uniq[~iso].iloc[0]) if iso.any() else (uniq.iloc[0], uniq.iloc[-1])
+            raise PriceDataError(f"{where}: column 'date' mixes date formats (e.g. {examples[0]!r} and {examples[1]!r}); "
+                                 "month-first and day-first cannot be told apart: write every date as YYYY-MM-DD")
+        # ISO 8601 throughout but with several UTC offsets: each value keeps its own calendar date.
+        with _quiet_date_warnings():
+            stamps = [pd.Timestamp(v) for v in uniq]
+        parsed = pd.Series([t.tz_localize(None) if t.tzinfo is not None else t for t in stamps])
+    parsed = pd.Series(pd.DatetimeIndex(parsed))
+    if parsed.dt.tz is not None:
+        parsed = parsed.dt.tz_localize(None)  # the wall-clock date at the file's own offset
+    mapping = dict(zip(uniq, parsed.dt.normalize()))
+    return pd.to_datetime(raw.map(mapping))
+
+
+def _unparseable(value: str) -> bool:
+    try:
+        pd.Timestamp(value)
+        return False
+    except (ValueError, TypeError):
+        return True
+
+
+class _quiet_date_warnings:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def normalize_symbols(column: pd.Series) -> pd.Series:
+    """Symbols stripped of surrounding whitespace and upper-cased (`` aapl`` is ``AAPL``): tickers
+    are case-insensitive, and two spellings of one ticker would otherwise be two stocks. Where both
+    spellings have a row on one date, the duplicates check refuses the panel, naming them."""
+    return column.astype(str).str.strip().str.upper()
 
 
 def normalize_panel(panel: pd.DataFrame) -> pd.DataFrame:
@@ -183,6 +253,9 @@ class QualityThresholds:
     max_bad_range_fraction: float = 0.001
     min_dates: int = 300
     min_symbols: int = 3
+    max_frozen_days: int = 10
+    max_split_suspects: int = 0
+    block_on_split_suspects: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_bad_price_fraction", "max_missing_fraction", "max_bad_range_fraction"):
@@ -193,6 +266,10 @@ class QualityThresholds:
             raise ValueError(f"min_dates must be >= 2, got {self.min_dates}")
         if self.min_symbols < 1:
             raise ValueError(f"min_symbols must be >= 1, got {self.min_symbols}")
+        if self.max_frozen_days < 2:
+            raise ValueError(f"max_frozen_days must be >= 2, got {self.max_frozen_days}")
+        if self.max_split_suspects < 0:
+            raise ValueError(f"max_split_suspects must be >= 0, got {self.max_split_suspects}")
 
 
 @dataclass
@@ -202,6 +279,8 @@ class QualityOutcome:
     message: str
     offenders: pd.DataFrame = field(default_factory=pd.DataFrame)
     stats: dict[str, float | int | str] = field(default_factory=dict)
+    #: False: a failed outcome is a warning (reported, the graph goes on), not a refusal.
+    blocking: bool = True
 
     def offenders_markdown(self, limit: int = 20) -> str:
         if self.offenders.empty:
@@ -344,6 +423,133 @@ def check_ranges(panel: pd.DataFrame, thresholds: QualityThresholds) -> QualityO
                           {"bad_rows": n, "bad_fraction": fraction})
 
 
+def check_volume(panel: pd.DataFrame) -> QualityOutcome:
+    """A negative volume is never a real trade count (a sign flip or a sentinel): refused."""
+    if "volume" not in panel.columns:
+        return QualityOutcome("volume", True, "no volume column", stats={"negative_rows": 0})
+    volume = pd.to_numeric(panel["volume"], errors="coerce")
+    bad = (volume < 0).to_numpy()
+    offenders = panel.loc[bad, ["volume"]]
+    n = int(bad.sum())
+    msg = f"{n} row(s) with negative volume, e.g. {_fmt_rows(offenders)}" if n else "no negative volume"
+    return QualityOutcome("volume", n == 0, msg, offenders, {"negative_rows": n})
+
+
+def _wide(panel: pd.DataFrame, column: str) -> pd.DataFrame:
+    """dates x symbols of one column (a duplicated key keeps its first row: the duplicates check names it)."""
+    values = pd.to_numeric(panel[column], errors="coerce")
+    return values[~values.index.duplicated()].unstack("symbol").sort_index()
+
+
+def _symbol_runs(close: pd.Series) -> pd.DataFrame:
+    """Runs of an unchanged close per symbol over consecutive trading dates: start, end, length."""
+    wide = _wide(close.to_frame("close"), "close")
+    grid = wide.to_numpy(dtype="float64").T  # symbols x dates
+    n_sym, n_dates = grid.shape
+    flat = grid.ravel()
+    same = np.zeros(flat.size, dtype=bool)
+    same[1:] = flat[1:] == flat[:-1]  # NaN never equals: a missing day ends a run
+    same[::n_dates] = False  # a symbol's first date starts a run
+    starts = np.flatnonzero(~same)
+    ends = np.append(starts[1:], flat.size) - 1
+    dates = wide.index.to_numpy()
+    return pd.DataFrame({"symbol": wide.columns.to_numpy()[starts // n_dates], "start": pd.to_datetime(dates[starts % n_dates]),
+                         "end": pd.to_datetime(dates[ends % n_dates]), "days": ends - starts + 1, "close": flat[starts]})
+
+
+def check_frozen(panel: pd.DataFrame, thresholds: QualityThresholds) -> QualityOutcome:
+    """A close that stays exactly the same for ``max_frozen_days`` or more trading days in a row is a
+    stale feed (a halted or broken series carried forward). A stale run that reaches the panel's last
+    date means the symbol's feed is dead now and today's scores would use an old price: refused. Stale
+    runs inside the history (old vendor data has them: the embedded panel's RRC in 1990-92) are
+    reported as a warning naming symbol, dates and price; their zero returns stay in the history."""
+    close = pd.to_numeric(panel["close"], errors="coerce")
+    runs = _symbol_runs(close)
+    frozen = runs[runs["days"] >= thresholds.max_frozen_days].sort_values("days", ascending=False)
+    last = panel.index.get_level_values("date").max()
+    dead = frozen[frozen["end"] == last]
+    offenders = frozen.set_index("symbol")[["start", "end", "days", "close"]]
+
+    def named(rows: pd.DataFrame) -> str:
+        return ", ".join(f"{r.symbol} {r.start.date()}..{r.end.date()} ({r.days} days at {r.close:g})" for r in rows.head(5).itertuples())
+
+    if frozen.empty:
+        longest = int(runs["days"].max()) if len(runs) else 0
+        msg = f"no close unchanged for {thresholds.max_frozen_days} trading days in a row (longest run {longest})"
+    elif not dead.empty:
+        msg = (f"{len(dead)} symbol(s) whose close has not changed for >= {thresholds.max_frozen_days} trading days up to the "
+               f"latest date {last.date()} (a dead feed: today's scores would use a stale price): {named(dead)}")
+    else:
+        msg = (f"{len(frozen)} run(s) in the history of a close unchanged for >= {thresholds.max_frozen_days} trading days "
+               f"(a stale feed then; kept, not refused): {named(frozen)}")
+    return QualityOutcome("frozen", frozen.empty, msg, offenders,
+                          {"frozen_runs": int(len(frozen)), "frozen_now": int(len(dead))}, blocking=not dead.empty)
+
+
+#: Split ratios seen in practice (forward 2:1 ... 10:1, 3:2, and the reverse splits).
+SPLIT_RATIOS = (2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 1.5, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 8, 1 / 10, 2 / 3)
+
+
+def split_suspects(panel: pd.DataFrame, ratio_tolerance: float = 0.03, market_move: float = 0.05) -> pd.DataFrame:
+    """One-day moves that look like an unadjusted split: the close jumps by (close to) a split ratio
+    while the market (the cross-sectional median return that day) is nearly flat, and, where there is
+    volume, the symbol's volume moves the inverse way and stays there (a 2:1 split doubles the share
+    count traded). A spin-off or a crash moves the price as much but leaves volume at its level, or
+    matches no ratio. Returns one row per suspect: date, symbol, ratio, return, market return."""
+    wide = _wide(panel, "close")
+    price = wide.to_numpy(dtype="float64")
+    prev = np.vstack([np.full((1, price.shape[1]), np.nan), price[:-1]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ret = price / prev - 1.0
+        ratio = prev / price  # 2.0 for a 2:1 split: the price halves
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a date with no return at all
+        market = np.nanmedian(ret, axis=1)
+    nearest = np.full(price.shape, np.nan)
+    for k in SPLIT_RATIOS:
+        hit = np.isnan(nearest) & (np.abs(ratio / k - 1.0) <= ratio_tolerance)
+        nearest[hit] = k
+    candidate = ~np.isnan(nearest) & (np.abs(market)[:, None] <= market_move)
+    if "volume" in panel.columns and candidate.any():
+        # Volume: the median of the 20 dates after against the 20 before, read for the few candidates only.
+        vol = _wide(panel, "volume").reindex(index=wide.index, columns=wide.columns).to_numpy(dtype="float64")
+        for i, j in zip(*np.nonzero(candidate)):
+            before, after = vol[max(i - 20, 0):i, j], vol[i:i + 20, j]
+            before, after = before[~np.isnan(before)], after[~np.isnan(after)]
+            if len(before) < 5 or len(after) < 5:
+                continue  # too little volume around it to tell: price alone decides
+            shift = np.median(after) / max(np.median(before), 1e-12)
+            k = nearest[i, j]
+            candidate[i, j] = shift >= np.sqrt(k) if k > 1 else shift <= np.sqrt(k)
+    rows, cols = np.nonzero(candidate)
+    return pd.DataFrame({"date": wide.index[rows], "symbol": wide.columns[cols], "ret": ret[rows, cols],
+                         "market": market[rows], "ratio": nearest[rows, cols]}).sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+def check_splits(panel: pd.DataFrame, thresholds: QualityThresholds) -> QualityOutcome:
+    """Unadjusted splits (``split_suspects``) are refused beyond ``max_split_suspects``: every return
+    across one is a fake -50 % (2:1) that labels and features would learn. Fix the source (adjust the
+    prices before the split date), or raise the tolerance for a move you checked is real."""
+    suspects = split_suspects(panel)
+    n = int(len(suspects))
+    offenders = suspects.set_index(["date", "symbol"])
+    if n:
+        named = ", ".join(f"{r.symbol} on {r.date.date()} (close x{1 / r.ratio:.3g}, {r.ret:+.1%} vs market {r.market:+.1%})"
+                          for r in suspects.head(5).itertuples())
+        msg = (f"{n} one-day move(s) that look like an unadjusted split (a split ratio, the market flat, volume moving the "
+               f"inverse way): {named}; tolerance {thresholds.max_split_suspects}")
+    else:
+        msg = "no one-day move looks like an unadjusted split"
+    # A split and a real ±30-50 % day look alike, volume included (a crash also trades more for weeks):
+    # sp500_5yr flags DISCK on 2014-08-07 (Discovery's 2:1 split of its C shares, left unadjusted)
+    # next to CHK's and EVHC's real falls. So suspects warn by default; block_on_split_suspects refuses.
+    if n and not thresholds.block_on_split_suspects:
+        msg += " (a warning: check these dates against corporate actions; block_on_split_suspects makes it a refusal)"
+    return QualityOutcome("splits", n <= thresholds.max_split_suspects, msg, offenders,
+                          {"split_suspects": n, "volume_checked": "volume" in panel.columns},
+                          blocking=thresholds.block_on_split_suspects)
+
+
 def check_history(
     panel: pd.DataFrame, thresholds: QualityThresholds, horizon: int, holdout_days: int = 0
 ) -> QualityOutcome:
@@ -386,4 +592,7 @@ def run_quality_checks(
         check_missing(panel, thresholds),
         check_ranges(panel, thresholds),
         check_history(panel, thresholds, horizon, holdout_days),
+        check_volume(panel),
+        check_frozen(panel, thresholds),
+        check_splits(panel, thresholds),
     ]

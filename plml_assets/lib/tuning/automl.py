@@ -31,7 +31,7 @@ import pandas as pd
 
 from plml_assets.lib.tuning.objective import CVObjective, FamilyFitPredict
 from plml_assets.lib.tuning.space import ParamSpec, SearchSpace, default_space
-from plml_assets.lib.tuning.study import Log, StudyResult, _make_pruner, _noop, run_study
+from plml_assets.lib.tuning.study import DeadlinePruner, Log, StudyResult, _make_pruner, _noop, run_study
 
 #: the families the AutoML study chooses among, cheapest first
 AUTOML_FAMILIES = ("elastic_net", "xgboost", "lightgbm", "lstm", "gru")
@@ -186,20 +186,6 @@ def choice_importances(study: optuna.Study, seed: int = 0) -> dict[str, dict[str
         if values:
             out[family] = values
     return out
-
-
-class DeadlinePruner(optuna.pruners.BasePruner):
-    """Prunes a running trial at its next fold once the wall-clock ``deadline`` (``time.time()``)
-    has passed, so the budget is not overrun by more than one fold's fit; otherwise ``base``
-    (Hyperband or median on the folds) decides."""
-
-    def __init__(self, base: optuna.pruners.BasePruner, deadline: float) -> None:
-        self.base, self.deadline = base, deadline
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if time.time() >= self.deadline:
-            return True
-        return self.base.prune(study, trial)
 
 
 def run_automl(objective: AutoMLObjective, space: AutoMLSpace, *, storage_url, study_name: str, budget_s: float,

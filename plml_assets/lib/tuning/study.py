@@ -96,6 +96,20 @@ def _make_pruner(pruner: str | optuna.pruners.BasePruner, n_steps: int | None) -
     raise ValueError(f"pruner must be 'median', 'hyperband', 'none' or an optuna pruner, got {pruner!r}")
 
 
+class DeadlinePruner(optuna.pruners.BasePruner):
+    """Prunes a running trial at its next fold once the wall-clock ``deadline`` (``time.time()``)
+    has passed, so a time budget is not overrun by more than one fold's fit; otherwise ``base``
+    (Hyperband or median on the folds) decides."""
+
+    def __init__(self, base: optuna.pruners.BasePruner, deadline: float) -> None:
+        self.base, self.deadline = base, deadline
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if time.time() >= self.deadline:
+            return True
+        return self.base.prune(study, trial)
+
+
 def _params_of(trial: FrozenTrial) -> dict[str, Any]:
     """Parameters of a trial, including those fixed by enqueue_trial and not yet suggested."""
     return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
@@ -309,6 +323,16 @@ def run_study(
         sampler=sampler, pruner=pruner, seed=seed, worker=worker, n_steps=getattr(objective_fn, "n_steps", None),
         enqueue=enqueue, heartbeat_interval=heartbeat_interval, grace_period=grace_period, study_attrs=study_attrs,
     )
+    # The time budget is one wall-clock deadline for the whole call: no trial starts after it, a running
+    # one is pruned at its next fold (single-objective studies; Optuna prunes nothing else), and the
+    # loop that fills a dead worker's place in the budget does not start a new search after it.
+    budget_end = None if timeout_s is None else time.time() + float(timeout_s)
+    if budget_end is not None and len(dirs) == 1 and not isinstance(study.pruner, DeadlinePruner):
+        study.pruner = DeadlinePruner(study.pruner, budget_end)
+
+    def remaining() -> float | None:
+        return None if budget_end is None else max(budget_end - time.time(), 0.0)
+
     worker_label = f"{socket.gethostname()}:{os.getpid()}:{worker}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -366,7 +390,7 @@ def run_study(
             + (f", {counts['FAIL']} failed (not counted)" if counts["FAIL"] else "")
             + f"; running up to {n_trials - done_before - counts['RUNNING']} more"
         )
-        study.optimize(objective, n_trials=None, timeout=timeout_s, catch=(_OverBudget, *catch),
+        study.optimize(objective, n_trials=None, timeout=remaining(), catch=(_OverBudget, *catch),
                        callbacks=[after_trial], gc_after_trial=False)
     else:
         log(f"study {study_name}: budget of {n_trials} trials already spent ({done_before} done)")
@@ -377,9 +401,13 @@ def run_study(
         done = sum(t.state in _DONE for t in now)
         if done >= n_trials or (not running and done + len(running) >= n_trials):
             break
+        if remaining() == 0.0:
+            log(f"study {study_name}: the time budget of {timeout_s:.0f} s is spent with {done} of {n_trials} trials done"
+                + (f" and trial(s) {running} of other workers running" if running else "") + ": picking from the finished trials")
+            break
         if not running:  # a dead worker's trial was failed: its place in the budget is ours to fill
             log(f"study {study_name}: {done} of {n_trials} done and nothing running: running the missing trial(s) here")
-            study.optimize(objective, n_trials=None, timeout=timeout_s, catch=(_OverBudget, *catch),
+            study.optimize(objective, n_trials=None, timeout=remaining(), catch=(_OverBudget, *catch),
                            callbacks=[after_trial], gc_after_trial=False)
             continue
         if time.monotonic() > deadline:
