@@ -707,9 +707,12 @@ def test_bad_prices_stop_the_whole_graph_before_anything_is_registered(plml_home
     resources = slice_resources(plml_home, source=str(path))
     result = _materialize(resources, instance, selection=XGBOOST_CHAIN)
     assert not result.success
-    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
     assert [e.check_name for e in failed] == ["prices_prices"]
     assert "1 row(s)" in failed[0].description
+    # Only warnings besides (AMD's real +52 % on 2016-04-22 looks like a 3:2 split to a price-only panel).
+    warned = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed} - {"prices_prices"}
+    assert warned <= {"prices_splits", "prices_frozen"}, warned
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {"market_prices"}
     registry: MlflowRegistry = resources["mlflow_registry"]
