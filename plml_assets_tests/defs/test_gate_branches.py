@@ -358,3 +358,21 @@ def test_a_version_of_the_winners_run_holding_other_artefacts_is_deleted_not_reu
     assert CHECKSUM_TAG in registry.version_info(version).tags
     logs = [r.user_message for r in instance.all_logs(result.run_id)]
     assert any(f"deleted {registry.model_name} v{foreign.version} of run {model.run_id}" in m for m in logs), logs[-20:]
+
+
+def test_an_aliased_version_of_the_winners_run_with_other_artefacts_is_refused_not_deleted(world, registry, instance):
+    """The same foreign version as above, but it holds the 'champion' alias: nothing is deleted,
+    the step refuses naming it, and the champion stays."""
+    model = world.models[CHALLENGER]
+    with registry.tracking():
+        with mlflow.start_run(run_id=model.run_id):
+            other = mlflow.pyfunc.log_model(name="other_aliased", python_model=MixedOracle(STRONG), pip_requirements=["mlflow", "pandas"])
+        foreign = mlflow.register_model(other.model_uri, registry.model_name)
+    registry.promote(str(foreign.version), reason="test setup: a champion from the winner's run")
+    result = _run(world, registry, instance, _leaderboard(world, model), _report(CLEAN_STATS))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "registered_model"
+    assert f"v{foreign.version} (aliases ['champion'])" in str(failure.event_specific_data.error)
+    assert [v.version for v in registry.versions()] == [str(foreign.version)]
+    assert registry.alias_version("champion").version == str(foreign.version)

@@ -96,6 +96,12 @@ def registered_model(
         if (recorded or manifest_digest(mlflow_registry.version_manifest(old.version))) == digest:
             version = old.version
             break
+        # Never delete what serves or is judged (search results carry no aliases: read the model's).
+        held = sorted(alias for alias, v in mlflow_registry.aliases().items() if v == old.version)
+        if held:
+            raise RuntimeError(f"{name} v{old.version} (aliases {held}) is a version of run {run_id} whose artefacts "
+                               f"are not the ones that passed serving parity now: its files changed after registration; "
+                               f"inspect it (plml status) before registering this run again")
         client.delete_model_version(name, old.version)
         context.log.warning(f"registered_model: deleted {name} v{old.version} of run {run_id}: its artefacts are not "
                             f"the ones that passed serving parity (an orphan of an interrupted registration)")
