@@ -8,8 +8,10 @@ Dagster checks (and a person reading them) can act on it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,17 +142,13 @@ def _unparseable(value: str) -> bool:
         return True
 
 
-class _quiet_date_warnings:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+@contextlib.contextmanager
+def _quiet_date_warnings() -> Iterator[None]:
+    """pandas warns while it guesses a format; the guess is checked here, so the warning is noise."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", FutureWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 def normalize_symbols(column: pd.Series) -> pd.Series:
