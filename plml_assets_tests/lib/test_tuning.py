@@ -620,12 +620,13 @@ def test_without_waiting_the_pick_is_made_from_what_has_finished(sqlite_url):
 
 
 def test_the_time_budget_is_one_deadline_for_the_whole_call(sqlite_url):
-    """A study of slow trials (4 folds of 0.25 s each) with a 1.2 s budget and room for 20 trials: no
-    trial starts after the deadline, the trial running at it is pruned at its next fold, and the
+    """A study of slow trials (8 folds of 0.25 s each, 2 s a trial) with a 1.2 s budget and room for
+    20 trials: the first trial cannot finish inside the budget, so it is pruned at its first fold after
+    the deadline, no trial starts after it, and the
     step that fills other workers' places in the budget (wait_for_others_s) does not start a new
     search after the deadline (it once did, with a fresh timeout: a 300 s net study ran 22 minutes)."""
     def slow(trial, params):
-        for fold in range(1, 5):
+        for fold in range(1, 9):
             time.sleep(0.25)
             trial.report(params["x"], fold)
             if trial.should_prune():
@@ -639,6 +640,7 @@ def test_the_time_budget_is_one_deadline_for_the_whole_call(sqlite_url):
     wall = time.monotonic() - start
     trials = result.study.get_trials(deepcopy=False)
     assert wall < 1.2 + 0.25 + 1.5, wall  # the budget, one more fold, and bookkeeping
-    assert 1 <= len(trials) <= 2 and result.n_done == len(trials) < 20
-    assert trials[-1].state == TrialState.PRUNED and max(trials[-1].intermediate_values) < 4
+    assert len(trials) == 1 and result.n_done == 1
+    # pruned mid-trial (a 4-fold trial could finish just inside the budget on a loaded CI machine)
+    assert trials[0].state == TrialState.PRUNED and max(trials[0].intermediate_values) < 8
     assert any("time budget of 1 s is spent" in line for line in lines), lines
