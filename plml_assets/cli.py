@@ -8,6 +8,7 @@
     plml doctor              check that the Dagster instance, MLflow store and Optuna storage work
     plml analytics [--json]  wall, CPU, memory and cost of every step of the latest run, and trends
     plml advance [--days N | --to DATE | --clear]   move the simulated 'today' (new prices arrive)
+    plml serve-health        /healthz and /readyz for probes (stores reachable, champion loadable)
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from plml_assets.health import bounded, store_missing
 from plml_assets.lib.registry.integrity import ArtifactIntegrityError
 from plml_assets.resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 from plml_assets.resources.optuna_storage import OptunaStorage
@@ -57,6 +60,19 @@ def status_payload(registry: MlflowRegistry) -> dict[str, object]:
             return {}
         return {k.removeprefix("plml.metric."): float(v) for k, v in info.tags.items() if k.startswith("plml.metric.")}
 
+    def artifacts(info) -> dict[str, object] | None:
+        """Whether the champion's files are still those registered (deleted or changed files make
+        serving refuse: say so here, before the prediction engine finds out)."""
+        if info is None:
+            return None
+        try:
+            with registry.verified_artifacts(info.version):
+                pass
+        except ArtifactIntegrityError as exc:
+            return {"ok": False, "detail": str(exc)}
+        checked = "plml.artifact_sha256" in info.tags
+        return {"ok": True, "detail": "match their registration checksum" if checked else "present (registered without a checksum)"}
+
     return {
         "model_name": registry.model_name,
         "tracking_uri": registry.display_tracking_uri(),
@@ -68,6 +84,7 @@ def status_payload(registry: MlflowRegistry) -> dict[str, object]:
             "gate": champion.tags.get("plml.gate_detail"),
             "data_fingerprint": champion.tags.get("plml.data_fingerprint"),
             "code_version": champion.tags.get("plml.code_version"),
+            "artifacts": artifacts(champion),
         },
         "challenger": None if challenger is None else {
             "version": challenger.version,
@@ -102,6 +119,9 @@ def _print_status(payload: dict[str, object]) -> None:
         print("  champion: none")
     else:
         print(f"  champion: v{champ['version']}  {champ['model_uri']}")
+        art = champ.get("artifacts") or {}
+        if not art.get("ok", True):
+            print(f"    ARTEFACTS BROKEN: {art['detail']}: serving refuses it; `plml rollback` goes back to the previous champion")
         print("\n".join(_metric_lines(champ["metrics"])))
         if champ.get("gate"):
             print(f"    gate: {champ['gate']}")
@@ -113,17 +133,9 @@ def _print_status(payload: dict[str, object]) -> None:
     print(f"  aliases: {payload['aliases']}  versions: {payload['versions']}")
 
 
-def _store_missing(registry: MlflowRegistry) -> str | None:
-    """A SQLite store that does not exist yet would be created empty by MLflow: say so instead."""
-    uri = registry.resolved_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return f"no MLflow store at {uri} (PLML_HOME={plml_home()}): run `plml run` first or set PLML_HOME"
-    return None
-
-
 def _existing_registry(verb: str) -> MlflowRegistry | None:
     registry = _registry()
-    missing = _store_missing(registry)
+    missing = store_missing(registry)
     if missing:
         print(f"plml {verb}: {missing}", file=sys.stderr)
         return None
@@ -143,7 +155,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2))
     else:
         _print_status(payload)
-    return 0
+    champion = payload["champion"]
+    return 3 if champion is not None and not (champion.get("artifacts") or {}).get("ok", True) else 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -173,7 +186,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if registry is None:
         return 1
     try:
-        old, new = registry.rollback()
+        old, new = registry.rollback(reason="manual rollback by `plml rollback`")
     except (LookupError, MlflowException, ArtifactIntegrityError, TimeoutError) as exc:
         print(f"plml rollback: {exc}", file=sys.stderr)
         return 2
@@ -281,17 +294,7 @@ DOCTOR_TIMEOUT_S = float(os.environ.get("PLML_DOCTOR_TIMEOUT", "20"))
 
 
 def _bounded(check, name: str, url_hint: str) -> tuple[bool, str, str]:
-    """Run one check in a daemon thread so an unreachable server cannot hang the doctor
-    (MLflow's SQL store retries a refused connection for minutes)."""
-    import threading
-
-    box: list[tuple[bool, str, str]] = []
-    thread = threading.Thread(target=lambda: box.append(check()), name=f"doctor-{name}", daemon=True)
-    thread.start()
-    thread.join(DOCTOR_TIMEOUT_S)
-    if box:
-        return box[0]
-    return False, url_hint, f"no answer within {DOCTOR_TIMEOUT_S:.0f} s (server down or unreachable?)"
+    return bounded(check, name, url_hint, DOCTOR_TIMEOUT_S)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -313,6 +316,43 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # a timed-out check may still hold a thread in a C call: do not wait for it
+    return 0
+
+
+def cmd_serve_health(args: argparse.Namespace) -> int:
+    """/healthz and /readyz over HTTP (plml_assets/health.py), or one readiness answer with --once."""
+    import signal
+
+    from plml_assets.health import Readiness, make_server
+
+    _ensure_dagster_home()
+    readiness = Readiness(timeout_s=args.check_timeout_s, champion_cache_s=args.champion_cache_s)
+    skip = tuple(s for s in (args.skip or "").split(",") if s)
+    if args.once:
+        try:
+            body = readiness.check(skip)
+        except ValueError as exc:
+            print(f"plml serve-health: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(body, indent=2))
+        sys.stdout.flush()
+        os._exit(0 if body["status"] == "ready" else 1)  # a timed-out check may still hold a thread in a C call
+    try:
+        server = make_server(readiness, args.host, args.port)
+    except OSError as exc:
+        print(f"plml serve-health: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"plml serve-health: serving /healthz and /readyz on http://{host}:{port} "
+          f"(model {readiness.registry.model_name}, MLflow {readiness.registry.display_tracking_uri()})", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print("plml serve-health: stopped", flush=True)
     return 0
 
 
@@ -597,6 +637,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("doctor", help="check the Dagster instance, MLflow store and Optuna storage")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("serve-health", help="answer /healthz (process up) and /readyz (stores reachable, champion loadable) over HTTP")
+    p.add_argument("--host", default=os.environ.get("PLML_HEALTH_HOST", "127.0.0.1"),
+                   help="address to listen on (0.0.0.0 in a pod; env PLML_HEALTH_HOST)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PLML_HEALTH_PORT", "8080")),
+                   help="port (0: any free one, printed; env PLML_HEALTH_PORT)")
+    p.add_argument("--check-timeout-s", type=float, default=5.0, help="seconds each component may take before it counts as down")
+    p.add_argument("--champion-cache-s", type=float, default=300.0,
+                   help="seconds a loaded champion counts as loadable before its artefacts are verified and loaded again")
+    p.add_argument("--skip", default=None, help="with --once: components to leave out, comma-separated (e.g. champion)")
+    p.add_argument("--once", action="store_true", help="print one /readyz answer as JSON and exit 0 if ready, else 1")
+    p.set_defaults(func=cmd_serve_health)
     p = sub.add_parser("advance", help="move the simulated 'today' over the price panel: new data arrives")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--days", type=int, default=None, help="move forward (or back, negative) this many trading dates")

@@ -133,6 +133,28 @@ def test_the_kubernetes_pieces_of_the_helm_values_are_valid_kubernetes():
         _validate(_pod({}, {"resources": VALUES[component]["resources"]}))
 
 
+def test_the_health_sidecar_probes_plml_serve_health_on_valid_kubernetes():
+    """Issue 18 item 7: the user deployment's sidecar runs `plml serve-health`; liveness on /healthz,
+    readiness on /readyz without the champion (a code location runs before any model is registered);
+    the pod with the sidecar is valid Kubernetes and the password comes from Secrets."""
+    (deployment,) = VALUES["dagster-user-deployments"]["deployments"]
+    (sidecar,) = deployment["sidecarContainers"]
+    assert sidecar["command"][2:5] == ["plml", "serve-health", "--host"] and "0.0.0.0" in sidecar["command"]
+    port = int(sidecar["command"][sidecar["command"].index("--port") + 1])
+    assert sidecar["ports"] == [{"name": "health", "containerPort": port}]
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz?skip=champion", "port": "health"}
+    # the probe waits longer than the server's own per-check timeout (5 s each, four components)
+    assert sidecar["readinessProbe"]["timeoutSeconds"] > 4 * 5
+    secret_env = [e for e in sidecar["env"] if "valueFrom" in e]
+    assert all("secretKeyRef" in e["valueFrom"] for e in secret_env) and not any("PASSWORD" in e["name"] and "value" in e for e in sidecar["env"])
+    mounted = {m["name"] for m in sidecar["volumeMounts"]}
+    assert mounted <= {v["name"] for v in deployment["volumes"]}
+    pod = _pod({"volumes": deployment["volumes"]}, {"env": deployment["env"]})
+    pod["spec"]["containers"].append(sidecar)
+    _validate(pod)  # (the routes themselves: plml_assets_tests/e2e/test_health.py)
+
+
 def test_the_helm_port_is_the_one_the_image_exposes():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     (deployment,) = VALUES["dagster-user-deployments"]["deployments"]

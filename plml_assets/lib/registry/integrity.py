@@ -64,6 +64,9 @@ def compare(recorded_tags: dict[str, str], manifest: dict[str, str], what: str) 
     actual = manifest_digest(manifest)
     if actual == expected:
         return
+    if not manifest:
+        raise ArtifactIntegrityError(f"{what}: none of its artefact files is left in the artefact store (deleted?); "
+                                     f"refusing to use it")
     detail = ""
     raw = recorded_tags.get(MANIFEST_TAG)
     if raw:
