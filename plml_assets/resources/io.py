@@ -13,6 +13,26 @@ from plml_assets.lib.analytics.metering import METER
 from plml_assets.resources.paths import default_asset_dir
 
 
+class StoredAssetError(RuntimeError):
+    """An asset's stored file exists but cannot be read (truncated, overwritten, half-copied)."""
+
+
+def _read(path: Path, asset: str) -> object:
+    """The value in ``path`` (Parquet or JSON); StoredAssetError naming the asset and the way out
+    when the file is damaged."""
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pyarrow's ArrowInvalid and JSONDecodeError are ValueErrors
+        size = path.stat().st_size if path.exists() else 0
+        raise StoredAssetError(
+            f"the stored value of asset {asset} at {path} ({size:,} bytes) cannot be read: {type(exc).__name__}: "
+            f"{str(exc)[:200]}. The file is damaged (truncated or overwritten?): re-materialize {asset} to rewrite it "
+            f"(e.g. `dagster asset materialize -m plml_assets.definitions --select {asset}`, or `plml run`)"
+        ) from exc
+
+
 def _step_key(context: dg.InputContext | dg.OutputContext) -> str | None:
     try:
         return context.step_key if isinstance(context, dg.OutputContext) else context.step_context.step.key
@@ -63,8 +83,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> object:
         parquet = self._path(context, ".parquet")
+        asset = context.asset_key.to_user_string() if context.has_asset_key else context.name
         if parquet.exists():
-            frame = pd.read_parquet(parquet)
+            frame = _read(parquet, asset)
             step = _step_key(context)
             if step is not None:
                 METER.read(step, len(frame))
@@ -73,9 +94,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             return frame
         json_path = self._path(context, ".json")
         if json_path.exists():
-            return json.loads(json_path.read_text())
+            return _read(json_path, asset)
         raise FileNotFoundError(
-            f"no stored value for asset {context.asset_key.to_user_string()} under {self._root()}: "
+            f"no stored value for asset {asset} under {self._root()}: "
             "materialize it first"
         )
 
@@ -86,7 +107,7 @@ def load_stored(asset: str, base_dir: str | Path | None = None) -> object:
     root = Path(base_dir) if base_dir else default_asset_dir()
     parquet, json_path = root / f"{asset}.parquet", root / f"{asset}.json"
     if parquet.exists():
-        return pd.read_parquet(parquet)
+        return _read(parquet, asset)
     if json_path.exists():
-        return json.loads(json_path.read_text())
+        return _read(json_path, asset)
     raise FileNotFoundError(f"no stored value for asset {asset} under {root}: materialize it first (or set PLML_ASSET_DIR)")
