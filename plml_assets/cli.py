@@ -523,14 +523,14 @@ def cmd_analytics(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """One more process on a study a `<family>_study` asset started (defs/tuning/worker.py)."""
     from plml_assets.defs.tuning.worker import run_worker
-    from plml_assets.resources.optuna_storage import OptunaStorage
+    from plml_assets.resources.optuna_storage import DamagedStorageError, OptunaStorage
 
     storage = OptunaStorage(url=args.storage)
     try:
-        out = run_worker(args.study, storage.resolved_url(), storage.display_url(), asset_dir=os.environ.get("PLML_ASSET_DIR"),
+        out = run_worker(args.study, storage.checked_url(on_damaged="fail"), storage.display_url(), asset_dir=os.environ.get("PLML_ASSET_DIR"),
                          n_trials=args.n_trials, worker_index=args.worker_index, heartbeat_s=args.heartbeat_s,
                          timeout_s=args.timeout_s, log=lambda m: print(m, flush=True))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, DamagedStorageError) as exc:
         print(f"plml worker: {mask_secrets(exc)}", file=sys.stderr)
         return 2
     if args.json:

@@ -320,3 +320,20 @@ def test_a_study_on_password_bearing_stores_records_the_password_nowhere(prepare
         assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
         assert optuna_db.replace("@", ":***@", 1) in worker.stdout
         assert secret not in worker.stdout + worker.stderr
+
+
+def test_a_study_asset_on_a_damaged_optuna_file_sets_it_aside_and_starts_afresh(prepared):
+    """Issue 18 item 5 through the asset: the optuna.db the studies share is overwritten on disk; the
+    next study step warns, naming the set-aside file, and runs its whole budget in a fresh file.
+    (Last in this module: it replaces the module's shared optuna.db.)"""
+    home, _, instance = prepared
+    first, _ = _study(prepared, n_trials=2, study_name="damaged")
+    assert first.success
+    db = home / "optuna.db"
+    db.write_bytes(b"\0" * 100 + db.read_bytes()[100:])
+    again, out = _study(prepared, n_trials=2, study_name="damaged")
+    assert again.success, _failure(again)
+    assert sum(out["ran_this_time"].values()) == 2  # afresh: the damaged file's trials are not counted
+    (aside,) = home.glob("optuna.db.damaged-*")
+    warnings = [r.user_message for r in instance.all_logs(again.run_id) if "was damaged" in (r.user_message or "")]
+    assert len(warnings) == 1 and str(aside) in warnings[0], warnings

@@ -303,7 +303,7 @@ def build_study_asset(family: str) -> dg.AssetsDefinition:
                 run = open_run.enter_context(mlflow_registry.training_run(
                     f"{family}-study-{context.run.run_id[:8]}", _study_run_tags(context, family, name), supersedes=redone_runs(context)))
                 result = tuning.run_study(
-                    objective, space, storage_url=optuna_storage.resolved_url(), study_name=name,
+                    objective, space, storage_url=optuna_storage.checked_url(context.log.warning), study_name=name,
                     sampler=config.sampler, pruner=config.pruner, n_trials=n_trials, timeout_s=timeout,
                     seed=settings.seed, worker=config.worker, enqueue=prepared.enqueue, pick_rule=rule, log=context.log.info,
                     study_attrs={WORKER_SPEC_ATTR: worker_spec(family, config, settings, mlflow_registry.model_name, n_trials, prepared.digest)},

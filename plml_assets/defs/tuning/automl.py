@@ -99,7 +99,7 @@ def automl_study(
         context.log.info(f"automl_study {name}: budget {budget:.0f} s, families {space.families}, top_k {space.top_k}, "
                          f"{len(folds)} {config.scheme} folds on {len(X):,} rows, pruner {config.pruner}, "
                          f"storage {optuna_storage.display_url()}")
-        result = run_automl(objective, space, storage_url=optuna_storage.resolved_url(), study_name=name, budget_s=budget,
+        result = run_automl(objective, space, storage_url=optuna_storage.checked_url(context.log.warning), study_name=name, budget_s=budget,
                             max_trials=config.max_trials, pruner=config.pruner, seed=settings.seed, enqueue=enqueue,
                             log=context.log.info)
     study = result.study
