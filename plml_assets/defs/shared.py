@@ -74,6 +74,46 @@ def redone_runs(context: dg.AssetExecutionContext) -> tuple[str, ...]:
     return tuple(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r)
 
 
+#: how a registry step waits for an MLflow store that does not answer: tries after the first, and the
+#: first wait (doubling each time); env PLML_MLFLOW_RETRIES / PLML_MLFLOW_RETRY_DELAY_S
+MLFLOW_RETRIES = int(os.environ.get("PLML_MLFLOW_RETRIES", "3"))
+MLFLOW_RETRY_DELAY_S = float(os.environ.get("PLML_MLFLOW_RETRY_DELAY_S", "15"))
+
+
+class MlflowUnavailable(RuntimeError):
+    """The MLflow store did not answer through every retry of a registry step."""
+
+
+@contextlib.contextmanager
+def retry_when_store_unreachable(context: dg.AssetExecutionContext, store: str, what: str) -> Iterator[None]:
+    """An MLflow store that does not answer (resources/mlflow_faults.is_unreachable) retries the step
+    with exponential backoff (MLFLOW_RETRIES tries after the first, MLFLOW_RETRY_DELAY_S doubling);
+    after the last, MlflowUnavailable names the store and says what was left. Other errors pass as they are.
+    The steps that use it resume cleanly: a re-run picks up what an interrupted one left."""
+    from plml_assets.resources.mlflow_faults import is_unreachable
+    from plml_assets.resources.secrets import mask_secrets
+
+    try:
+        yield
+    except (dg.Failure, dg.RetryRequested):
+        raise
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        cause = mask_secrets(f"{type(exc).__name__}: {str(exc)[:300]}")
+        attempt = context.retry_number
+        if attempt < MLFLOW_RETRIES:
+            wait = MLFLOW_RETRY_DELAY_S * 2 ** attempt
+            context.log.warning(f"{what}: the MLflow store {store} does not answer ({cause}); "
+                                f"retry {attempt + 1} of {MLFLOW_RETRIES} in {wait:.0f} s")
+            raise dg.RetryRequested(max_retries=MLFLOW_RETRIES, seconds_to_wait=wait) from exc
+        raise MlflowUnavailable(
+            f"{what}: the MLflow store {store} did not answer through {MLFLOW_RETRIES + 1} tries ({cause}). Nothing usable "
+            f"was left half-done: a version whose registration did not finish is tagged plml.registration=incomplete and "
+            f"is neither served nor promoted; re-run this step once the store answers (it resumes)"
+        ) from exc
+
+
 @contextlib.contextmanager
 def fail_fast_on_bad_input() -> Iterator[None]:
     """Bad input or config is not transient: fail at once instead of spending the retry policy on it."""

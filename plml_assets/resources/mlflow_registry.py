@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
-from plml_assets.lib.registry.integrity import CHECKSUM_TAG, ArtifactIntegrityError, artifact_manifest, checksum_tags, compare
+from plml_assets.lib.registry.integrity import CHECKSUM_TAG, REGISTRATION_TAG, ArtifactIntegrityError, artifact_manifest, checksum_tags, compare
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home, sqlite_schema_lock
 from plml_assets.resources.secrets import env_value, mask_url
 
@@ -272,6 +272,9 @@ class MlflowRegistry(dg.ConfigurableResource):
         A version registered without a checksum (by hand, or before checksums) has nothing to be
         compared with and is yielded as it is (``CHECKSUM_TAG`` absent from its tags says so)."""
         info = self._resolve(alias_or_version)
+        if info.tags.get(REGISTRATION_TAG) == "incomplete":
+            raise ArtifactIntegrityError(f"{self.model_name} v{info.version}: its registration did not finish (tag "
+                                         f"{REGISTRATION_TAG}=incomplete, no checksum recorded): re-run registered_model to resume it")
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = self.download_artifacts(self.model_uri(info.version), tmp)

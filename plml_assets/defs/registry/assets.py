@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from plml_assets.defs.shared import split_for
+from plml_assets.defs.shared import retry_when_store_unreachable, split_for
 from plml_assets.lib.analytics.metering import METER
 from plml_assets.lib.data import prices as price_lib
 from plml_assets.lib.models.baselines import momentum_score
-from plml_assets.lib.registry.integrity import CHECKSUM_TAG, ArtifactIntegrityError, artifact_manifest, manifest_digest
+from plml_assets.lib.registry.integrity import CHECKSUM_TAG, REGISTRATION_TAG, ArtifactIntegrityError, artifact_manifest, manifest_digest
 from plml_assets.lib.registry.model_card import CARD_ARTIFACT, PROFILE_ARTIFACT, card_summary, render_card, standard_error
 from plml_assets.lib.registry.promotion import decide
 from plml_assets.lib.validation.metrics import evaluate_predictions
@@ -63,6 +63,14 @@ def registered_model(
     settings: ExperimentSettings,
     mlflow_registry: MlflowRegistry,
 ):
+    # An MLflow store that stops answering retries the step with backoff; the retry resumes the
+    # registration (the version of the winner's run is reused once its artefacts check out).
+    with retry_when_store_unreachable(context, mlflow_registry.display_tracking_uri(), "registered_model"):
+        yield from _register(context, model_leaderboard, market_prices, labels, settings, mlflow_registry)
+
+
+def _register(context, model_leaderboard: dict, market_prices: pd.DataFrame, labels: pd.DataFrame,
+              settings: ExperimentSettings, mlflow_registry: MlflowRegistry):
     selection = model_leaderboard["selection"]
     winner = model_leaderboard.get("winner")
     if winner is None:
@@ -112,6 +120,7 @@ def registered_model(
         tags = {
             **winner["tags"],
             "plml.candidate": winner["name"],
+            REGISTRATION_TAG: "incomplete",  # until its checksum is recorded: neither served nor promoted
             "plml.leaderboard_validated": str(selection["validated"]).lower(),
             "plml.leaderboard_reason": selection["reason"][:4000],
             "plml.features": ",".join(winner["features"])[:4900],
@@ -121,17 +130,18 @@ def registered_model(
         with mlflow_registry.tracking():
             mv = mlflow.register_model(winner["model_uri"], name, tags=tags)
         version = str(mv.version)
-        client.update_model_version(name, version, description=(
-            f"{winner['description']}, horizon {settings.horizon}d; chosen by model_leaderboard: {selection['reason']}; "
-            f"holdout {winner['holdout']['holdout_start']}..{winner['holdout']['holdout_end']} "
-            f"rank IC {winner['metrics']['holdout_rank_ic']:.4f}"
-        ))
+    client.update_model_version(name, version, description=(  # on a resumed version too (the kill may have come first)
+        f"{winner['description']}, horizon {settings.horizon}d; chosen by model_leaderboard: {selection['reason']}; "
+        f"holdout {winner['holdout']['holdout_start']}..{winner['holdout']['holdout_end']} "
+        f"rank IC {winner['metrics']['holdout_rank_ic']:.4f}"
+    ))
     registered = mlflow_registry.version_manifest(version)
     if manifest_digest(registered) != digest:
         client.delete_model_version(name, version)
         raise RuntimeError(f"registered {name} v{version} does not hold the artefacts that passed serving parity "
                            f"(SHA-256 {manifest_digest(registered)[:12]}... != {digest[:12]}...): version deleted")
     mlflow_registry.record_checksum(version, manifest)
+    client.set_model_version_tag(name, version, REGISTRATION_TAG, "complete")
     client.set_registered_model_alias(name, CHALLENGER, version)  # only once it serves what it was trained to
     context.log.info(
         f"registered_model: {name} v{version} ({winner['name']}) is '{CHALLENGER}', holdout rank IC {served['rank_ic']:.4f} "
@@ -379,6 +389,11 @@ def card_facts(context, registered_model: dict, model_leaderboard: dict, validat
     description="Moves the 'champion' alias to the challenger; runs only when the promotion gate passed.",
 )
 def champion_model(context: dg.AssetExecutionContext, mlflow_registry: MlflowRegistry) -> dg.MaterializeResult:
+    with retry_when_store_unreachable(context, mlflow_registry.display_tracking_uri(), "champion_model"):
+        return _promote_challenger(context, mlflow_registry)
+
+
+def _promote_challenger(context: dg.AssetExecutionContext, mlflow_registry: MlflowRegistry) -> dg.MaterializeResult:
     challenger = mlflow_registry.alias_version(CHALLENGER)
     if challenger is None:
         raise LookupError(f"model {mlflow_registry.model_name!r} has no '{CHALLENGER}' alias to promote")

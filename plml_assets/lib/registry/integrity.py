@@ -15,6 +15,9 @@ from pathlib import Path
 #: Registry version tags: the digest over all files, and the per-file manifest (JSON, when it fits).
 CHECKSUM_TAG = "plml.artifact_sha256"
 MANIFEST_TAG = "plml.artifact_manifest"
+#: "incomplete" from the version's creation until its checksum is recorded, then "complete": a version
+#: an interrupted registration left is neither served nor promoted (a re-run of registered_model resumes it)
+REGISTRATION_TAG = "plml.registration"
 _TAG_LIMIT = 5000  # MLflow's model version tag value limit
 _CHUNK = 1 << 20
 
