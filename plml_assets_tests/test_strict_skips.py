@@ -50,3 +50,17 @@ def test_a_disallowed_skip_fails_a_strict_run_and_names_the_test(tmp_path, stric
 def test_a_strict_run_with_only_gpu_skips_passes(tmp_path):
     out = _run(tmp_path, True, SCRATCH.split("def test_needs_postgres")[0] + "def test_gpu_only():\n    pytest.skip('NVML sees a GPU here')\n")
     assert out.returncode == 0 and "1 passed, 1 skipped" in out.stdout, out.stdout[-2000:]
+
+
+def test_the_ci_script_hides_no_failure_and_runs_the_readmes_test_command():
+    """Issue 18 item 9: `.ci/run` swallows no failure (no `|| true`, `set -e`), runs strict, and its test
+    command is the README's."""
+    root = Path(__file__).resolve().parents[1]
+    script = (root / ".ci" / "run").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in script.splitlines())
+    assert "|| true" not in code and "set -euo pipefail" in code
+    assert "export PLML_STRICT_SKIPS=1" in code
+    command = code.strip().splitlines()[-1].strip()
+    assert "pip install -c deploy/constraints.txt -e '.[test]'" in command and command.endswith("python -m pytest -q")
+    readme = (root / "README.md").read_text()
+    assert "pip install -c deploy/constraints.txt -e '.[test]'" in readme and "python -m pytest -q" in readme
