@@ -53,14 +53,19 @@ def test_a_strict_run_with_only_gpu_skips_passes(tmp_path):
 
 
 def test_the_ci_script_hides_no_failure_and_runs_the_readmes_test_command():
-    """Issue 18 item 9: `.ci/run` swallows no failure (no `|| true`, `set -e`), runs strict, and its test
-    command is the README's."""
+    """Issue 18 items 9 and 10: `.ci/run` swallows no failure (no `|| true`, `set -e`), runs strict, and
+    its test command is the README's, with coverage (fail_under 85, subprocesses measured)."""
     root = Path(__file__).resolve().parents[1]
     script = (root / ".ci" / "run").read_text()
     code = "\n".join(line.split("#", 1)[0] for line in script.splitlines())
     assert "|| true" not in code and "set -euo pipefail" in code
     assert "export PLML_STRICT_SKIPS=1" in code
     command = code.strip().splitlines()[-1].strip()
-    assert "pip install -c deploy/constraints.txt -e '.[test]'" in command and command.endswith("python -m pytest -q")
+    assert "pip install -c deploy/constraints.txt -e '.[test]'" in command and command.endswith("python -m pytest -q --cov")
     readme = (root / "README.md").read_text()
-    assert "pip install -c deploy/constraints.txt -e '.[test]'" in readme and "python -m pytest -q" in readme
+    assert "pip install -c deploy/constraints.txt -e '.[test]'" in readme and "python -m pytest -q --cov\n" in readme
+    import tomllib
+
+    coverage = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["coverage"]
+    assert coverage["report"]["fail_under"] >= 85 and "subprocess" in coverage["run"]["patch"]
+    assert coverage["run"]["source"] == ["plml_assets"]
