@@ -5,6 +5,7 @@
     plml status [--json]     the registered model: champion, challenger, metrics
     plml promote VERSION     point 'champion' at VERSION
     plml rollback            move 'champion' back to the previous champion
+    plml notify [--flush]    the champion-move notices waiting for the promotion webhook; deliver them
     plml doctor              check that the Dagster instance, MLflow store and Optuna storage work
     plml analytics [--json]  wall, CPU, memory and cost of every step of the latest run, and trends
     plml advance [--days N | --to DATE | --clear]   move the simulated 'today' (new prices arrive)
@@ -192,6 +193,47 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return 2
     print(f"{registry.model_name}: champion rolled back v{old} -> v{new}")
     return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """The champion-move notices of the promotion outbox (resources/promotion_webhook.py); --flush
+    delivers the pending ones, oldest first. Exit 0: none pending; 1: some still pending; 2: no URL."""
+    from plml_assets.lib.registry.notify import Outbox
+    from plml_assets.resources.promotion_webhook import default_outbox_path, display_webhook_url
+
+    try:
+        webhook = _registry().promotion_webhook()
+    except ValueError as exc:  # a _FILE variable naming an unreadable file
+        print(f"plml notify: {mask_secrets(exc)}", file=sys.stderr)
+        return 2
+    outbox = webhook.outbox if webhook is not None else Outbox(default_outbox_path())
+    delivered, error = [], None
+    if args.flush and webhook is not None:
+        result = webhook.flush()
+        delivered, error = result.delivered, result.error or ("another process is delivering" if result.busy else None)
+    pending = outbox.pending()
+    if args.json:
+        print(json.dumps({"url": display_webhook_url(webhook.url) if webhook else None, "outbox": str(outbox.path),
+                          "delivered_now": delivered, "error": error, "pending": [e.to_json() for e in pending],
+                          "recently_delivered": [e.to_json() for e in outbox.delivered(limit=10)]}, indent=2))
+    else:
+        print(f"promotion webhook: {display_webhook_url(webhook.url) if webhook else 'none (PLML_PROMOTION_WEBHOOK_URL unset)'}; "
+              f"outbox {outbox.path}")
+        if delivered:
+            print(f"  delivered now: {len(delivered)} notice(s)")
+        for e in pending:
+            print(f"  pending #{e.seq} {e.payload['event']} {e.payload['model_name']} v{e.payload['previous_version'] or 'none'} -> "
+                  f"v{e.payload['version']} at {e.payload['occurred_at']} ({e.event_id}): {e.attempts} attempt(s)"
+                  + (f", last error: {e.last_error}" if e.last_error else ""))
+        if not pending:
+            print("  no notice pending")
+        if error:
+            print(f"plml notify: {error}", file=sys.stderr)
+    if pending and webhook is None:
+        if args.flush:
+            print("plml notify: no promotion webhook URL configured (PLML_PROMOTION_WEBHOOK_URL): cannot deliver", file=sys.stderr)
+        return 2
+    return 1 if pending else 0
 
 
 def cmd_advance(args: argparse.Namespace) -> int:
@@ -634,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("rollback", help="move 'champion' back to the previous champion")
     p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("notify", help="the champion-move notices of the promotion webhook's outbox; --flush delivers the pending ones")
+    p.add_argument("--flush", action="store_true", help="POST the pending notices now, oldest first")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_notify)
     p = sub.add_parser("doctor", help="check the Dagster instance, MLflow store and Optuna storage")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_doctor)

@@ -18,6 +18,7 @@ from plml_assets.defs.monitoring.schedules import data_refresh_schedule, weekly_
 from plml_assets.defs.monitoring.sensors import drift_retraining_sensor
 from plml_assets.defs.registry import assets as registry_assets
 from plml_assets.defs.registry.jobs import rollback_champion
+from plml_assets.defs.registry.sensors import promotion_webhook_sensor
 from plml_assets.defs.selection import assets as selection_assets
 from plml_assets.defs.training import assets as training_assets
 from plml_assets.defs.tuning import assets as tuning_assets
@@ -155,7 +156,7 @@ defs = dg.Definitions(
     asset_checks=CHECKS,
     jobs=[rollback_champion, MAIN_JOB, ANALYTICS_JOB],
     schedules=[data_refresh_schedule, weekly_retrain_schedule],
-    sensors=[drift_retraining_sensor, AUTOMATION],
+    sensors=[drift_retraining_sensor, AUTOMATION, promotion_webhook_sensor],
     resources=build_resources(),
     executor=_executor_from_env(),
 )

@@ -29,7 +29,10 @@ from pydantic import Field
 
 from plml_assets.lib.registry.integrity import CHECKSUM_TAG, REGISTRATION_TAG, ArtifactIntegrityError, artifact_manifest, checksum_tags, compare
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home, sqlite_schema_lock
-from plml_assets.resources.secrets import env_value, mask_url
+from plml_assets.resources.promotion_webhook import LOG as WEBHOOK_LOG
+from plml_assets.resources.promotion_webhook import PromotionWebhook
+from plml_assets.resources.promotion_webhook import resolve as resolve_webhook
+from plml_assets.resources.secrets import env_value, mask_secrets, mask_url
 
 
 def _is_not_found(exc: MlflowException) -> bool:
@@ -82,6 +85,15 @@ class MlflowRegistry(dg.ConfigurableResource):
         description="seconds between MLflow system-metrics samples (CPU, memory, disk, network; GPU where NVML sees one) "
         "on every training run; 0 turns them off",
     )
+    promotion_webhook_url: str | None = Field(
+        default=None, description="URL POSTed a JSON notice on every champion move (promotion, rollback, manual); default env "
+        "PLML_PROMOTION_WEBHOOK_URL (or the file PLML_PROMOTION_WEBHOOK_URL_FILE names): leave unset here when it holds a token. "
+        "None: no notice",
+    )
+    promotion_outbox: str | None = Field(default=None, description="SQLite file of the notices; default $PLML_HOME/promotion_outbox.db")
+    promotion_webhook_tries: int = Field(default=4, ge=1, description="POSTs of a notice per delivery attempt before it is left pending")
+    promotion_webhook_backoff_s: float = Field(default=0.5, ge=0.0, description="seconds before the 2nd try, doubling (at most 4 s)")
+    promotion_webhook_timeout_s: float = Field(default=3.0, gt=0.0, description="timeout of one POST, seconds")
 
     # ---- locations -------------------------------------------------------------------------
     def resolved_tracking_uri(self) -> str:
@@ -293,6 +305,26 @@ class MlflowRegistry(dg.ConfigurableResource):
             with self.tracking():
                 return mlflow.pyfunc.load_model(str(path))
 
+    # ---- champion-move notices (resources/promotion_webhook.py, lib/registry/notify.py) -----
+    def promotion_webhook(self) -> PromotionWebhook | None:
+        """The webhook told of every champion move; None when no URL is configured."""
+        return resolve_webhook(self.promotion_webhook_url, self.promotion_outbox, self.promotion_webhook_tries,
+                               self.promotion_webhook_backoff_s, self.promotion_webhook_timeout_s)
+
+    def _enqueue_move(self, event: str, version: str, previous: str | None, reasons: list[str]) -> PromotionWebhook | None:
+        """Called under the registry lock right after the alias moved, so the outbox keeps the moves' order."""
+        if previous == version:
+            return None  # the champion stayed where it was: nothing for the prediction engine to reload
+        try:
+            webhook = self.promotion_webhook()
+            if webhook is not None:
+                webhook.enqueue(event, self.model_name, version, previous, reasons)
+            return webhook
+        except Exception as exc:  # the alias has moved: report, do not undo or fail it
+            WEBHOOK_LOG.error(f"{self.model_name}: champion moved to v{version} but its notice could not be written to the outbox "
+                              f"({type(exc).__name__}: {mask_secrets(exc)}): the prediction engine is not told")
+            return None
+
     # ---- alias moves: one at a time across processes ---------------------------------------
     @contextlib.contextmanager
     def registry_lock(self, timeout_s: float = 120.0) -> Iterator[None]:
@@ -318,32 +350,41 @@ class MlflowRegistry(dg.ConfigurableResource):
     def promote(self, version: str | int, reason: str, expect_champion: str | None = None) -> VersionInfo:
         """Point ``champion`` at ``version`` and remember it, so rollback can go back. Its artefacts
         must match their registration checksum. With ``expect_champion`` ("none" for no champion)
-        it is a compare-and-set: ChampionMoved if the champion is no longer that one."""
+        it is a compare-and-set: ChampionMoved if the champion is no longer that one. With a
+        promotion webhook, the move is queued in its outbox and delivered after the lock is released."""
         with self.registry_lock():
             client = self.client()
             info = self.version_info(version)  # raises if the version does not exist
             with self.verified_artifacts(info.version):
                 pass
+            current = self.alias_version(CHAMPION)
             if expect_champion is not None:
-                current = self.alias_version(CHAMPION)
                 now = current.version if current is not None else "none"
                 if now != str(expect_champion):
                     raise ChampionMoved(f"the champion of {self.model_name!r} moved to {now} (expected {expect_champion}): "
                                         f"not promoting v{info.version} over a champion it was not compared with")
             client.set_registered_model_alias(self.model_name, CHAMPION, info.version)
+            webhook = self._enqueue_move("promotion", info.version, current.version if current is not None else None, [reason])
             history = self.champion_history()
             if not history or history[-1] != info.version:
                 history.append(info.version)
             client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history[-50:]))
             client.set_model_version_tag(self.model_name, info.version, "plml.promotion_reason", reason[:4000])
-            return self.version_info(info.version)
+            promoted = self.version_info(info.version)
+        if webhook is not None:
+            webhook.deliver_quietly()
+        return promoted
 
-    def rollback(self) -> tuple[str, str]:
-        """Move ``champion`` back to the version that held it before. Returns (from, to)."""
+    def rollback(self, reason: str | None = None) -> tuple[str, str]:
+        """Move ``champion`` back to the version that held it before. Returns (from, to). With a
+        promotion webhook, the move is queued in its outbox and delivered after the lock is released."""
         with self.registry_lock():
-            return self._rollback()
+            moved, webhook = self._rollback(reason)
+        if webhook is not None:
+            webhook.deliver_quietly()
+        return moved
 
-    def _rollback(self) -> tuple[str, str]:
+    def _rollback(self, reason: str | None = None) -> tuple[tuple[str, str], PromotionWebhook | None]:
         client = self.client()
         current = self.alias_version(CHAMPION)
         if current is None:
@@ -366,11 +407,13 @@ class MlflowRegistry(dg.ConfigurableResource):
         with self.verified_artifacts(previous):  # the champion it goes back to must still be what was registered
             pass
         client.set_registered_model_alias(self.model_name, CHAMPION, previous)
+        webhook = self._enqueue_move("rollback", previous, current.version,
+                                     [reason or f"rollback: v{current.version} rolled back to the champion before it, v{previous}"])
         client.set_registered_model_tag(self.model_name, HISTORY_TAG, ",".join(history))
         client.set_model_version_tag(self.model_name, current.version, "plml.rolled_back", "true")
         # A gate verdict given before the rollback must not let champion_model promote it again.
         client.set_model_version_tag(self.model_name, current.version, "plml.gate", "rolled_back")
-        return current.version, previous
+        return (current.version, previous), webhook
 
 
 @contextlib.contextmanager

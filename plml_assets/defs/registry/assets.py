@@ -419,6 +419,12 @@ def _promote_challenger(context: dg.AssetExecutionContext, mlflow_registry: Mlfl
     context.log.info(
         f"champion_model: {info.name} champion -> v{info.version} (was {'v' + previous.version if previous else 'none'})"
     )
+    webhook = mlflow_registry.promotion_webhook()
+    waiting = len(webhook.outbox.pending()) if webhook is not None else 0
+    notice = "no promotion webhook" if webhook is None else (
+        f"{waiting} notice(s) pending in {webhook.outbox.path} (promotion_webhook_sensor retries)" if waiting else f"delivered: none pending for {webhook.display_url}")
+    if waiting:
+        context.log.warning(f"champion_model: promotion webhook {webhook.display_url}: {notice}")
     return dg.MaterializeResult(
         metadata={
             "model": info.name,
@@ -426,6 +432,7 @@ def _promote_challenger(context: dg.AssetExecutionContext, mlflow_registry: Mlfl
             "previous_champion": previous.version if previous else "none",
             "model_uri": mlflow_registry.model_uri("champion"),
             "reason": info.tags.get("plml.promotion_reason", ""),
+            "promotion_notice": notice,
             "holdout_rank_ic": float(info.tags.get("plml.metric.holdout_rank_ic", "nan")),
             # what the step cost (no IO manager output meters it: lib/analytics/metering.py, `plml analytics`)
             **METER.measure(context.op_execution_context.get_step_execution_context().step.key, None),

@@ -9,7 +9,7 @@ from plml_assets.resources.mlflow_registry import MlflowRegistry
        "tagged so that its old gate verdict cannot promote it again.")
 def restore_previous_champion(context: dg.OpExecutionContext, mlflow_registry: MlflowRegistry) -> dict:
     try:
-        rolled_back, restored = mlflow_registry.rollback()
+        rolled_back, restored = mlflow_registry.rollback(reason=f"rollback by the rollback_champion job (run {context.run_id})")
     except LookupError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     context.log.info(f"rollback: {mlflow_registry.model_name} champion v{rolled_back} -> v{restored}")
