@@ -9,7 +9,6 @@ the previous value, so assets never change global state.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import tempfile
@@ -28,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from plml_assets.lib.registry.integrity import CHECKSUM_TAG, REGISTRATION_TAG, ArtifactIntegrityError, artifact_manifest, checksum_tags, compare
+from plml_assets.lib.registry.locks import file_lock
 from plml_assets.resources.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri, plml_home, sqlite_schema_lock
 from plml_assets.resources.promotion_webhook import LOG as WEBHOOK_LOG
 from plml_assets.resources.promotion_webhook import PromotionWebhook
@@ -418,22 +418,11 @@ class MlflowRegistry(dg.ConfigurableResource):
 
 @contextlib.contextmanager
 def _file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{what} stayed locked for {timeout_s:.0f} s ({path}): another promotion or rollback "
-                                       f"is running, or a process holding the lock hangs") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(path, timeout_s) as held:
+        if not held:
+            raise TimeoutError(f"{what} stayed locked for {timeout_s:.0f} s ({path}): another promotion or rollback "
+                               f"is running, or a process holding the lock hangs")
+        yield
 
 
 @contextlib.contextmanager

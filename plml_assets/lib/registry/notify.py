@@ -16,7 +16,6 @@ promotion) to retry, in a later process too: the outbox is a file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import sqlite3
@@ -28,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from plml_assets.lib.registry.locks import file_lock
 
 #: The JSON body of every notice, exactly these keys.
 PAYLOAD_KEYS = ("model_name", "version", "alias", "previous_version", "reasons", "event", "event_id", "occurred_at")
@@ -170,25 +171,9 @@ class Outbox:
                 conn.execute("DELETE FROM events WHERE delivered_at IS NOT NULL AND seq NOT IN "
                              "(SELECT seq FROM events WHERE delivered_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", (KEEP_DELIVERED,))
 
-    @contextlib.contextmanager
-    def delivery_lock(self, timeout_s: float) -> Iterator[bool]:
+    def delivery_lock(self, timeout_s: float):
         """Yields True while this process alone delivers; False when another held it ``timeout_s``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".deliver.lock"), "a+") as fh:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        yield False
-                        return
-                    time.sleep(0.05)
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.path.with_name(self.path.name + ".deliver.lock"), timeout_s)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
