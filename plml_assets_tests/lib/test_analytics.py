@@ -45,7 +45,7 @@ def test_rows_read_are_counted_per_step():
 
 def test_a_forked_step_process_counts_from_zero():
     meter = an.StepMeter()
-    _burn(0.3)  # the parent's CPU must not be charged to the child's step
+    _burn(1.5)  # the parent's CPU must not be charged to the child's step
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -54,7 +54,9 @@ def test_a_forked_step_process_counts_from_zero():
         os._exit(0)
     os.waitpid(pid, 0)
     child_cpu = float(os.read(read, 100).decode())
-    assert child_cpu == pytest.approx(0.1, abs=0.06)
+    # the child's own 0.1 s, plus what runs in it after the fork (under `pytest --cov`, coverage
+    # restarts its tracer there: about 0.5 s on a loaded 2-core machine), never the parent's 1.5 s
+    assert 0.04 <= child_cpu < 1.0, child_cpu
 
 
 def test_run_report_by_hand():
