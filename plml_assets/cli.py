@@ -9,6 +9,7 @@
     plml doctor              check that the Dagster instance, MLflow store and Optuna storage work
     plml analytics [--json]  wall, CPU, memory and cost of every step of the latest run, and trends
     plml advance [--days N | --to DATE | --clear]   move the simulated 'today' (new prices arrive)
+    plml serve [--port P]    mlflow models serve on a checksum-verified copy of the champion
     plml serve-health        /healthz and /readyz for probes (stores reachable, champion loadable)
 """
 
@@ -361,6 +362,32 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`mlflow models serve` on a verified copy of the champion (or --version): the files served are the
+    ones whose SHA-256 matched the registration checksum, which `mlflow models serve -m models:/...`
+    alone does not check."""
+    registry = _existing_registry("serve")
+    if registry is None:
+        return 1
+    target = args.version or CHAMPION
+    try:
+        with registry.verified_artifacts(target) as (info, path):
+            served = plml_home() / "serving" / f"{registry.model_name}-v{info.version}"
+            if served.exists():
+                shutil.rmtree(served)
+            served.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(path, served)
+    except (LookupError, MlflowException, ArtifactIntegrityError) as exc:
+        print(f"plml serve: not serving {registry.model_name} {target}: {mask_secrets(exc)}", file=sys.stderr)
+        return 2
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", str(served), "--env-manager", "local",
+               "-h", args.host, "-p", str(args.port), "-w", str(args.workers)]
+    print(f"plml serve: {registry.model_name} v{info.version} ({target}), artefacts verified, copied to {served}; "
+          f"POST raw prices to http://{args.host}:{args.port}/invocations", flush=True)
+    os.execv(command[0], command)  # the server replaces this process: signals reach it directly
+    return 0  # not reached
+
+
 def cmd_serve_health(args: argparse.Namespace) -> int:
     """/healthz and /readyz over HTTP (plml_assets/health.py), or one readiness answer with --once."""
     import signal
@@ -683,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("doctor", help="check the Dagster instance, MLflow store and Optuna storage")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("serve", help="mlflow models serve on a checksum-verified copy of the champion (or VERSION)")
+    p.add_argument("--version", default=None, help="serve this version instead of the champion")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=5001, help="port")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("serve-health", help="answer /healthz (process up) and /readyz (stores reachable, champion loadable) over HTTP")
     p.add_argument("--host", default=os.environ.get("PLML_HEALTH_HOST", "127.0.0.1"),
                    help="address to listen on (0.0.0.0 in a pod; env PLML_HEALTH_HOST)")
