@@ -60,6 +60,10 @@ def test_the_space_draws_one_familys_parameters_and_checks_configurations():
     assert full.family_spaces["gru"].to_dict()["num_layers"]["high"] == 4
     assert full.family_spaces["gru"].to_dict()["hidden_size"]["high"] == 256
     assert full.family_spaces["gru"].to_dict()["window"]["high"] == 120
+    # bidirectional cells and a temporal attention pooling head are searched choices (quick: one-way only)
+    assert full.family_spaces["lstm"].to_dict()["bidirectional"]["choices"] == [False, True]
+    assert full.family_spaces["lstm"].to_dict()["pooling"]["choices"] == ["last", "attention"]
+    assert all(d[f"{d['family']}.bidirectional"] is False for d in nets) and {d[f"{d['family']}.pooling"] for d in nets} <= {"last", "attention"}
     with pytest.raises(ValueError, match="cannot set"):
         space.check_params({"family": "xgboost", "lightgbm.num_leaves": 16})
     with pytest.raises(ValueError, match="families must be among"):

@@ -71,6 +71,17 @@ def test_net_integrated_gradients_add_up_as_the_path_refines_and_repeat_exactly(
     assert mean_abs(fine).index[0] == "f0"
 
 
+def test_integrated_gradients_add_up_on_a_bidirectional_attention_net(panel):
+    """The architecture search's other cells (issue 17 item 2) are explained the same way."""
+    X, y, train = panel
+    model = make_model("gru", **FITS["gru"], bidirectional=True, pooling="attention", seed=0).fit((X[train], y[train]))
+    rows = np.flatnonzero(~train)[:300]
+    frame = explain_rows(model, X, rows, steps=64)
+    assert additivity(frame)["relative_error"] < 2e-2
+    np.testing.assert_allclose(frame[PREDICTION].to_numpy(), model.predict(X)[rows], rtol=1e-6, atol=1e-9)
+    assert mean_abs(frame).index[0] == "f0"
+
+
 @pytest.mark.parametrize("method", ["mean", "weighted", "stacked", "rank_mean"])
 def test_ensemble_contributions_add_up_to_the_rules_own_scores(panel, fitted, method):
     X, _, train = panel

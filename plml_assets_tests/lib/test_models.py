@@ -181,6 +181,8 @@ BAD_PARAMS = [
     ("gru", "device", "gpu"),
     ("gru", "weight_decay", -1e-3),
     ("gru", "scaling", "robust"),
+    ("gru", "pooling", "mean"),
+    ("lstm", "bidirectional", "yes"),
     ("elastic_net", "alpha", 0.0),
     ("elastic_net", "l1_ratio", 1.5),
     ("elastic_net", "device", "cuda"),
@@ -330,6 +332,36 @@ def test_prediction_at_t_ignores_later_rows_and_other_symbols(family, real):
     changed = model.predict(other)
     np.testing.assert_array_equal(changed[~is_amd], base[~is_amd])
     assert not np.array_equal(changed[is_amd], base[is_amd])
+
+
+ARCHITECTURES = [("lstm", True, "last"), ("gru", False, "attention"), ("gru", True, "attention")]
+
+
+@pytest.mark.parametrize(("family", "bidirectional", "pooling"), ARCHITECTURES)
+def test_bidirectional_and_attention_pooling_nets_learn_round_trip_and_see_no_future(family, bidirectional, pooling, tmp_path):
+    """Issue 17 item 2: the architecture search's cells read their window both ways and/or pool it by
+    temporal attention; each learns a planted signal, saves and loads to the same predictions, and
+    its score at t does not move when later rows change (a window holds only dates up to t)."""
+    train, valid = split_by_date(*synthetic_panel(n_dates=240))
+    model = make_model(family, **{**TINY_NET, "max_epochs": 12}, bidirectional=bidirectional, pooling=pooling).fit(train, valid)
+    net = model.network_
+    assert net.rnn.bidirectional is bidirectional and (hasattr(net, "score") is (pooling == "attention"))
+    assert net.head.in_features == TINY_NET["hidden_size"] * (2 if bidirectional else 1)
+    pred = model.predict(valid[0])
+    assert evaluate_predictions(valid[1], pred, dates_of(valid[0]))["rank_ic"] > 0.3
+
+    model.save(tmp_path / "net")
+    loaded = load_model(family, tmp_path / "net")
+    assert loaded.get_params()["bidirectional"] is bidirectional and loaded.get_params()["pooling"] == pooling
+    np.testing.assert_array_equal(loaded.predict(valid[0]), pred)
+
+    X = valid[0]
+    dates = dates_of(X)
+    t = np.sort(dates.unique())[len(dates.unique()) // 2]
+    later = np.asarray(dates > t)
+    future = X.copy()
+    future.loc[later] = np.random.default_rng(1).normal(scale=50.0, size=(later.sum(), X.shape[1])).astype("float32")
+    np.testing.assert_array_equal(model.predict(future)[~later], pred[~later])
 
 
 def test_scaler_is_fitted_on_training_rows_only(real):

@@ -181,22 +181,44 @@ def _check_panel_index(X: pd.DataFrame, name: str) -> None:
         )
 
 
-class _RecurrentRegressor(nn.Module):
-    """A recurrent stack read at the last step of the window, then a linear head."""
+#: how the recurrent stack's outputs over the window become one vector for the linear head
+POOLING_HEADS = ("last", "attention")
 
-    def __init__(self, cell: str, n_inputs: int, hidden_size: int, num_layers: int, dropout: float):
+
+class _RecurrentRegressor(nn.Module):
+    """A recurrent stack over the window, then a linear head on one vector: the last step's output
+    (``pooling="last"``; bidirectional: the forward direction's last step and the backward direction's
+    first, each direction's summary of the whole window), or a temporal attention pooling
+    (``pooling="attention"``: softmax weights over the window's steps from a learned score of each
+    step's output, then their weighted sum). A window holds only dates up to the row's own date, so
+    reading it backwards (bidirectional) sees no future."""
+
+    def __init__(self, cell: str, n_inputs: int, hidden_size: int, num_layers: int, dropout: float,
+                 bidirectional: bool = False, pooling: str = "last"):
         super().__init__()
         recurrent = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.rnn = recurrent(
-            n_inputs, hidden_size, num_layers=num_layers, batch_first=True,
+            n_inputs, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=bidirectional,
             dropout=dropout if num_layers > 1 else 0.0,  # torch applies it between layers only
         )
+        self.hidden_size, self.bidirectional, self.pooling = hidden_size, bidirectional, pooling
+        width = hidden_size * (2 if bidirectional else 1)
+        if pooling == "attention":
+            self.score = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, 1)
+        self.head = nn.Linear(width, 1)
+
+    def pool(self, out: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "attention":
+            weights = torch.softmax(self.score(out).squeeze(-1), dim=1)  # (batch, steps)
+            return (weights.unsqueeze(-1) * out).sum(dim=1)
+        if self.bidirectional:
+            return torch.cat([out[:, -1, : self.hidden_size], out[:, 0, self.hidden_size:]], dim=-1)
+        return out[:, -1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
-        return self.head(self.dropout(out[:, -1])).squeeze(-1)
+        return self.head(self.dropout(self.pool(out))).squeeze(-1)
 
 
 @contextmanager
@@ -264,7 +286,7 @@ class SequenceModel(Model):
     _PARAM_NAMES = (
         "window", "hidden_size", "num_layers", "dropout", "lr", "batch_size", "max_epochs", "patience",
         "grad_clip", "weight_decay", "target_clip_sd", "epoch_samples", "num_threads", "seed", "device",
-        "scaling",
+        "scaling", "bidirectional", "pooling",
     )
 
     def __init__(
@@ -285,6 +307,8 @@ class SequenceModel(Model):
         seed: int = 0,
         device: str = "auto",
         scaling: str = "none",
+        bidirectional: bool = False,
+        pooling: str = "last",
     ) -> None:
         if not hasattr(type(self), "cell"):
             raise TypeError("SequenceModel is a base class: use LSTMModel or GRUModel")
@@ -304,6 +328,8 @@ class SequenceModel(Model):
         self.seed = seed
         self.device = device
         self.scaling = scaling
+        self.bidirectional = bidirectional
+        self.pooling = pooling
         self._validate()
 
     def _validate(self) -> None:
@@ -325,13 +351,16 @@ class SequenceModel(Model):
             "seed": lambda v: _whole(v) and v >= 0,
             "device": _valid_device,
             "scaling": self._valid_scaling,
+            "bidirectional": lambda v: isinstance(v, (bool, np.bool_)),
+            "pooling": lambda v: v in POOLING_HEADS,
         }
         bad = _invalid_params(self, checks)
         if bad:
             raise ValueError(
                 f"invalid {type(self).__name__} hyper-parameter(s): "
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                + " (device is 'auto', 'cpu', 'cuda' or 'cuda:N'; grad_clip and target_clip_sd are > 0 or None)"
+                + f" (device is 'auto', 'cpu', 'cuda' or 'cuda:N'; grad_clip and target_clip_sd are > 0 or None; "
+                f"pooling is one of {list(POOLING_HEADS)}; bidirectional is True or False)"
             )
 
     def get_params(self) -> dict[str, object]:
@@ -475,7 +504,8 @@ class SequenceModel(Model):
 
     def _network(self) -> _RecurrentRegressor:
         n_inputs = len(self.feature_names_) + 1  # the mask channel
-        return _RecurrentRegressor(self.cell, n_inputs, self.hidden_size, self.num_layers, self.dropout)
+        return _RecurrentRegressor(self.cell, n_inputs, self.hidden_size, self.num_layers, self.dropout,
+                                   bidirectional=bool(self.bidirectional), pooling=self.pooling)
 
     def _train(
         self, device: torch.device, padded: np.ndarray, starts: np.ndarray, target: np.ndarray,

@@ -45,12 +45,15 @@ NAS_SPACE = SearchSpace.from_dict({
     "dropout": {"type": "float", "low": 0.0, "high": 0.5},
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "batch_size": {"type": "categorical", "choices": [128, 256, 512, 1024]},
+    "bidirectional": {"type": "categorical", "choices": [False, True]},
+    "pooling": {"type": "categorical", "choices": ["last", "attention"]},
 })
 #: What the quick profile narrows in the architecture search: short windows, one or two narrow layers.
 QUICK_NAS_BOUNDS = {
     "num_layers": {"type": "int", "low": 1, "high": 2},
     "hidden_size": {"type": "int", "low": 16, "high": 32, "log": True},
     "window": {"type": "int", "low": 10, "high": 20, "step": 10},
+    "bidirectional": {"type": "categorical", "choices": [False]},  # twice the recurrent cost: full profile only
 }
 
 
