@@ -239,7 +239,7 @@ def main() -> int:
                        for r in records}
             days.append({"day": day, "advance": moved, "weekly": weekly, "wall_s": round(time.time() - day_start, 1),
                          "runs": outcomes, "champion": registry.aliases().get("champion")})
-            print(f"day {day}: {moved}; weekly {weekly}; runs {[(s, k) for s, _, k in outcome.values()]}; "
+            print(f"day {day}: {moved}; weekly {weekly}; runs {[(s, k) for s, _, k in outcomes.values()]}; "
                   f"champion v{days[-1]['champion']} ({days[-1]['wall_s']:.0f} s)", flush=True)
         checks = consistency(instance, registry, started)
         all_runs = instance.get_run_records(filters=dg.RunsFilter(created_after=_utc(started)))
