@@ -179,6 +179,9 @@ def main() -> int:
     parser.add_argument("--no-promote-first", dest="promote_first", action="store_false",
                         help="do not promote the first run's challenger by hand when the gate kept it back (then no drift retrain "
                              "can happen: the drift sensor compares against a champion)")
+    parser.add_argument("--drift-from-day", type=int, default=None,
+                        help="from this simulated day on, the prices that arrive are in a volatility regime 4x the "
+                             "usual (lib/data/simulate.volatility_regime on the real panel): the drift sensor's case")
     parser.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -189,6 +192,13 @@ def main() -> int:
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLML_", "DAGSTER_", "MLFLOW_"))}
     env.update(PLML_HOME=str(home), DAGSTER_HOME=str(dagster_home), PLML_PROFILE="quick")
+    if args.drift_from_day is not None:  # a prices file this script can rewrite when the regime changes
+        from plml_assets.lib.data.prices import load_embedded
+
+        prices_file = home / "prices.parquet"
+        real = load_embedded().reset_index()
+        real.to_parquet(prices_file)
+        env["PLML_PRICES"] = str(prices_file)
     os.environ.update(PLML_HOME=str(home), DAGSTER_HOME=str(dagster_home))
     t0 = time.time()
     _plml(env, "advance", "--to", "2100-01-01")  # the latest date of the panel, then back
@@ -221,6 +231,12 @@ def main() -> int:
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         for day in range(1, args.days + 1):
             day_start = time.time()
+            if args.drift_from_day == day:
+                from plml_assets.lib.data.simulate import volatility_regime
+
+                as_of = (home / "as_of").read_text().strip()
+                volatility_regime(real, as_of).to_parquet(prices_file)  # every date after today's: a new regime
+                print(f"day {day}: the prices after {as_of} are now a 4x volatility regime", flush=True)
             moved = _plml(env, "advance", "--days", str(args.step_days)).strip()
             launched = [_launch(client, refresh_keys, {"plml/trigger": "schedule", "plml/kind": "data_refresh"})]
             weekly = "not due"
@@ -248,7 +264,7 @@ def main() -> int:
     succeeded = [r for r, o in finished if o in ("SUCCESS", "GATE_KEPT")]
     history = registry.champion_history()
     result = {
-        "machine": cpu_name(), "days": args.days, "step_days": args.step_days, "weekly_every": args.weekly_every,
+        "machine": cpu_name(), "drift_from_day": args.drift_from_day, "days": args.days, "step_days": args.step_days, "weekly_every": args.weekly_every,
         "first_run_s": round(first_wall, 1), "first_promoted_by_hand": first_promoted, "soak_s": round(time.time() - started, 1),
         "runs": len(finished), "succeeded": len(succeeded),
         "success_rate": round(len(succeeded) / len(finished), 4) if finished else None,
@@ -259,8 +275,9 @@ def main() -> int:
         "versions": [v.version for v in registry.versions()], "checks": checks, "days_detail": days,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "days_detail"}, indent=2))
-    if args.write:
-        write_section(SECTION, _markdown(result))
+    if args.write:  # the drift soak has a section of its own beside the calm one
+        heading = SECTION + (" with a volatility regime" if args.drift_from_day else "")
+        write_section(heading, _markdown(result, heading))
     if not args.home and not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     ok = all(c["ok"] for c in checks.values()) and (result["success_rate"] or 0) >= 0.95
@@ -283,10 +300,11 @@ def _by_kind(finished) -> dict[str, dict[str, int]]:
     return out
 
 
-def _markdown(r: dict) -> str:
+def _markdown(r: dict, heading: str = SECTION) -> str:
     rate = "n/a" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f} %"
-    lines = [SECTION, "",
-             f"`python benchmarks/soak.py --days {r['days']} --step-days {r['step_days']} --weekly-every {r['weekly_every']}` on "
+    lines = [heading, "",
+             f"`python benchmarks/soak.py --days {r['days']} --step-days {r['step_days']} --weekly-every {r['weekly_every']}"
+             f"{' --drift-from-day ' + str(r['drift_from_day']) if r.get('drift_from_day') else ''}` on "
              f"{r['machine']}, {time.strftime('%Y-%m-%d')}: embedded panel, quick profile, SQLite instance and stores, "
              f"`dagster dev` (webserver + daemon). The first champion came from `plml run --quick` ({r['first_run_s']:.0f} s); "
              f"the soak itself took {r['soak_s']:.0f} s."

@@ -15,7 +15,6 @@ from pathlib import Path
 import cloudpickle
 import dagster as dg
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from dagster_graphql import DagsterGraphQLClient
@@ -24,6 +23,7 @@ from mlflow.models import infer_signature
 from plml_assets.definitions import defs
 from plml_assets.defs.monitoring.schedules import DATA_REFRESH
 from plml_assets.lib.data.labels import forward_returns
+from plml_assets.lib.data.simulate import volatility_regime
 from plml_assets.lib.features.base import build_features
 from plml_assets.lib.models.registry import resolve_params
 from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model
@@ -46,27 +46,6 @@ LENIENT_GATE = {"ops": {
     "model_leaderboard": {"config": {"min_positive_folds": None, "max_gap": None}},
     "registered_model_promotion_gate": {"config": {"block_on_validation_fail": False, "require_leaderboard_validation": False}},
 }}
-
-
-def _drifted(panel: pd.DataFrame, since: str, factor: float = 4.0) -> pd.DataFrame:
-    """The same symbols, with every daily move's deviation from the symbol's mean move after ``since``
-    made ``factor`` times larger (a volatility regime the champion never saw, same trends); prices
-    stay positive."""
-    frame = panel.sort_values(["symbol", "date"]).copy()
-    out = []
-    for _, block in frame.groupby("symbol", sort=False):
-        log_ret = np.log(block["close"]).diff().fillna(0.0).to_numpy()
-        late = (block["date"] > pd.Timestamp(since)).to_numpy()
-        mean = log_ret[late].mean()
-        log_ret[late] = mean + factor * (log_ret[late] - mean)
-        close = float(block["close"].iloc[0]) * np.exp(np.cumsum(log_ret))
-        ratio = close / block["close"].to_numpy()
-        block = block.assign(close=close)
-        for col in ("open", "high", "low"):
-            if col in block:
-                block[col] = block[col] * ratio
-        out.append(block)
-    return pd.concat(out).sort_values(["date", "symbol"]).reset_index(drop=True)
 
 
 class ReversedOracleScorer(PanelScorer):
@@ -137,7 +116,7 @@ def test_drifted_prices_make_the_daemon_retrain_and_repromote(tmp_path, embedded
 
         # A year of new prices lands, in a volatility regime the champion never saw; the data refresh
         # (the weekday schedule's selection, launched now instead of at 18:30) rebuilds drift_metrics.
-        _drifted(calm, HOLDOUT_END).to_parquet(prices_file)
+        volatility_regime(calm, HOLDOUT_END).to_parquet(prices_file)
         client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
         keys = [k for k in DATA_REFRESH.resolve(defs.resolve_asset_graph())]
         refresh = client.submit_job_execution("__ASSET_JOB", asset_selection=keys)
