@@ -138,6 +138,24 @@ def postgres_instance_env(url: str) -> dict[str, str]:
             "PLML_DAGSTER_PG_DB": u.database}
 
 
+def quick_xgboost(panel: pd.DataFrame, train_end: str, n_features: int = 12, horizon: int = 5):
+    """(model, columns): an XGBoost with the quick parameters fitted on the panel's first
+    ``n_features`` base features up to ``train_end``: the cheapest real model a serving or
+    registration test can put behind the pyfunc."""
+    from plml_assets.lib.data.labels import forward_returns
+    from plml_assets.lib.features.base import build_features
+    from plml_assets.lib.models.registry import resolve_params
+    from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model
+
+    features, _ = build_features(panel)
+    columns = list(features.columns[:n_features])
+    y = excess_returns(forward_returns(panel, horizon))
+    dates = y.index.get_level_values("date").unique()
+    X, target = design_matrix(features, y, columns, dates[dates <= pd.Timestamp(train_end)])
+    model, _ = fit_model("xgboost", resolve_params("xgboost", quick=True), X, target, horizon)
+    return model, columns
+
+
 def slice_long_panel(panel: pd.DataFrame, start: str = "2010-01-01") -> pd.DataFrame:
     """The SLICE_SYMBOLS rows of a (date, symbol) panel from ``start`` on, as a long frame ready for a
     CSV/Parquet price file (``PLML_PRICES``)."""

@@ -22,14 +22,10 @@ from mlflow.models import infer_signature
 
 from plml_assets.definitions import defs
 from plml_assets.defs.monitoring.schedules import DATA_REFRESH
-from plml_assets.lib.data.labels import forward_returns
 from plml_assets.lib.data.simulate import volatility_regime
-from plml_assets.lib.features.base import build_features
-from plml_assets.lib.models.registry import resolve_params
-from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model
 from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer
 from plml_assets.resources.mlflow_registry import MlflowRegistry
-from plml_assets_tests.conftest import REPO, dagster_dev, fresh_postgres_database, postgres_instance_env, slice_long_panel
+from plml_assets_tests.conftest import REPO, dagster_dev, fresh_postgres_database, postgres_instance_env, quick_xgboost, slice_long_panel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -67,12 +63,7 @@ def _register_bad_champion(prices: pd.DataFrame, registry: MlflowRegistry) -> st
     tagged like the pipeline's models so that drift_metrics can read its training window."""
     panel = prices.set_index(["date", "symbol"]).sort_index()
     panel = panel[panel.index.get_level_values("date") <= pd.Timestamp(HOLDOUT_END)]
-    features, _ = build_features(panel)
-    columns = list(features.columns[:12])
-    y = excess_returns(forward_returns(panel, 5))
-    dates = y.index.get_level_values("date").unique()
-    X, target = design_matrix(features, y, columns, dates[dates <= pd.Timestamp(TRAIN_END)])
-    model, _ = fit_model("xgboost", resolve_params("xgboost", quick=True), X, target, 5)
+    model, columns = quick_xgboost(panel, TRAIN_END)
     scorer = ReversedOracleScorer(columns, 5, list(panel.columns), family="xgboost")
     scorer.model_ = model
     example = panel.reset_index().tail(400)

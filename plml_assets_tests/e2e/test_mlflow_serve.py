@@ -23,13 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plml_assets.lib.data.labels import forward_returns
-from plml_assets.lib.features.base import build_features
-from plml_assets.lib.models.registry import resolve_params
-from plml_assets.lib.models.training import design_matrix, excess_returns, fit_model
 from plml_assets.lib.registry.serving import MODEL_ARTIFACT, PanelScorer, model_signature
 from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
-from plml_assets_tests.conftest import SLICE_SYMBOLS, free_port, stop_process_group
+from plml_assets_tests.conftest import SLICE_SYMBOLS, free_port, quick_xgboost, stop_process_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -38,12 +34,7 @@ READY_TIMEOUT_S = 180
 
 
 def _register_champion(panel: pd.DataFrame, registry: MlflowRegistry) -> str:
-    features, _ = build_features(panel)
-    columns = list(features.columns[:12])
-    y = excess_returns(forward_returns(panel, 5))
-    dates = y.index.get_level_values("date").unique()
-    X, target = design_matrix(features, y, columns, dates[dates <= pd.Timestamp(TRAIN_END)])
-    model, _ = fit_model("xgboost", resolve_params("xgboost", quick=True), X, target, 5)
+    model, columns = quick_xgboost(panel, TRAIN_END)
     scorer = PanelScorer(columns, 5, list(panel.columns), training_symbols=SLICE_SYMBOLS, family="xgboost")
     scorer.model_ = model
     example = panel.reset_index().tail(400 * len(SLICE_SYMBOLS))
