@@ -156,6 +156,33 @@ def quick_xgboost(panel: pd.DataFrame, train_end: str, n_features: int = 12, hor
     return model, columns
 
 
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, root: Path, *extra: str, ready_timeout_s: float = 180) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port over ``backend_store_uri`` (log in ``root``),
+    yielding its URL once /health answers; the process group is killed on exit."""
+    port = free_port()
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", backend_store_uri, "--workers", "1", *extra],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + ready_timeout_s
+            while True:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                with contextlib.suppress(OSError):
+                    if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                        break
+                assert time.time() < deadline, f"mlflow server did not answer /health in {ready_timeout_s:.0f} s:\n" + log_path.read_text()[-3000:]
+                time.sleep(1)
+            yield url
+        finally:
+            stop_process_group(proc)
+
+
 def slice_long_panel(panel: pd.DataFrame, start: str = "2010-01-01") -> pd.DataFrame:
     """The SLICE_SYMBOLS rows of a (date, symbol) panel from ``start`` on, as a long frame ready for a
     CSV/Parquet price file (``PLML_PRICES``)."""

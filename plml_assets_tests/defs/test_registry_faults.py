@@ -9,14 +9,9 @@ Nothing is mocked: the relay is a real network fault between the client and a re
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +19,7 @@ from plml_assets.defs import shared
 from plml_assets.lib.registry.integrity import CHECKSUM_TAG, REGISTRATION_TAG, ArtifactIntegrityError
 from plml_assets.resources.mlflow_faults import is_unreachable
 from plml_assets.resources.mlflow_registry import MlflowRegistry
-from plml_assets_tests.conftest import free_port, stop_process_group
+from plml_assets_tests.conftest import mlflow_server
 from plml_assets_tests.defs.test_gate_branches import CHALLENGER, CLEAN_STATS, _leaderboard, _report, _run, registry, world  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -32,9 +27,9 @@ pytestmark = pytest.mark.slow
 
 class Relay:
     """A TCP relay 127.0.0.1:port -> upstream that can go dark: cut every live connection and refuse
-    (accept and close) new ones. ``dark_after(marker, for_s)`` goes dark once a request carrying
-    ``marker`` has passed and its answer came back, for ``for_s`` seconds (None: until up(), or until
-    ``up_after_refusals`` connections were refused)."""
+    (accept and close) new ones. ``dark_after(marker)`` goes dark once a request carrying ``marker``
+    has passed and its answer came back, until up() or until ``up_after_refusals`` connections were
+    refused."""
 
     def __init__(self, upstream: int):
         self.upstream = upstream
@@ -42,20 +37,20 @@ class Relay:
         self.port = self.listener.getsockname()[1]
         self.dark = threading.Event()
         self.live: set[socket.socket] = set()
-        self.trigger: tuple[bytes, float | None] | None = None
-        self.armed: tuple[socket.socket, float | None] | None = None
+        self.trigger: bytes | None = None
+        self.armed: socket.socket | None = None
         self.up_after_refusals: int | None = None
         self.refused = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def dark_after(self, marker: bytes, for_s: float | None) -> None:
-        self.trigger = (marker, for_s)
+    def dark_after(self, marker: bytes) -> None:
+        self.trigger = marker
 
     def up(self) -> None:
         self.dark.clear()
 
-    def _go_dark(self, for_s: float | None) -> None:
+    def _go_dark(self) -> None:
         time.sleep(0.2)  # the client reads the create request's answer first
         self.dark.set()
         with self._lock:
@@ -64,9 +59,6 @@ class Relay:
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
             self.live.clear()
-        if for_s is not None:
-            time.sleep(for_s)
-            self.dark.clear()
 
     def _accept(self) -> None:
         while True:
@@ -89,12 +81,12 @@ class Relay:
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
-                if from_client and self.trigger and self.trigger[0] in data:
-                    self.armed, self.trigger = (dst, self.trigger[1]), None  # dark once this request's answer is through
+                if from_client and self.trigger and self.trigger in data:
+                    self.armed, self.trigger = dst, None  # dark once this request's answer is through
                 dst.sendall(data)
-                if not from_client and self.armed and self.armed[0] is src:
-                    for_s, self.armed = self.armed[1], None
-                    threading.Thread(target=self._go_dark, args=(for_s,), daemon=True).start()
+                if not from_client and self.armed is src:
+                    self.armed = None
+                    threading.Thread(target=self._go_dark, daemon=True).start()
         except OSError:
             pass
         finally:
@@ -107,38 +99,19 @@ class Relay:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(world, tmp_path_factory):  # noqa: F811 (the gate tests\' fixtures)
-    root = tmp_path_factory.mktemp("faults_server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", world.tracking_uri, "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            assert time.time() < deadline, (root / "server.log").read_text()[-3000:]
-            time.sleep(1)
-        yield port
-    finally:
-        stop_process_group(proc)
-        log.close()
+def server_port(world, tmp_path_factory):  # noqa: F811 (the gate tests' fixtures)
+    with mlflow_server(world.tracking_uri, tmp_path_factory.mktemp("faults_server")) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture
-def relay(mlflow_server, monkeypatch):
+def relay(server_port, monkeypatch):
     # MLflow's own HTTP retries would wait minutes: one try each, the step's backoff does the waiting
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     monkeypatch.setattr(shared, "MLFLOW_RETRIES", 2)
     monkeypatch.setattr(shared, "MLFLOW_RETRY_DELAY_S", 1.5)  # waits 1.5 s, then 3 s
-    r = Relay(mlflow_server)
+    r = Relay(server_port)
     yield r
     r.close()
 
@@ -152,7 +125,7 @@ def test_a_store_that_goes_dark_mid_registration_is_waited_for_and_the_registrat
                                system_metrics_interval_s=0)
     # dark from the create's answer until a try has been refused at the door: back for the next retry
     # (counted, not timed: on a loaded machine a timed window passed before the first retry came)
-    relay.dark_after(b"/model-versions/create", for_s=None)
+    relay.dark_after(b"/model-versions/create")
     relay.up_after_refusals = 1
     model = world.models[CHALLENGER]
     result = _run(world, over_http, instance, _leaderboard(world, model), _report(CLEAN_STATS))
@@ -173,7 +146,7 @@ def test_a_store_that_goes_dark_mid_registration_is_waited_for_and_the_registrat
 def test_a_store_that_stays_dark_fails_the_step_clearly_and_leaves_nothing_usable_half_done(world, registry, instance, relay):  # noqa: F811 (the gate tests\' fixtures)
     over_http = MlflowRegistry(tracking_uri=f"http://127.0.0.1:{relay.port}", model_name=registry.model_name,
                                system_metrics_interval_s=0)
-    relay.dark_after(b"/model-versions/create", for_s=None)
+    relay.dark_after(b"/model-versions/create")
     model = world.models[CHALLENGER]
     board, report = _leaderboard(world, model), _report(CLEAN_STATS)
     result = _run(world, over_http, instance, board, report)

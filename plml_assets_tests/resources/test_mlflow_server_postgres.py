@@ -5,12 +5,6 @@ load the champion by alias through the server. Skips when no PostgreSQL answers 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,7 +12,7 @@ import mlflow
 import pytest
 
 from plml_assets.resources.mlflow_registry import CHAMPION, MlflowRegistry
-from plml_assets_tests.conftest import free_port, fresh_postgres_database, stop_process_group
+from plml_assets_tests.conftest import fresh_postgres_database, mlflow_server
 
 pytestmark = pytest.mark.e2e
 
@@ -34,28 +28,8 @@ def server(tmp_path_factory):
         if pg is None:
             pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
         root = tmp_path_factory.mktemp("mlflow_server")
-        port = free_port()
-        log = open(root / "server.log", "w")
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", pg, "--artifacts-destination", (root / "artifacts").as_uri(), "--serve-artifacts",
-             "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 180
-            while True:
-                assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                        break
-                assert time.time() < deadline, "mlflow server did not answer /health in 180 s:\n" + (root / "server.log").read_text()[-3000:]
-                time.sleep(1)
+        with mlflow_server(pg, root, "--artifacts-destination", (root / "artifacts").as_uri(), "--serve-artifacts") as url:
             yield {"url": url, "pg": pg, "root": root}
-        finally:
-            stop_process_group(proc)
-            log.close()
 
 
 def test_registration_promotion_and_rollback_through_a_server_on_postgresql(server, monkeypatch, tmp_path):
